@@ -1,0 +1,52 @@
+"""``detect()``: the whole method on one DataFrame, for notebooks and scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from anomaly_pipelines.core.config import PipelineConfig, as_config
+from anomaly_pipelines.core.detector import fit_detectors, score_series
+from anomaly_pipelines.core.series import regularize
+
+REQUIRED = ("customer_id", "timestamp", "cost")
+
+
+def detect(
+    usage: pd.DataFrame, config: PipelineConfig | dict[str, Any] | str | Path | None = None
+) -> pd.DataFrame:
+    """Score every customer's series in ``usage`` and return one row per customer and timestamp.
+
+    ``usage`` is a long frame with ``customer_id``, ``timestamp`` and ``cost`` (other columns are
+    ignored). Each series' frequency is inferred, so daily, hourly and 5-minute data all work.
+    Series too short to model come back with ``is_anomaly`` False and the reason in ``reasons``.
+    Gaps are filled to fit the models but only timestamps present in the input are returned.
+    """
+    cfg = as_config(config)
+    frame = _coerce(usage)
+    series = regularize(frame, cfg.preprocess)
+    fitted = fit_detectors(series, cfg)
+    scores = score_series(series, fitted, cfg)
+    return scores[~scores["is_filled"].astype(bool)].drop(columns="is_filled").reset_index(drop=True)
+
+
+def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in REQUIRED if c not in usage.columns]
+    if missing:
+        raise ValueError(
+            f"detect(): input frame is missing column(s) {missing}; it has {list(usage.columns)}"
+        )
+    frame = usage[list(REQUIRED)].copy()
+    frame["customer_id"] = frame["customer_id"].astype(str)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    frame["cost"] = pd.to_numeric(frame["cost"], errors="raise").astype(float)
+    bad = ~frame["cost"].map(lambda v: pd.notna(v) and abs(v) != float("inf"))
+    if bad.any():
+        first = frame.index[bad][0]
+        raise ValueError(
+            f"detect(): column 'cost' has {int(bad.sum())} missing or infinite value(s), "
+            f"first at row {first}; clean them or load the data through a source with quarantine"
+        )
+    return frame

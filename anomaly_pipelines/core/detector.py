@@ -1,0 +1,354 @@
+"""Fit the detectors on each series' training part, then score every step.
+
+This is the one place that runs the method; ``detect()`` and the Dagster assets both call
+``fit_detectors`` and ``score_series`` so a notebook and a scheduled run give the same scores.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_pipelines.core import scoring
+from anomaly_pipelines.core.config import PipelineConfig
+from anomaly_pipelines.core.models import lstm_autoencoder as lstm
+from anomaly_pipelines.core.models.outlier import (
+    CustomerOutlierModels,
+    anomaly_score,
+    fit_isolation_forest,
+    fit_local_outlier_factor,
+)
+from anomaly_pipelines.core.series import CustomerSeries
+from anomaly_pipelines.core.windows import Scaler, season_period, sliding_windows, window_size
+
+SCORE_COLUMNS = [
+    "customer_id",
+    "timestamp",
+    "cost",
+    "expected_cost",
+    "hybrid_score",
+    "is_anomaly",
+    "residual_score",
+    "lstm_error",
+    "lstm_threshold",
+    "lstm_flag",
+    "isolation_forest_score",
+    "local_outlier_factor_score",
+    "decrease_rate",
+    "decrease_flag",
+    "reasons",
+    "is_filled",
+    "split",
+    "status",
+]
+
+
+@dataclass
+class Calibration:
+    """Everything scoring needs about one customer besides the fitted models."""
+
+    customer_id: str
+    window: int
+    period: int | None
+    scaler: Scaler
+    train_size: int
+    train_end: pd.Timestamp
+    residual_sigma: float
+    day_of_month_offsets: dict[int, float]
+    # signal -> (center, threshold), learned on the training part
+    thresholds: dict[str, tuple[float, float]]
+    lstm_notebook_threshold: float
+
+
+@dataclass
+class FittedDetectors:
+    """Fitted models of a set of customers (one training run)."""
+
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
+    autoencoders: list[lstm.AutoencoderFit] = field(default_factory=list)
+    isolation_forest: CustomerOutlierModels = field(
+        default_factory=lambda: CustomerOutlierModels("isolation_forest")
+    )
+    local_outlier_factor: CustomerOutlierModels = field(
+        default_factory=lambda: CustomerOutlierModels("local_outlier_factor")
+    )
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def autoencoder_for(self, customer_id: str) -> Any:
+        for fit in self.autoencoders:
+            if customer_id in fit.customer_ids:
+                return fit.model
+        raise KeyError(f"no autoencoder trained for customer {customer_id!r}")
+
+    def training_summary(self) -> pd.DataFrame:
+        rows = []
+        for fit in self.autoencoders:
+            for i, cid in enumerate(fit.customer_ids):
+                cal = self.calibrations[cid]
+                rows.append(
+                    {
+                        "customer_id": cid,
+                        "train_size": cal.train_size,
+                        "window": cal.window,
+                        "epochs": int(fit.epochs[i]),
+                        "train_loss": float(fit.train_loss[i]),
+                        "val_loss": float(fit.val_loss[i]),
+                        "lstm_threshold": cal.lstm_notebook_threshold,
+                        "residual_threshold": cal.thresholds["residual"][1],
+                    }
+                )
+        return pd.DataFrame(rows)
+
+
+def _model_input(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
+    """What the window models see: standardised residuals by default, so growth, seasonality and
+    scale are already removed and a model trained on the past still fits the present; or the
+    notebook's scaled raw values (``windows.representation: scaled``)."""
+    if config.windows.representation == "scaled":
+        return cal.scaler.transform(series.values)
+    z = (series.values - _expectation(series, cal, config)) / cal.residual_sigma
+    return np.clip(z, -50.0, 50.0)
+
+
+def _expectation(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
+    expected = scoring.seasonal_expectation(
+        series.values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
+    )
+    if cal.day_of_month_offsets:
+        doms = np.asarray(series.timestamps.day)
+        expected = expected + np.array([cal.day_of_month_offsets.get(int(d), 0.0) for d in doms])
+    return expected
+
+
+def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
+    if not config.decrease_rule.enabled:
+        return np.zeros_like(rate)
+    return np.clip(np.nan_to_num(rate / config.decrease_rule.threshold, nan=0.0), 0.0, 1e3)
+
+
+def _window_signal(values: np.ndarray, n: int, window: int) -> np.ndarray:
+    """Place per-window scores at the step each window ends on; earlier steps get NaN."""
+    out = np.full(n, np.nan)
+    if len(values):
+        out[window - 1 : window - 1 + len(values)] = values
+    return out
+
+
+def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> None:
+    """Learn the residual spread and recurring day-of-month effects from the training part."""
+    n = cal.train_size
+    train_res = (series.values - _expectation(series, cal, config))[:n]
+    level = float(np.median(np.abs(series.values[:n])))
+    cal.residual_sigma = scoring.robust_sigma(train_res, floor=max(level * 1e-3, 1e-9))
+    if series.frequency >= pd.Timedelta(days=1) and n >= 90:
+        cal.day_of_month_offsets = scoring.day_of_month_offsets(
+            series.timestamps[:n], train_res, cal.residual_sigma
+        )
+
+
+def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> FittedDetectors:
+    """Train all three models per customer and learn every threshold from the training part."""
+    fitted = FittedDetectors()
+    prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray]]] = defaultdict(list)
+    for series in series_list:
+        if len(series) < config.preprocess.min_history:
+            fitted.skipped[series.customer_id] = (
+                f"insufficient history: {len(series)} steps, need {config.preprocess.min_history}"
+            )
+            continue
+        n_train = max(int(len(series) * config.training.train_fraction), 2)
+        window = min(window_size(series.frequency, config.windows), max(n_train // 4, 2))
+        period = season_period(series.frequency)
+        cal = Calibration(
+            customer_id=series.customer_id,
+            window=window,
+            period=period if period and period * 2 < n_train else None,
+            scaler=Scaler.fit(series.values[:n_train], config.windows.scaler),
+            train_size=n_train,
+            train_end=series.timestamps[n_train - 1],
+            residual_sigma=1.0,
+            day_of_month_offsets={},
+            thresholds={},
+            lstm_notebook_threshold=np.inf,
+        )
+        _calibrate_expectation(series, cal, config)
+        windows = sliding_windows(_model_input(series, cal, config)[:n_train], window)
+        prepared[window].append((series, cal, windows))
+
+    seed = config.training.seed
+    for window_group in prepared.values():
+        chunk = config.lstm.customers_per_model
+        for start in range(0, len(window_group), chunk):
+            part = window_group[start : start + chunk]
+            fit = lstm.train_autoencoders(
+                [s.customer_id for s, _, _ in part], [w for _, _, w in part], config.lstm, seed
+            )
+            fitted.autoencoders.append(fit)
+        for series, cal, windows in window_group:
+            cid = series.customer_id
+            fitted.isolation_forest.models[cid] = fit_isolation_forest(windows, config.isolation_forest, seed)
+            fitted.local_outlier_factor.models[cid] = fit_local_outlier_factor(
+                windows, config.local_outlier_factor
+            )
+            fitted.calibrations[cid] = cal
+
+    # Thresholds come from the training part's own scores, series by series.
+    signals = _signals([s for group in prepared.values() for s, _, _ in group], fitted, config)
+    q = config.hybrid.component_quantile
+    for cid, sig in signals.items():
+        cal = fitted.calibrations[cid]
+        n = cal.train_size
+        cal.thresholds["residual"] = (
+            0.0,
+            scoring.learn_threshold(sig["residual"][:n], q, config.hybrid.residual_min_z)[1],
+        )
+        for name in scoring.MODEL_SIGNALS:
+            cal.thresholds[name] = scoring.learn_threshold(sig[name][:n], q)
+        train_err = sig["lstm"][:n]
+        train_err = train_err[np.isfinite(train_err)]
+        cal.lstm_notebook_threshold = (
+            float(train_err.mean() + config.lstm.threshold_sigma * train_err.std())
+            if train_err.size
+            else np.inf
+        )
+    return fitted
+
+
+def _signals(
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig
+) -> dict[str, dict[str, np.ndarray]]:
+    """Raw signals per customer for every step of each series."""
+    by_model: dict[int, list[tuple[CustomerSeries, np.ndarray]]] = defaultdict(list)
+    windows_of: dict[str, np.ndarray] = {}
+    models: dict[int, Any] = {}
+    for series in series_list:
+        cal = fitted.calibrations[series.customer_id]
+        windows_of[series.customer_id] = sliding_windows(_model_input(series, cal, config), cal.window)
+        model = fitted.autoencoder_for(series.customer_id)
+        models[id(model)] = model
+        by_model[id(model)].append((series, windows_of[series.customer_id]))
+    lstm_errors: dict[str, np.ndarray] = {}
+    for model_id, members in by_model.items():
+        errors = lstm.reconstruction_errors(
+            models[model_id], [s.customer_id for s, _ in members], [w for _, w in members]
+        )
+        for (series, _), err in zip(members, errors, strict=True):
+            lstm_errors[series.customer_id] = err
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for series in series_list:
+        cid = series.customer_id
+        cal = fitted.calibrations[cid]
+        n = len(series)
+        windows = windows_of[cid]
+        expected = _expectation(series, cal, config)
+        z = (series.values - expected) / cal.residual_sigma
+        out[cid] = {
+            "expected": expected,
+            "z": z,
+            "residual": np.abs(z),
+            "lstm": _window_signal(lstm_errors[cid], n, cal.window),
+            "isolation_forest": _window_signal(fitted.isolation_forest.score(cid, windows), n, cal.window),
+            "local_outlier_factor": _window_signal(
+                fitted.local_outlier_factor.score(cid, windows), n, cal.window
+            ),
+            "decrease_rate": scoring.decrease_rate(series.values),
+        }
+    return out
+
+
+def score_series(
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig
+) -> pd.DataFrame:
+    """Score every step of every series; customers without a model come back unscored."""
+    known = [s for s in series_list if s.customer_id in fitted.calibrations]
+    signals = _signals(known, fitted, config)
+    frames = []
+    for series in series_list:
+        if series.customer_id not in fitted.calibrations:
+            reason = fitted.skipped.get(series.customer_id, "no trained model for this customer")
+            frames.append(unscored_frame(series, reason))
+            continue
+        frames.append(_score_frame(series, fitted.calibrations[series.customer_id], signals[series.customer_id], config))
+    if not frames:
+        return empty_scores()
+    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+
+
+def _score_frame(
+    series: CustomerSeries, cal: Calibration, sig: dict[str, np.ndarray], config: PipelineConfig
+) -> pd.DataFrame:
+    normalised = {
+        name: scoring.normalise(sig[name], *cal.thresholds[name]) for name in ("residual", *scoring.MODEL_SIGNALS)
+    }
+    # A drop only counts when the value is also well below what this weekday/hour usually is:
+    # a weekend dip or the day after a month-start invoice is a drop, but not a surprise.
+    confirmed = sig["z"] < -2.0
+    normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
+    weights = {**config.hybrid.weights}
+    weights.setdefault("decrease", 1.0)
+    score = scoring.hybrid(normalised, weights)
+    decrease_flag = np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold
+    lstm_flag = np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold
+    is_anomaly = score >= config.hybrid.decision_threshold
+    n = len(series)
+    warm = np.arange(n) < max(cal.window - 1, cal.period or 0)
+    is_anomaly &= ~warm
+    split = np.where(np.arange(n) < cal.train_size, "train", "test")
+    return pd.DataFrame(
+        {
+            "customer_id": series.customer_id,
+            "timestamp": series.timestamps,
+            "cost": series.values,
+            "expected_cost": sig["expected"],
+            "hybrid_score": score,
+            "is_anomaly": is_anomaly,
+            "residual_score": sig["residual"],
+            "lstm_error": sig["lstm"],
+            "lstm_threshold": cal.lstm_notebook_threshold,
+            "lstm_flag": lstm_flag,
+            "isolation_forest_score": sig["isolation_forest"],
+            "local_outlier_factor_score": sig["local_outlier_factor"],
+            "decrease_rate": sig["decrease_rate"],
+            "decrease_flag": decrease_flag & config.decrease_rule.enabled,
+            "reasons": scoring.reasons({k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag & config.decrease_rule.enabled}),
+            "is_filled": series.filled,
+            "split": split,
+            "status": np.where(warm, "warmup", "scored"),
+        }
+    )
+
+
+def unscored_frame(series: CustomerSeries, reason: str) -> pd.DataFrame:
+    n = len(series)
+    nan = np.full(n, np.nan)
+    return pd.DataFrame(
+        {
+            "customer_id": series.customer_id,
+            "timestamp": series.timestamps,
+            "cost": series.values,
+            "expected_cost": nan,
+            "hybrid_score": np.zeros(n),
+            "is_anomaly": np.zeros(n, dtype=bool),
+            "residual_score": nan,
+            "lstm_error": nan,
+            "lstm_threshold": nan,
+            "lstm_flag": np.zeros(n, dtype=bool),
+            "isolation_forest_score": nan,
+            "local_outlier_factor_score": nan,
+            "decrease_rate": nan,
+            "decrease_flag": np.zeros(n, dtype=bool),
+            "reasons": reason,
+            "is_filled": series.filled,
+            "split": "none",
+            "status": "unscored",
+        }
+    )[SCORE_COLUMNS]
+
+
+def empty_scores() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in SCORE_COLUMNS})

@@ -1,0 +1,293 @@
+"""LSTM autoencoders for many customers, trained together as one stacked model.
+
+The notebook trains one small Keras model per customer in a Python loop; with thousands of
+customers the per-model overhead (graph building, tiny batches, Python calls) dominates. Here every
+customer keeps its *own* weights (the same architecture: LSTM encoder, repeat, LSTM decoder, dense
+output), but the weights are stacked along a customer axis and all customers take their training
+step at once. Each customer's loss only touches its own slice, and Adam is per parameter, so this is
+the same optimisation as separate models, just batched. Per-customer early stopping restores each
+customer's best weights, as ``EarlyStopping(restore_best_weights=True)`` would.
+
+TensorFlow is imported inside the functions, never at module import: loading Dagster definitions
+must stay fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from anomaly_pipelines.core.config import LSTMConfig
+
+LAYER_NAME = "stacked_lstm_autoencoder"
+
+
+@cache
+def keras_module() -> Any:
+    """Import Keras (TensorFlow backend) once, quietly, with deterministic ops."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    _register_layer(keras)
+    return keras
+
+
+def _register_layer(keras: Any) -> None:
+    global StackedLSTMAutoencoder
+
+    @keras.saving.register_keras_serializable(package="anomaly_pipelines")
+    class _StackedLSTMAutoencoder(keras.layers.Layer):
+        """Input ``(batch, customers, window)``; output the reconstruction, same shape."""
+
+        def __init__(self, n_models: int, window: int, units: int, customer_ids: list[str] | None = None, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.n_models, self.window, self.units = int(n_models), int(window), int(units)
+            self.customer_ids = list(customer_ids or [])
+            c, h = self.n_models, self.units
+            zeros = "zeros"
+            self.enc_kernel = self.add_weight(shape=(c, 1, 4 * h), initializer=zeros, name="enc_kernel")
+            self.enc_recurrent = self.add_weight(shape=(c, h, 4 * h), initializer=zeros, name="enc_recurrent")
+            self.enc_bias = self.add_weight(shape=(c, 4 * h), initializer=zeros, name="enc_bias")
+            self.dec_kernel = self.add_weight(shape=(c, h, 4 * h), initializer=zeros, name="dec_kernel")
+            self.dec_recurrent = self.add_weight(shape=(c, h, 4 * h), initializer=zeros, name="dec_recurrent")
+            self.dec_bias = self.add_weight(shape=(c, 4 * h), initializer=zeros, name="dec_bias")
+            self.out_kernel = self.add_weight(shape=(c, h), initializer=zeros, name="out_kernel")
+            self.out_bias = self.add_weight(shape=(c,), initializer=zeros, name="out_bias")
+
+        def _cell(self, z: Any, c_state: Any) -> tuple[Any, Any]:
+            ops = keras.ops
+            i, f, g, o = ops.split(z, 4, axis=-1)
+            c_state = ops.sigmoid(f) * c_state + ops.sigmoid(i) * ops.tanh(g)
+            return ops.sigmoid(o) * ops.tanh(c_state), c_state
+
+        def call(self, x: Any) -> Any:
+            ops = keras.ops
+            batch = ops.shape(x)[0]
+            zeros = ops.zeros((batch, self.n_models, self.units), dtype=x.dtype)
+            # Input projection for all steps at once: (b, c, t) x (c, 4h) -> (b, c, t, 4h).
+            xw = ops.einsum("bct,cg->bctg", x, self.enc_kernel[:, 0, :]) + self.enc_bias[None, :, None, :]
+            h, c_state = zeros, zeros
+            for t in range(self.window):
+                z = xw[:, :, t, :] + ops.einsum("bch,chg->bcg", h, self.enc_recurrent)
+                h, c_state = self._cell(z, c_state)
+            # Decoder: the code is repeated at every step (RepeatVector), so project it once.
+            zin = ops.einsum("bch,chg->bcg", h, self.dec_kernel) + self.dec_bias[None, :, :]
+            h, c_state = zeros, zeros
+            outputs = []
+            for _ in range(self.window):
+                z = zin + ops.einsum("bch,chg->bcg", h, self.dec_recurrent)
+                h, c_state = self._cell(z, c_state)
+                outputs.append(ops.sum(h * self.out_kernel[None, :, :], axis=-1) + self.out_bias[None, :])
+            return ops.stack(outputs, axis=-1)
+
+        def get_config(self) -> dict[str, Any]:
+            config = super().get_config()
+            config.update(
+                n_models=self.n_models, window=self.window, units=self.units, customer_ids=self.customer_ids
+            )
+            return config
+
+    StackedLSTMAutoencoder = _StackedLSTMAutoencoder
+
+
+StackedLSTMAutoencoder: Any = None
+
+
+def _customer_seed(customer_id: str, seed: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{customer_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _initial_weights(customer_ids: list[str], units: int, seed: int) -> list[np.ndarray]:
+    """Keras' LSTM defaults (Glorot-uniform kernels, orthogonal recurrent kernels, forget-gate
+    bias 1), drawn per customer from a seed derived from its id: a customer's model does not
+    depend on which other customers share its batch."""
+    h = units
+    parts: list[list[np.ndarray]] = [[] for _ in range(8)]
+    for cid in customer_ids:
+        rng = np.random.default_rng(_customer_seed(cid, seed))
+
+        def glorot(fan_in: int, fan_out: int, rng: np.random.Generator = rng) -> np.ndarray:
+            limit = np.sqrt(6.0 / (fan_in + fan_out))
+            return rng.uniform(-limit, limit, size=(fan_in, fan_out))
+
+        def orthogonal(rng: np.random.Generator = rng) -> np.ndarray:
+            a = rng.normal(size=(4 * h, h))
+            q, r = np.linalg.qr(a)
+            q = q * np.sign(np.diag(r))
+            return q.T
+
+        bias = np.zeros(4 * h)
+        bias[h : 2 * h] = 1.0
+        values = [
+            glorot(1, 4 * h),
+            orthogonal(),
+            bias,
+            glorot(h, 4 * h),
+            orthogonal(),
+            bias.copy(),
+            glorot(h, 1)[:, 0],
+            np.zeros(()),
+        ]
+        for i, value in enumerate(values):
+            parts[i].append(value)
+    return [np.stack(p).astype(np.float32) for p in parts]
+
+
+def build_model(customer_ids: list[str], window: int, units: int, seed: int) -> Any:
+    keras = keras_module()
+    inputs = keras.Input(shape=(len(customer_ids), window), name="windows")
+    layer = StackedLSTMAutoencoder(len(customer_ids), window, units, customer_ids, name=LAYER_NAME)
+    model = keras.Model(inputs, layer(inputs), name="lstm_autoencoder")
+    layer.set_weights(_initial_weights(customer_ids, units, seed))
+    return model
+
+
+@dataclass
+class AutoencoderFit:
+    """A trained stacked model and what training measured, per customer (same order)."""
+
+    model: Any
+    customer_ids: list[str]
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    epochs: np.ndarray
+
+    def slot(self, customer_id: str) -> int:
+        return self.customer_ids.index(customer_id)
+
+
+def _pad(windows: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ragged per-customer window sets into (max_n, customers, window) plus a mask."""
+    n_max = max((len(w) for w in windows), default=0)
+    out = np.zeros((n_max, len(windows), window), dtype=np.float32)
+    mask = np.zeros((n_max, len(windows)), dtype=np.float32)
+    for c, w in enumerate(windows):
+        out[: len(w), c, :] = w
+        mask[: len(w), c] = 1.0
+    return out, mask
+
+
+def train_autoencoders(
+    customer_ids: list[str], windows: list[np.ndarray], config: LSTMConfig, seed: int
+) -> AutoencoderFit:
+    """Train one autoencoder per customer on its (already scaled) training windows.
+
+    The last ``validation_fraction`` of each customer's windows is held out for early stopping,
+    like Keras' ``validation_split``; each epoch visits each customer's windows in a fresh
+    seeded order in batches of ``batch_size``.
+    """
+    keras = keras_module()
+    import tensorflow as tf
+
+    window = windows[0].shape[1]
+    n_cust = len(customer_ids)
+    model = build_model(customer_ids, window, config.units, seed)
+    layer = model.get_layer(LAYER_NAME)
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+
+    train_sets, val_sets = [], []
+    for w in windows:
+        n_val = int(len(w) * config.validation_fraction) if len(w) >= 10 else 0
+        train_sets.append(w[: len(w) - n_val])
+        val_sets.append(w[len(w) - n_val :] if n_val else w[-max(1, len(w) // 5) :])
+    x_train, _ = _pad(train_sets, window)
+    x_val, m_val = _pad(val_sets, window)
+    counts = np.array([len(w) for w in train_sets])
+    batch = config.batch_size
+    steps = max(1, int(np.ceil(counts.max() / batch)))
+    rngs = [np.random.default_rng(_customer_seed(cid, seed) + 1) for cid in customer_ids]
+
+    variables = layer.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def train_step(xb: Any, mb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            recon = layer(xb)
+            err = tf.reduce_mean(tf.square(recon - xb), axis=-1)  # (b, c)
+            per_customer = tf.reduce_sum(err * mb, axis=0) / tf.maximum(tf.reduce_sum(mb, axis=0), 1.0)
+            loss = tf.reduce_sum(per_customer)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return per_customer
+
+    best_val = np.full(n_cust, np.inf)
+    best_weights = [w.copy() for w in layer.get_weights()]
+    wait = np.zeros(n_cust, dtype=int)
+    active = np.ones(n_cust, dtype=bool)
+    epochs_run = np.zeros(n_cust, dtype=int)
+    last_train = np.zeros(n_cust)
+    best_train = np.zeros(n_cust)
+    cols = np.arange(n_cust)[None, :]
+
+    for _epoch in range(config.epochs):
+        order = np.zeros((steps * batch, n_cust), dtype=np.int64)
+        mask = np.zeros((steps * batch, n_cust), dtype=np.float32)
+        for c, rng in enumerate(rngs):
+            perm = rng.permutation(counts[c])
+            order[: counts[c], c] = perm
+            mask[: counts[c], c] = 1.0 if active[c] else 0.0
+        losses = np.zeros(n_cust)
+        for s in range(steps):
+            rows = order[s * batch : (s + 1) * batch]
+            mb = mask[s * batch : (s + 1) * batch]
+            if not mb.any():
+                continue
+            xb = x_train[rows, cols]
+            losses += train_step(tf.constant(xb), tf.constant(mb)).numpy() * mb.sum(axis=0)
+        last_train = np.where(active, losses / np.maximum(counts, 1), last_train)
+        epochs_run += active
+        val = _masked_mse(layer, x_val, m_val)
+        improved = active & (val < best_val - 1e-7)
+        if improved.any():
+            current = layer.get_weights()
+            for b, cur in zip(best_weights, current, strict=True):
+                b[improved] = cur[improved]
+            best_val[improved] = val[improved]
+            best_train[improved] = last_train[improved]
+        wait = np.where(improved, 0, wait + active)
+        active &= wait < config.patience
+        if not active.any():
+            break
+
+    layer.set_weights(best_weights)
+    return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run)
+
+
+def _masked_mse(layer: Any, x: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    errors = reconstruction_errors_padded(layer, x)
+    return (errors * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1.0)
+
+
+def reconstruction_errors_padded(layer: Any, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Mean squared reconstruction error per window: ``x`` is (n, customers, window)."""
+    keras = keras_module()
+    out = np.zeros(x.shape[:2], dtype=np.float64)
+    for start in range(0, len(x), chunk):
+        xb = x[start : start + chunk]
+        recon = keras.ops.convert_to_numpy(layer(keras.ops.convert_to_tensor(xb)))
+        out[start : start + chunk] = np.mean((recon - xb) ** 2, axis=-1)
+    return out
+
+
+def reconstruction_errors(model: Any, customer_ids: list[str], windows: list[np.ndarray]) -> list[np.ndarray]:
+    """Errors for each listed customer's windows, using that customer's slot of ``model``."""
+    layer = model.get_layer(LAYER_NAME)
+    slots = {cid: i for i, cid in enumerate(layer.customer_ids)}
+    if not windows:
+        return []
+    window = layer.window
+    full: list[np.ndarray] = [np.zeros((0, window), dtype=np.float32)] * layer.n_models
+    for cid, w in zip(customer_ids, windows, strict=True):
+        full[slots[cid]] = w.astype(np.float32)
+    x, _ = _pad(full, window)
+    errors = reconstruction_errors_padded(layer, x)
+    return [errors[: len(w), slots[cid]] for cid, w in zip(customer_ids, windows, strict=True)]

@@ -1,0 +1,143 @@
+"""Signals, thresholds learned from training data, and the hybrid rule.
+
+Signals (each "higher = more anomalous"):
+
+* ``residual``: distance of a value from its expected value (median of the same phase in the
+  previous few cycles: same weekday for daily data, same time of day for sub-daily data), in units
+  of the training residuals' robust spread. Recurring day-of-month charges seen in training are
+  part of the expectation, so a normal first-of-month invoice does not alert.
+* ``lstm``: reconstruction error of the window ending at a step (the notebook's signal).
+* ``isolation_forest`` and ``local_outlier_factor``: outlier scores of that same window.
+* ``decrease``: day-over-day change below the configured rate (the notebook's rule).
+
+The hybrid rule: each continuous signal is divided by its own threshold, learned on the
+training part of that series (a high quantile of its training scores), so 1.0 means "as unusual
+as the rarest training behaviour". The hybrid score is the mean of the two largest normalised
+signals: one detector alone must be twice as sure as two that agree. A step is an anomaly when
+the hybrid score reaches ``decision_threshold`` (1.0). ``reasons`` lists each signal at or above
+its own threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+MODEL_SIGNALS = ("lstm", "isolation_forest", "local_outlier_factor")
+SIGNALS = ("residual", *MODEL_SIGNALS, "decrease")
+
+
+def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fallback: int) -> np.ndarray:
+    """Median of the same phase over the previous ``cycles`` cycles, using the past only.
+
+    Where fewer than two cycles exist yet, the median of the previous ``fallback`` steps is used.
+    A median of several cycles ignores one anomalous cycle, which a plain lag would copy.
+    """
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    short = _lagged_median(values, list(range(1, fallback + 1)))
+    if not period or period * 2 >= n:
+        expected = short
+    else:
+        seasonal = _lagged_median(values, [period * k for k in range(1, cycles + 1)], min_count=2)
+        expected = np.where(np.isnan(seasonal), short, seasonal)
+    first = values[0] if n else 0.0
+    return np.where(np.isnan(expected), first, expected)
+
+
+def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> np.ndarray:
+    n = len(values)
+    lagged = np.full((n, len(lags)), np.nan)
+    for j, lag in enumerate(lags):
+        if lag < n:
+            lagged[lag:, j] = values[: n - lag]
+    count = np.sum(~np.isnan(lagged), axis=1)
+    out = np.full(n, np.nan)
+    ok = count >= min_count
+    if ok.any():
+        out[ok] = np.nanmedian(lagged[ok], axis=1)
+    return out
+
+
+def robust_sigma(values: np.ndarray, floor: float) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return max(floor, 1e-9)
+    mad = float(np.median(np.abs(values - np.median(values)))) * 1.4826
+    return max(mad, floor, 1e-9)
+
+
+def day_of_month_offsets(
+    timestamps: pd.DatetimeIndex, residuals: np.ndarray, sigma: float, min_months: int = 3
+) -> dict[int, float]:
+    """Day-of-month effects that recur in training (month-start invoices, monthly jobs).
+
+    A day gets an offset when its median residual over the training months is beyond three
+    robust spreads and has the same sign in at least 75% of those months.
+    """
+    offsets: dict[int, float] = {}
+    frame = pd.DataFrame({"dom": timestamps.day, "res": residuals}).dropna()
+    for dom, group in frame.groupby("dom"):
+        if len(group) < min_months:
+            continue
+        median = float(group["res"].median())
+        same_sign = float(np.mean(np.sign(group["res"]) == np.sign(median)))
+        if abs(median) > 3 * sigma and same_sign >= 0.75:
+            offsets[int(dom)] = median
+    return offsets
+
+
+def decrease_rate(values: np.ndarray) -> np.ndarray:
+    """Step-over-step relative change; undefined (NaN) where the previous value is zero."""
+    values = np.asarray(values, dtype=float)
+    rate = np.full(len(values), np.nan)
+    if len(values) > 1:
+        prev = values[:-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate[1:] = np.where(np.abs(prev) > 1e-12, (values[1:] - prev) / np.abs(prev), np.nan)
+    return rate
+
+
+def learn_threshold(train_scores: np.ndarray, quantile: float, minimum: float = 0.0) -> tuple[float, float]:
+    """(center, threshold) of a signal from its training scores: median and a high quantile."""
+    scores = np.asarray(train_scores, dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        return 0.0, max(minimum, 1.0)
+    center = float(np.median(scores))
+    threshold = max(float(np.quantile(scores, quantile)), minimum)
+    if threshold - center <= 1e-12:
+        threshold = center + max(abs(center) * 0.1, 1e-6)
+    return center, threshold
+
+
+def normalise(scores: np.ndarray, center: float, threshold: float) -> np.ndarray:
+    """Map a signal so 0 is its typical training value and 1 is its learned threshold."""
+    out = (np.asarray(scores, dtype=float) - center) / (threshold - center)
+    return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1e3)
+
+
+def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Mean of the two largest weighted normalised signals (see module docstring)."""
+    names = [name for name in normalised if weights.get(name, 1.0) > 0]
+    if not names:
+        raise ValueError("hybrid needs at least one signal with a positive weight")
+    stacked = np.vstack([normalised[name] * weights.get(name, 1.0) for name in names])
+    if len(names) == 1:
+        return stacked[0]
+    top2 = -np.sort(-stacked, axis=0)[:2]
+    return top2.mean(axis=0)
+
+
+def reasons(normalised: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> list[str]:
+    n = len(next(iter(normalised.values())))
+    fired = [[] for _ in range(n)]
+    for name, values in normalised.items():
+        for i in np.flatnonzero(values >= 1.0):
+            fired[i].append(name)
+    for name, mask in flags.items():
+        for i in np.flatnonzero(mask):
+            if name not in fired[i]:
+                fired[i].append(name)
+    return [",".join(sorted(f)) for f in fired]
