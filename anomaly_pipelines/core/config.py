@@ -29,15 +29,99 @@ class SyntheticSourceConfig(_Section):
     with_incidents: bool = True
 
 
+class FocusSourceConfig(_Section):
+    """FinOps FOCUS (1.0 and later) exports; see docs/sources.md."""
+
+    # Whose series a row belongs to: a column (SubAccountId, BillingAccountId, ...) or
+    # "tag:<key>" for a key of the JSON ``Tags`` column.
+    customer_key: str = "SubAccountId"
+    cost_column: str = "BilledCost"  # or EffectiveCost, ListCost, ContractedCost
+    timestamp_column: str = "ChargePeriodStart"
+    # With a tag key, rows without that tag go to this customer; None quarantines them instead
+    # (untagged spend is real money, so by default it stays visible as its own series).
+    untagged_customer: str | None = "(untagged)"
+    # Columns that identify the same charge delivered twice; None: the whole row.
+    duplicate_key: list[str] | None = None
+
+
+class TableSourceConfig(_Section):
+    """A generic long table; the three key columns come from ``source.*_column``."""
+
+    # Optional dimensions: canonical name (service, region, charge_category, currency) -> column.
+    columns: dict[str, str] = Field(default_factory=dict)
+    # Floor timestamps to this step (e.g. "1D"); None keeps them (5-minute metrics stay 5-minute).
+    floor: str | None = None
+    # Canonical columns that identify one value; None: customer_id, timestamp and mapped dimensions.
+    duplicate_key: list[str] | None = None
+
+
+class DailyFolderSourceConfig(_Section):
+    """A folder with one export file per day; each file is in one of the other formats."""
+
+    format: Literal["notebook_csv", "focus", "table"] = "notebook_csv"
+    pattern: str = "*"  # glob inside ``source.path``
+    # The first group of this regex, searched in the file name, is the file's day (YYYY-MM-DD).
+    date_regex: str = r"(\d{4}-\d{2}-\d{2})"
+
+
+class ValidationConfig(_Section):
+    """Row checks; a failing row is quarantined, never dropped silently."""
+
+    # One row above this is a unit or parsing error, not spend.
+    max_abs_cost: float = 1e9
+    # Negative usage is almost always a credit or refund exported under the wrong category.
+    allow_negative_usage: bool = False
+    # Timestamps later than now + this many days are quarantined (typo'd years, wrong formats).
+    max_future_days: float = 1.0
+    min_timestamp: str = "2000-01-01"
+    max_customer_id_length: int = 512
+
+
 class SourceConfig(_Section):
     """Where raw usage comes from; the readers live in ``core.sources``."""
 
     kind: Literal["synthetic", "notebook_csv", "focus", "table", "daily_folder"] = "synthetic"
+    # A file, a folder (every data file inside, recursively) or a glob.
     path: str | None = None
+    # Key columns of the notebook format and generic tables (FOCUS uses ``focus.*``).
     customer_column: str = "customer_id"
     timestamp_column: str = "Date"
     cost_column: str = "TotalCost"
-    # Extra options per reader (FOCUS key/cost columns, column mappings, ...).
+    # CSV reading: None detects the delimiter from the header (, ; tab |).
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    null_values: list[str] = Field(
+        default_factory=lambda: ["", "NULL", "null", "Null", "None", "NaN", "nan", "N/A", "#N/A"]
+    )
+    # strftime format of timestamps; None infers one per file and fails on ambiguous dates.
+    timestamp_format: str | None = None
+    # Zone of timestamps that carry a time but no offset (FOCUS requires UTC).
+    timezone: str = "UTC"
+    # Where each charge category goes (matched case-insensitively): "usage" is modelled,
+    # "signal" is kept apart so a credit cannot hide a usage spike. Unknown categories are
+    # quarantined. Tax defaults to signal because it is often billed monthly in one lump.
+    charge_categories: dict[str, Literal["usage", "signal"]] = Field(
+        default_factory=lambda: {
+            "usage": "usage",
+            "purchase": "usage",
+            "tax": "signal",
+            "credit": "signal",
+            "refund": "signal",
+            "adjustment": "signal",
+        }
+    )
+    # FOCUS ChargeClass "Correction" rows (fixes of earlier periods).
+    corrections: Literal["usage", "signal"] = "signal"
+    # Expected currency; rows in another one are converted with ``exchange_rates`` (units of
+    # ``currency`` per unit of the other) or quarantined. None: a customer whose rows carry more
+    # than one currency is an error, since summing them would be meaningless.
+    currency: str | None = None
+    exchange_rates: dict[str, float] = Field(default_factory=dict)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    focus: FocusSourceConfig = Field(default_factory=FocusSourceConfig)
+    table: TableSourceConfig = Field(default_factory=TableSourceConfig)
+    daily: DailyFolderSourceConfig = Field(default_factory=DailyFolderSourceConfig)
+    # Free-form options (kept for compatibility; the typed sections above are preferred).
     options: dict[str, Any] = Field(default_factory=dict)
     synthetic: SyntheticSourceConfig = Field(default_factory=SyntheticSourceConfig)
 
@@ -100,9 +184,10 @@ class DecreaseRuleConfig(_Section):
 class HybridConfig(_Section):
     """How the component signals become one score; see ``core.scoring`` for the rule."""
 
-    # Each component's score is divided by a threshold learned on training data, so 1.0 means
-    # "at this series' own threshold"; these are the tail quantiles used for that.
-    component_quantile: float = 0.995
+    # Each component's score is divided by a threshold learned on its training scores, so 1.0
+    # means "at this series' own threshold": quantile + reach * (quantile - median).
+    component_quantile: float = 0.95
+    threshold_reach: float = 2.0
     residual_min_z: float = 4.0
     weights: dict[str, float] = Field(
         default_factory=lambda: {
@@ -125,13 +210,47 @@ class MlflowConfig(_Section):
 
 
 class ExplainConfig(_Section):
+    """How anomalies become incidents and text; see ``core.explain``."""
+
     explainer: Literal["offline", "gemini"] = "offline"
     max_headline_chars: int = 70
+    max_detail_chars: int = 700
     top_root_causes: int = 3
+    # A root cause must carry at least this share of its dimension's deviation to be listed.
+    min_root_cause_share: float = 0.05
+    # Anomalous steps at most this many normal steps apart form one incident.
+    max_gap_steps: int = 1
+    # |impact %| at which an incident becomes medium, high, critical (below the first: low).
+    severity_pct: tuple[float, float, float] = (20.0, 50.0, 100.0)
+    # Gemini (used when explainer == "gemini"; the key comes from the GEMINI_API_KEY env var).
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str | None = None  # None: Google's endpoint; tests point it at 127.0.0.1
+    timeout_seconds: float = 20.0
+    max_output_tokens: int = 256
+    temperature: float = 0.2
+    max_calls_per_run: int = 50
+    max_retries: int = 3
+    backoff_seconds: float = 1.0
+    cache_dir: str | None = "data/outputs/explain_cache"
 
 
 class OutputConfig(_Section):
     directory: str = "data/outputs"
+
+
+class OrchestrationConfig(_Section):
+    """Dagster settings read once when the definitions load: partitions, the schedule and the
+    executor are part of the code location, so unlike every other section they cannot change
+    per run (edit the YAML and reload the code location instead)."""
+
+    daily_start_date: str = "2024-01-01"  # first daily partition (daily files, daily scores)
+    daily_cron: str = "0 6 * * *"  # when the daily scoring run starts; it scores the day before
+    timezone: str = "UTC"
+    schedule_running_by_default: bool = True
+    # "in_process": every step of a run in one process (one process per run, least memory);
+    # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time.
+    executor: Literal["in_process", "multiprocess"] = "in_process"
+    max_concurrent_steps: int = 2
 
 
 class PipelineConfig(_Section):
@@ -147,6 +266,7 @@ class PipelineConfig(_Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     def merged(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """Return a copy with a nested dict of overrides applied (deep merge)."""

@@ -111,6 +111,8 @@ def _model_input(series: CustomerSeries, cal: Calibration, config: PipelineConfi
     if config.windows.representation == "scaled":
         return cal.scaler.transform(series.values)
     z = (series.values - _expectation(series, cal, config)) / cal.residual_sigma
+    if cal.period:
+        z[: 2 * cal.period] = 0.0  # offsets need two cycles of history; before that a rough guess
     return np.clip(z, -50.0, 50.0)
 
 
@@ -131,10 +133,20 @@ def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
 
 
 def _window_signal(values: np.ndarray, n: int, window: int) -> np.ndarray:
-    """Place per-window scores at the step each window ends on; earlier steps get NaN."""
+    """Per-step score from per-window scores: the minimum over all windows covering the step.
+
+    Attributing a window's score to its last step makes every anomaly echo for a whole window
+    length afterwards (each later window still contains it). Taking the least anomalous window
+    that covers a step localises the anomaly: only steps inside every high-scoring window stay
+    high. The newest steps are covered by fewer windows, the newest by one, as online scoring
+    must be.
+    """
     out = np.full(n, np.nan)
-    if len(values):
-        out[window - 1 : window - 1 + len(values)] = values
+    if len(values) == 0:
+        return out
+    padded = np.r_[values, np.full(window - 1, np.inf)]
+    covered = pd.Series(padded).rolling(window, min_periods=1).min().to_numpy()
+    out[: len(covered)] = covered[:n]
     return out
 
 
@@ -198,16 +210,16 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
 
     # Thresholds come from the training part's own scores, series by series.
     signals = _signals([s for group in prepared.values() for s, _, _ in group], fitted, config)
-    q = config.hybrid.component_quantile
+    q, reach = config.hybrid.component_quantile, config.hybrid.threshold_reach
     for cid, sig in signals.items():
         cal = fitted.calibrations[cid]
         n = cal.train_size
         cal.thresholds["residual"] = (
             0.0,
-            scoring.learn_threshold(sig["residual"][:n], q, config.hybrid.residual_min_z)[1],
+            scoring.learn_threshold(sig["residual"][:n], q, reach, config.hybrid.residual_min_z)[1],
         )
         for name in scoring.MODEL_SIGNALS:
-            cal.thresholds[name] = scoring.learn_threshold(sig[name][:n], q)
+            cal.thresholds[name] = scoring.learn_threshold(sig[name][:n], q, reach)
         train_err = sig["lstm"][:n]
         train_err = train_err[np.isfinite(train_err)]
         cal.lstm_notebook_threshold = (
@@ -296,7 +308,7 @@ def _score_frame(
     lstm_flag = np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold
     is_anomaly = score >= config.hybrid.decision_threshold
     n = len(series)
-    warm = np.arange(n) < max(cal.window - 1, cal.period or 0)
+    warm = np.arange(n) < cal.window - 1 + 2 * (cal.period or 0)
     is_anomaly &= ~warm
     split = np.where(np.arange(n) < cal.train_size, "train", "test")
     return pd.DataFrame(

@@ -28,10 +28,13 @@ SIGNALS = ("residual", *MODEL_SIGNALS, "decrease")
 
 
 def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fallback: int) -> np.ndarray:
-    """Median of the same phase over the previous ``cycles`` cycles, using the past only.
+    """Expected value of each step from the past only: a robust level plus a seasonal offset.
 
-    Where fewer than two cycles exist yet, the median of the previous ``fallback`` steps is used.
-    A median of several cycles ignores one anomalous cycle, which a plain lag would copy.
+    The level is the median of the previous cycle (a week of daily data, a day of 5-minute
+    data), so a lasting level change is absorbed within half a cycle. The offset of a phase
+    (Saturday, 14:05, ...) is the median, over the previous ``cycles`` cycles, of how far that
+    phase sat from its own level then, so one anomalous cycle does not shift it. Without a
+    cycle (or before the first one) the median of the previous ``fallback`` steps is used.
     """
     values = np.asarray(values, dtype=float)
     n = len(values)
@@ -39,8 +42,9 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
     if not period or period * 2 >= n:
         expected = short
     else:
-        seasonal = _lagged_median(values, [period * k for k in range(1, cycles + 1)], min_count=2)
-        expected = np.where(np.isnan(seasonal), short, seasonal)
+        level = pd.Series(values).rolling(period, min_periods=1).median().shift(1).to_numpy()
+        offset = _lagged_median(values - level, [period * k for k in range(1, cycles + 1)])
+        expected = np.where(np.isnan(offset), short, level + offset)
     first = values[0] if n else 0.0
     return np.where(np.isnan(expected), first, expected)
 
@@ -99,14 +103,24 @@ def decrease_rate(values: np.ndarray) -> np.ndarray:
     return rate
 
 
-def learn_threshold(train_scores: np.ndarray, quantile: float, minimum: float = 0.0) -> tuple[float, float]:
-    """(center, threshold) of a signal from its training scores: median and a high quantile."""
+def learn_threshold(
+    train_scores: np.ndarray, quantile: float, reach: float, minimum: float = 0.0
+) -> tuple[float, float]:
+    """(center, threshold) of a signal from its training scores.
+
+    Training history is never clean (it holds the incidents nobody labelled), so an extreme
+    quantile would learn the incidents themselves as normal. Instead the threshold reaches
+    ``reach`` times the distance from the median to a moderate quantile beyond that quantile:
+    a few percent of contamination barely moves it, while heavy-tailed signals still get a
+    proportionally higher threshold.
+    """
     scores = np.asarray(train_scores, dtype=float)
     scores = scores[np.isfinite(scores)]
     if scores.size == 0:
         return 0.0, max(minimum, 1.0)
     center = float(np.median(scores))
-    threshold = max(float(np.quantile(scores, quantile)), minimum)
+    upper = float(np.quantile(scores, quantile))
+    threshold = max(upper + reach * (upper - center), minimum)
     if threshold - center <= 1e-12:
         threshold = center + max(abs(center) * 0.1, 1e-6)
     return center, threshold

@@ -34,14 +34,22 @@ def generate_usage(
     quiet_customers: int = 2,
     incidents_per_customer: tuple[int, int] = (2, 4),
     missing_day_rate: float = 0.004,
+    credit_rate: float = 0.0,
 ) -> SyntheticData:
     """Long usage rows, one per customer, service and day, plus the injected incidents.
 
     The last ``quiet_customers`` customers never get an incident (false-alarm checks).
     Incidents are placed in the last 60% of the history so each customer keeps a clean start
     to learn from, as real onboarding usually does.
+
+    ``credit_rate`` is the share of customers that also receive credits (negative rows with
+    ``charge_category`` "Credit"): a monthly credit on a fixed day of the month, or a promotional
+    credit of a fixed share of usage for a few months. Credits are normal billing, never labelled.
+    They come from their own seeded generator, so the usage rows are the same with or without
+    them.
     """
     rng = np.random.default_rng(seed)
+    credit_rng = np.random.default_rng([seed, 1])
     dates = pd.date_range(start, periods=days, freq="D", tz="UTC")
     rows: list[pd.DataFrame] = []
     incidents: list[dict[str, object]] = []
@@ -86,8 +94,22 @@ def generate_usage(
                         }
                     )
         missing = rng.random(days) < missing_day_rate
+        keep = ~missing
+        if credit_rng.random() < credit_rate:
+            credit = _credit(credit_rng, service_costs, dates, base)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "customer_id": customer_id,
+                        "timestamp": dates[keep & (credit < 0)],
+                        "service": services[0],
+                        "region": region,
+                        "charge_category": "Credit",
+                        "cost": np.round(credit[keep & (credit < 0)], 4),
+                    }
+                )
+            )
         for s in services:
-            keep = ~missing
             rows.append(
                 pd.DataFrame(
                     {
@@ -103,6 +125,24 @@ def generate_usage(
     usage = pd.concat(rows, ignore_index=True).sort_values(["customer_id", "timestamp", "service"])
     inc = pd.DataFrame(incidents, columns=["customer_id", "kind", "service", "start", "end"])
     return SyntheticData(usage.reset_index(drop=True), inc)
+
+
+def _credit(
+    rng: np.random.Generator, service_costs: dict[str, np.ndarray], dates: pd.DatetimeIndex, base: float
+) -> np.ndarray:
+    """Daily credit amounts (<= 0) of one customer: monthly on a fixed day, or a share of usage
+    over a promotional period of two to six months."""
+    days = len(dates)
+    credit = np.zeros(days)
+    if rng.random() < 0.5:
+        day = int(rng.integers(1, 29))
+        credit[np.asarray(dates.day) == day] = -base * float(rng.uniform(0.2, 0.5))
+    else:
+        length = min(int(rng.integers(60, 181)), days)
+        s0 = int(rng.integers(0, days - length + 1))
+        usage = np.sum(list(service_costs.values()), axis=0)
+        credit[s0 : s0 + length] = -usage[s0 : s0 + length] * float(rng.uniform(0.1, 0.25))
+    return credit
 
 
 def _inject(

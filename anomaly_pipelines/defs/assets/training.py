@@ -1,0 +1,139 @@
+"""Training: the three models of every customer of a run, logged and registered in MLflow.
+
+One training call covers every partition key of the run, so a batch run trains all customers'
+LSTM autoencoders as one stacked Keras model (see ``core.models.lstm_autoencoder``) instead of a
+Python loop over small models. The three assets hold small references to what MLflow registered
+(name, version, run id); the models themselves live in the registry, where scoring loads the
+``champion`` alias from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from anomaly_pipelines.core.detector import fit_detectors
+from anomaly_pipelines.defs.metadata import markdown_table, md
+from anomaly_pipelines.defs.partitions import customer_partitions
+from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSettings
+
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
+
+
+@dg.multi_asset(
+    outs={
+        "lstm_autoencoder": dg.AssetOut(
+            kinds={"tensorflow", "mlflow"},
+            description="Per-customer LSTM autoencoders (stacked Keras model), registered in MLflow.",
+        ),
+        "isolation_forest": dg.AssetOut(
+            kinds={"sklearn", "mlflow"},
+            description="Per-customer IsolationForest over training windows, registered in MLflow.",
+        ),
+        "local_outlier_factor": dg.AssetOut(
+            kinds={"sklearn", "mlflow"},
+            description="Per-customer LocalOutlierFactor (novelty mode), registered in MLflow.",
+        ),
+    },
+    partitions_def=customer_partitions,
+    backfill_policy=SINGLE_RUN,
+    group_name="training",
+)
+def trained_models(
+    context: dg.AssetExecutionContext,
+    windowed_sequences: dict[str, dict[str, Any]],
+    pipeline_settings: PipelineSettings,
+    mlflow_registry: MlflowRegistryResource,
+) -> Iterator[dg.Output[dict[str, dict[str, Any]]]]:
+    """Fit the three detectors on each customer's training part, learn its thresholds, then log
+    one MLflow run (params, metrics) and register one model version per customer."""
+    config = pipeline_settings.load()
+    keys = list(context.partition_keys)
+    series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
+    fitted = fit_detectors(series, config)
+    registry = mlflow_registry.registry()
+    record = registry.log_training(
+        fitted,
+        config,
+        run_name=f"dagster-{context.run_id[:8]}-{len(series)}-customers",
+        tags={"dagster_run_id": context.run_id, "dagster_job": context.job_name},
+    )
+    for cid, reason in fitted.skipped.items():
+        context.log.warning(f"customer {cid!r} not trained: {reason}")
+
+    summary = fitted.training_summary()
+    by_customer = summary.set_index("customer_id") if len(summary) else pd.DataFrame()
+    refs: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in MODEL_ASSETS}
+    for s in series:
+        cid = s.customer_id
+        base: dict[str, Any] = {
+            "customer_id": cid,
+            "registered_name": record.registered_names.get(cid),
+            "version": record.model_versions.get(cid),
+            "mlflow_run_id": record.run_id,
+            "status": "trained" if cid in fitted.calibrations else "skipped",
+            "reason": fitted.skipped.get(cid, ""),
+        }
+        for name in MODEL_ASSETS:
+            refs[name][s.key] = {**base, "component": name}
+        if cid in fitted.calibrations:
+            cal = fitted.calibrations[cid]
+            row = by_customer.loc[cid] if cid in by_customer.index else None
+            refs["lstm_autoencoder"][s.key].update(
+                window=cal.window,
+                threshold=float(cal.lstm_notebook_threshold),
+                train_loss=float(row["train_loss"]) if row is not None else None,
+                val_loss=float(row["val_loss"]) if row is not None else None,
+                epochs=int(row["epochs"]) if row is not None else None,
+            )
+            for name in ("isolation_forest", "local_outlier_factor"):
+                refs[name][s.key]["threshold"] = float(cal.thresholds[name][1])
+
+    common = {
+        "customers_trained": len(fitted.calibrations),
+        "customers_skipped": len(fitted.skipped),
+        "mlflow_run_id": record.run_id,
+        "mlflow_experiment_id": str(record.experiment_id),
+        "model_versions": md(
+            markdown_table(
+                pd.DataFrame(
+                    [
+                        {"customer_id": c, "registered_name": record.registered_names.get(c), "version": v}
+                        for c, v in sorted(record.model_versions.items())
+                    ]
+                )
+            )
+        ),
+    }
+    lstm_meta: dict[str, Any] = {
+        **common,
+        "epochs_config": config.lstm.epochs,
+        "stacked_models": len(fitted.autoencoders),
+    }
+    if len(summary):
+        lstm_meta.update(
+            mean_train_loss=float(summary["train_loss"].mean()),
+            mean_val_loss=float(summary["val_loss"].mean()),
+            mean_epochs_run=float(summary["epochs"].mean()),
+            training=md(markdown_table(summary)),
+        )
+    yield dg.Output(refs["lstm_autoencoder"], output_name="lstm_autoencoder", metadata=lstm_meta)
+    for name, params in (
+        ("isolation_forest", {"n_estimators": config.isolation_forest.n_estimators}),
+        ("local_outlier_factor", {"n_neighbors": config.local_outlier_factor.n_neighbors}),
+    ):
+        thresholds = pd.DataFrame(
+            [
+                {"customer_id": ref["customer_id"], "threshold": ref.get("threshold")}
+                for ref in refs[name].values()
+            ]
+        )
+        yield dg.Output(
+            refs[name],
+            output_name=name,
+            metadata={**common, **params, "thresholds": md(markdown_table(thresholds))},
+        )

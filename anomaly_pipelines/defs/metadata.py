@@ -1,0 +1,78 @@
+"""Small, readable materialization metadata: Markdown tables and embedded plot thumbnails.
+
+Metadata lives in the Dagster event log (SQLite by default), so tables are capped in rows and
+images are shrunk to thumbnails before being embedded; the full plots stay on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+MAX_TABLE_ROWS = 20
+THUMBNAIL_WIDTH = 640
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, digits: int = 3) -> str:
+    """A pipe table of the first ``max_rows`` rows (no optional dependency such as tabulate)."""
+    if frame.empty:
+        return "_(no rows)_"
+    shown = frame.head(max_rows)
+    header = "| " + " | ".join(str(c) for c in shown.columns) + " |"
+    rule = "|" + "|".join(" --- " for _ in shown.columns) + "|"
+    rows = [
+        "| " + " | ".join(_cell(v, digits) for v in row) + " |"
+        for row in shown.itertuples(index=False, name=None)
+    ]
+    more = [f"\n_{len(frame) - max_rows} more rows not shown_"] if len(frame) > max_rows else []
+    return "\n".join([header, rule, *rows, *more])
+
+
+def _cell(value: Any, digits: int) -> str:
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d") if value == value.normalize() else value.isoformat()
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def image_markdown(paths: list[Path], titles: list[str] | None = None, limit: int = 3) -> str:
+    """Markdown embedding up to ``limit`` PNGs as base64 thumbnails, plus the file paths."""
+    titles = titles or [p.stem for p in paths]
+    parts = []
+    for path, title in list(zip(paths, titles, strict=True))[:limit]:
+        parts.append(f"**{title}**\n\n![{title}](data:image/png;base64,{thumbnail_base64(path)})")
+    if len(paths) > limit:
+        parts.append(f"_{len(paths) - limit} more plots on disk, see `plot_paths`._")
+    return "\n\n".join(parts)
+
+
+def thumbnail_base64(path: Path, width: int = THUMBNAIL_WIDTH) -> str:
+    from PIL import Image  # matplotlib's own dependency; imported here to keep loading fast
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.width > width:
+            image = image.resize((width, max(1, round(image.height * width / image.width))))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def table_schema(frame: pd.DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name=str(c), type=str(t)) for c, t in frame.dtypes.items()]
+    )
+
+
+def md(text: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(text)

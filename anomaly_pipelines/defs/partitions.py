@@ -1,0 +1,24 @@
+"""The two partition axes: customers (dynamic) and days (time), never crossed.
+
+Customers are registered from the data by ``validated_usage`` (and the daily ingest), so a new
+customer becomes a partition without a code change. Days partition what arrives daily: the staged
+billing file and the daily scores. A date x customer grid would multiply the partitions the UI and
+the daemon track for no gain, since training and batch scoring always need a customer's whole
+history anyway.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from anomaly_pipelines.defs.settings import definition_config
+
+CUSTOMERS = "customers"
+
+customer_partitions = dg.DynamicPartitionsDefinition(name=CUSTOMERS)
+
+_orchestration = definition_config().orchestration
+
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=_orchestration.daily_start_date, timezone=_orchestration.timezone
+)

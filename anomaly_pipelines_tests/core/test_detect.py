@@ -1,0 +1,107 @@
+"""The public ``detect()`` on small data: frequencies, short series, determinism, detection."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_pipelines import detect
+from anomaly_pipelines.core.config import LSTMConfig
+from anomaly_pipelines.core.models.lstm_autoencoder import reconstruction_errors, train_autoencoders
+from anomaly_pipelines.core.windows import sliding_windows
+
+FAST = {"lstm": {"epochs": 3}}
+
+
+def _daily(customer: str, days: int, seed: int, start: str = "2024-01-01") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range(start, periods=days, freq="D", tz="UTC")
+    weekly = np.where(ts.dayofweek >= 5, 60.0, 100.0)
+    return pd.DataFrame({"customer_id": customer, "timestamp": ts, "cost": weekly * (1 + rng.normal(0, 0.03, days))})
+
+
+@pytest.fixture(scope="module")
+def scored() -> tuple[pd.DataFrame, pd.DataFrame]:
+    spiky = _daily("spiky", 240, 1)
+    spiky.loc[200, "cost"] *= 4  # a one-day spike in the test period
+    droppy = _daily("droppy", 240, 2)
+    droppy.loc[[210, 211], "cost"] *= 0.1  # a two-day drop
+    quiet = _daily("quiet", 240, 3)
+    usage = pd.concat([spiky, droppy, quiet], ignore_index=True)
+    return usage, detect(usage, FAST)
+
+
+def test_output_contract(scored: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    usage, scores = scored
+    assert len(scores) == len(usage)
+    for column in ("customer_id", "timestamp", "cost", "expected_cost", "hybrid_score", "is_anomaly", "reasons"):
+        assert column in scores
+    assert scores["is_anomaly"].dtype == bool
+    assert scores["hybrid_score"].notna().all()
+
+
+def test_spike_and_drop_flagged_quiet_customer_not(scored: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    usage, scores = scored
+    by = scores.set_index(["customer_id", "timestamp"])
+    spike_day = usage.loc[200, "timestamp"]
+    drop_days = usage.loc[[210, 211], "timestamp"]
+    assert by.loc[("spiky", spike_day), "is_anomaly"]
+    assert "residual" in by.loc[("spiky", spike_day), "reasons"]
+    assert by.loc[("droppy", drop_days.iloc[0]), "is_anomaly"]
+    quiet = scores[scores.customer_id == "quiet"]
+    assert quiet["is_anomaly"].sum() <= 1
+
+
+def test_same_input_same_scores(scored: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    usage, scores = scored
+    again = detect(usage, FAST)
+    pd.testing.assert_frame_equal(scores, again)
+
+
+def test_short_series_comes_back_unscored_with_reason() -> None:
+    usage = pd.concat([_daily("long", 120, 1), _daily("short", 10, 2)], ignore_index=True)
+    scores = detect(usage, FAST)
+    short = scores[scores.customer_id == "short"]
+    assert len(short) == 10 and not short["is_anomaly"].any()
+    assert short["reasons"].str.contains("insufficient history").all()
+
+
+def test_five_minute_metrics_with_a_burst() -> None:
+    rng = np.random.default_rng(4)
+    ts = pd.date_range("2024-03-01", periods=288 * 4, freq="5min", tz="UTC")
+    daily = 50 + 20 * np.sin(2 * np.pi * np.arange(len(ts)) / 288)
+    values = daily + rng.normal(0, 1.5, len(ts))
+    values[1000:1004] += 60
+    scores = detect(pd.DataFrame({"customer_id": "api", "timestamp": ts, "cost": values}), FAST)
+    assert scores.loc[1000:1003, "is_anomaly"].any()
+    assert scores["is_anomaly"].mean() < 0.02
+
+
+def test_constant_and_zero_series_do_not_crash() -> None:
+    ts = pd.date_range("2024-01-01", periods=100, freq="D", tz="UTC")
+    usage = pd.concat(
+        [
+            pd.DataFrame({"customer_id": "zero", "timestamp": ts, "cost": 0.0}),
+            pd.DataFrame({"customer_id": "flat", "timestamp": ts, "cost": 5.0}),
+        ]
+    )
+    scores = detect(usage, FAST)
+    assert np.isfinite(scores["hybrid_score"]).all()
+    assert not scores["is_anomaly"].any()
+
+
+def test_missing_columns_error_names_them() -> None:
+    with pytest.raises(ValueError, match="cost"):
+        detect(pd.DataFrame({"customer_id": ["a"], "timestamp": ["2024-01-01"]}))
+
+
+def test_stacked_training_matches_training_alone() -> None:
+    """A customer's autoencoder does not depend on who shares its stacked model."""
+    rng = np.random.default_rng(0)
+    series = {cid: np.sin(np.arange(120) * 2 * np.pi / 7) + rng.normal(0, 0.1, 120) for cid in ("a", "b", "c")}
+    windows = {cid: sliding_windows(v, 7) for cid, v in series.items()}
+    config = LSTMConfig(epochs=3)
+    together = train_autoencoders(list(windows), list(windows.values()), config, seed=1)
+    alone = train_autoencoders(["b"], [windows["b"]], config, seed=1)
+    err_together = reconstruction_errors(together.model, ["b"], [windows["b"]])[0]
+    err_alone = reconstruction_errors(alone.model, ["b"], [windows["b"]])[0]
+    np.testing.assert_allclose(err_together, err_alone, rtol=1e-3, atol=1e-6)

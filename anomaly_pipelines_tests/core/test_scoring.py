@@ -1,0 +1,49 @@
+import numpy as np
+import pandas as pd
+
+from anomaly_pipelines.core import scoring
+
+
+def test_seasonal_expectation_uses_same_phase_and_ignores_one_bad_cycle() -> None:
+    week = np.array([10, 10, 10, 10, 10, 2, 2], dtype=float)
+    values = np.tile(week, 6)
+    values[14 + 5] = 100.0  # one anomalous Saturday two weeks in
+    expected = scoring.seasonal_expectation(values, period=7, cycles=4, fallback=7)
+    # Saturday of week 5 looks back at 4 Saturdays, one of them 100: the median stays 2
+    assert expected[35 + 5] == 2.0
+    assert expected[35 + 0] == 10.0
+
+
+def test_decrease_rate_is_nan_after_zero() -> None:
+    rate = scoring.decrease_rate(np.array([10.0, 6.0, 0.0, 5.0]))
+    assert np.isnan(rate[0]) and rate[1] == -0.4 and rate[2] == -1.0 and np.isnan(rate[3])
+
+
+def test_threshold_and_normalisation() -> None:
+    center, threshold = scoring.learn_threshold(np.arange(101, dtype=float), 0.99)
+    assert center == 50.0 and threshold == 99.0
+    norm = scoring.normalise(np.array([50.0, 99.0, 148.0, np.nan]), center, threshold)
+    assert norm.tolist() == [0.0, 1.0, 2.0, 0.0]
+    # a constant training signal still gets a threshold above its center
+    c, t = scoring.learn_threshold(np.ones(10), 0.99)
+    assert t > c
+
+
+def test_hybrid_is_mean_of_two_largest() -> None:
+    sig = {"a": np.array([2.0, 0.5]), "b": np.array([0.0, 0.5]), "c": np.array([1.0, 3.0])}
+    assert scoring.hybrid(sig, {}).tolist() == [1.5, 1.75]
+    assert scoring.hybrid(sig, {"c": 0.0}).tolist() == [1.0, 0.5]
+
+
+def test_day_of_month_offsets_need_consistency() -> None:
+    ts = pd.date_range("2024-01-01", periods=180, freq="D", tz="UTC")
+    res = np.zeros(180)
+    res[ts.day == 1] = 50.0
+    res[ts.day == 15] = np.where(np.arange((ts.day == 15).sum()) % 2 == 0, 50.0, -50.0)
+    offsets = scoring.day_of_month_offsets(ts, res, sigma=1.0)
+    assert offsets == {1: 50.0}
+
+
+def test_reasons_lists_signals_at_threshold() -> None:
+    out = scoring.reasons({"lstm": np.array([1.0, 0.2]), "residual": np.array([3.0, 0.0])}, {"decrease": np.array([False, True])})
+    assert out == ["lstm,residual", "decrease"]
