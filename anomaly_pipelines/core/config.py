@@ -69,8 +69,10 @@ class ValidationConfig(_Section):
 
     # One row above this is a unit or parsing error, not spend.
     max_abs_cost: float = 1e9
-    # Negative usage is almost always a credit or refund exported under the wrong category.
-    allow_negative_usage: bool = False
+    # Negative usage rows: usually a credit or refund under the wrong category in notebook-style
+    # files, a reversal of earlier usage in some FOCUS exports (Azure). "quarantine" them,
+    # route them to the "signal" frame, or "keep" them in usage (netting the series).
+    negative_usage: Literal["quarantine", "signal", "keep"] = "quarantine"
     # Timestamps later than now + this many days are quarantined (typo'd years, wrong formats).
     max_future_days: float = 1.0
     min_timestamp: str = "2000-01-01"
@@ -170,10 +172,14 @@ class IsolationForestConfig(_Section):
     n_estimators: int = 100
     max_samples: int | Literal["auto"] = "auto"
     contamination: float | Literal["auto"] = "auto"
+    # One forest serves a cohort (see core/models/outlier.py); it sees at most this many windows.
+    max_training_windows: int = 50_000
 
 
 class LocalOutlierFactorConfig(_Section):
     n_neighbors: int = 20
+    # LOF keeps its training windows for scoring; a seeded subsample bounds memory and time.
+    max_training_windows: int = 20_000
 
 
 class DecreaseRuleConfig(_Section):
@@ -231,11 +237,16 @@ class ExplainConfig(_Section):
     max_calls_per_run: int = 50
     max_retries: int = 3
     backoff_seconds: float = 1.0
+    # Gemini 2.5 "thinking" tokens count against max_output_tokens: 0 turns thinking off (flash
+    # models); None keeps the model's default (models that cannot turn it off, e.g. pro).
+    thinking_budget: int | None = 0
     cache_dir: str | None = "data/outputs/explain_cache"
 
 
 class OutputConfig(_Section):
     directory: str = "data/outputs"
+    # Where each day's billing file is copied before it is read (daily_folder source).
+    staging_directory: str = "data/staging"
 
 
 class OrchestrationConfig(_Section):
@@ -244,7 +255,9 @@ class OrchestrationConfig(_Section):
     per run (edit the YAML and reload the code location instead)."""
 
     daily_start_date: str = "2024-01-01"  # first daily partition (daily files, daily scores)
-    daily_cron: str = "0 6 * * *"  # when the daily scoring run starts; it scores the day before
+    # When the daily scoring run starts (in ``timezone``); it scores the day that just ended.
+    daily_hour: int = Field(default=6, ge=0, le=23)
+    daily_minute: int = Field(default=0, ge=0, le=59)
     timezone: str = "UTC"
     schedule_running_by_default: bool = True
     # "in_process": every step of a run in one process (one process per run, least memory);

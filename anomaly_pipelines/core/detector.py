@@ -18,9 +18,9 @@ from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.models.outlier import (
     CustomerOutlierModels,
-    anomaly_score,
     fit_isolation_forest,
     fit_local_outlier_factor,
+    pooled,
 )
 from anomaly_pipelines.core.series import CustomerSeries
 from anomaly_pipelines.core.windows import Scaler, season_period, sliding_windows, window_size
@@ -111,9 +111,13 @@ def _model_input(series: CustomerSeries, cal: Calibration, config: PipelineConfi
     if config.windows.representation == "scaled":
         return cal.scaler.transform(series.values)
     z = (series.values - _expectation(series, cal, config)) / cal.residual_sigma
-    if cal.period:
-        z[: 2 * cal.period] = 0.0  # offsets need two cycles of history; before that a rough guess
     return np.clip(z, -50.0, 50.0)
+
+
+def _warmup(cal: Calibration) -> int:
+    """Steps before the expectation has two cycles of history; they are neither trained on nor
+    flagged (identical placeholder windows would also break LOF's density estimate)."""
+    return 2 * (cal.period or 0)
 
 
 def _expectation(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
@@ -178,7 +182,8 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
         cal = Calibration(
             customer_id=series.customer_id,
             window=window,
-            period=period if period and period * 2 < n_train else None,
+            # A cycle is only used when training still has enough windows after the warm-up.
+            period=period if period and n_train - 2 * period >= 4 * window else None,
             scaler=Scaler.fit(series.values[:n_train], config.windows.scaler),
             train_size=n_train,
             train_end=series.timestamps[n_train - 1],
@@ -188,7 +193,7 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
             lstm_notebook_threshold=np.inf,
         )
         _calibrate_expectation(series, cal, config)
-        windows = sliding_windows(_model_input(series, cal, config)[:n_train], window)
+        windows = sliding_windows(_model_input(series, cal, config)[_warmup(cal) : n_train], window)
         prepared[window].append((series, cal, windows))
 
     seed = config.training.seed
@@ -196,17 +201,17 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
         chunk = config.lstm.customers_per_model
         for start in range(0, len(window_group), chunk):
             part = window_group[start : start + chunk]
-            fit = lstm.train_autoencoders(
-                [s.customer_id for s, _, _ in part], [w for _, _, w in part], config.lstm, seed
-            )
-            fitted.autoencoders.append(fit)
-        for series, cal, windows in window_group:
-            cid = series.customer_id
-            fitted.isolation_forest.models[cid] = fit_isolation_forest(windows, config.isolation_forest, seed)
-            fitted.local_outlier_factor.models[cid] = fit_local_outlier_factor(
-                windows, config.local_outlier_factor
-            )
-            fitted.calibrations[cid] = cal
+            ids = [s.customer_id for s, _, _ in part]
+            windows = [w for _, _, w in part]
+            fitted.autoencoders.append(lstm.train_autoencoders(ids, windows, config.lstm, seed))
+            train = pooled(windows, config.isolation_forest.max_training_windows, seed)
+            forest = fit_isolation_forest(train, config.isolation_forest, seed)
+            train = pooled(windows, config.local_outlier_factor.max_training_windows, seed)
+            lof = fit_local_outlier_factor(train, config.local_outlier_factor)
+            for _, cal, _ in part:
+                fitted.isolation_forest.models[cal.customer_id] = forest
+                fitted.local_outlier_factor.models[cal.customer_id] = lof
+                fitted.calibrations[cal.customer_id] = cal
 
     # Thresholds come from the training part's own scores, series by series.
     signals = _signals([s for group in prepared.values() for s, _, _ in group], fitted, config)
@@ -251,12 +256,13 @@ def _signals(
         for (series, _), err in zip(members, errors, strict=True):
             lstm_errors[series.customer_id] = err
 
+    forest_scores = fitted.isolation_forest.score_many(windows_of)
+    lof_scores = fitted.local_outlier_factor.score_many(windows_of)
     out: dict[str, dict[str, np.ndarray]] = {}
     for series in series_list:
         cid = series.customer_id
         cal = fitted.calibrations[cid]
         n = len(series)
-        windows = windows_of[cid]
         expected = _expectation(series, cal, config)
         z = (series.values - expected) / cal.residual_sigma
         out[cid] = {
@@ -264,10 +270,8 @@ def _signals(
             "z": z,
             "residual": np.abs(z),
             "lstm": _window_signal(lstm_errors[cid], n, cal.window),
-            "isolation_forest": _window_signal(fitted.isolation_forest.score(cid, windows), n, cal.window),
-            "local_outlier_factor": _window_signal(
-                fitted.local_outlier_factor.score(cid, windows), n, cal.window
-            ),
+            "isolation_forest": _window_signal(forest_scores[cid], n, cal.window),
+            "local_outlier_factor": _window_signal(lof_scores[cid], n, cal.window),
             "decrease_rate": scoring.decrease_rate(series.values),
         }
     return out
@@ -308,7 +312,7 @@ def _score_frame(
     lstm_flag = np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold
     is_anomaly = score >= config.hybrid.decision_threshold
     n = len(series)
-    warm = np.arange(n) < cal.window - 1 + 2 * (cal.period or 0)
+    warm = np.arange(n) < cal.window - 1 + _warmup(cal)
     is_anomaly &= ~warm
     split = np.where(np.arange(n) < cal.train_size, "train", "test")
     return pd.DataFrame(

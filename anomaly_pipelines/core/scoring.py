@@ -30,11 +30,12 @@ SIGNALS = ("residual", *MODEL_SIGNALS, "decrease")
 def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fallback: int) -> np.ndarray:
     """Expected value of each step from the past only: a robust level plus a seasonal offset.
 
-    The level is the median of the previous cycle (a week of daily data, a day of 5-minute
-    data), so a lasting level change is absorbed within half a cycle. The offset of a phase
-    (Saturday, 14:05, ...) is the median, over the previous ``cycles`` cycles, of how far that
-    phase sat from its own level then, so one anomalous cycle does not shift it. Without a
-    cycle (or before the first one) the median of the previous ``fallback`` steps is used.
+    The offset of a phase (Saturday, 14:05, ...) is the median, over the previous ``cycles``
+    cycles, of how far that phase sat from the level of its time, so one anomalous cycle does
+    not move it. The level is the median of the previous cycle *after removing the offsets*:
+    without that, two bad days plus a weekend already pull a week's median to weekend level.
+    A lasting level change is absorbed within about half a cycle. Without a cycle (or before
+    the first one) the median of the previous ``fallback`` steps is used.
     """
     values = np.asarray(values, dtype=float)
     n = len(values)
@@ -42,11 +43,19 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
     if not period or period * 2 >= n:
         expected = short
     else:
-        level = pd.Series(values).rolling(period, min_periods=1).median().shift(1).to_numpy()
-        offset = _lagged_median(values - level, [period * k for k in range(1, cycles + 1)])
+        lags = [period * k for k in range(1, cycles + 1)]
+        rough_level = _past_median(values, 2 * period)
+        offset = np.nan_to_num(_lagged_median(values - rough_level, lags), nan=0.0)
+        level = _past_median(values - offset, period)
+        offset = _lagged_median(values - level, lags)
         expected = np.where(np.isnan(offset), short, level + offset)
     first = values[0] if n else 0.0
     return np.where(np.isnan(expected), first, expected)
+
+
+def _past_median(values: np.ndarray, steps: int) -> np.ndarray:
+    """Median of the previous ``steps`` values (the current one excluded)."""
+    return pd.Series(values).rolling(steps, min_periods=1).median().shift(1).to_numpy()
 
 
 def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> np.ndarray:
@@ -121,8 +130,8 @@ def learn_threshold(
     center = float(np.median(scores))
     upper = float(np.quantile(scores, quantile))
     threshold = max(upper + reach * (upper - center), minimum)
-    if threshold - center <= 1e-12:
-        threshold = center + max(abs(center) * 0.1, 1e-6)
+    # A signal that barely varies in training must not turn tiny wiggles into alarms.
+    threshold = max(threshold, center + max(abs(center) * 0.1, 1e-6))
     return center, threshold
 
 

@@ -30,9 +30,9 @@ def season_period(frequency: pd.Timedelta) -> int | None:
     if frequency <= pd.Timedelta(0):
         return None
     if frequency >= DAY:
-        steps = int(round(pd.Timedelta(days=7) / frequency))
+        steps = round(pd.Timedelta(days=7) / frequency)
         return steps if steps >= 2 else None
-    steps = int(round(DAY / frequency))
+    steps = round(DAY / frequency)
     return steps if steps >= 2 else None
 
 
@@ -41,7 +41,7 @@ def window_size(frequency: pd.Timedelta, config: WindowConfig) -> int:
     the configured size) so a window spans a comparable stretch of behaviour."""
     if not config.size_by_frequency or frequency >= DAY:
         return config.size
-    steps = int(round(HOUR / frequency)) if frequency < HOUR else int(round(6 * HOUR / frequency))
+    steps = round(HOUR / frequency) if frequency < HOUR else round(6 * HOUR / frequency)
     return max(config.size, min(steps, 48))
 
 

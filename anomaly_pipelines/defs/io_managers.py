@@ -12,7 +12,6 @@ partitions that were never materialized, with a warning: one customer whose run 
 block the portfolio export.
 """
 
-from __future__ import annotations
 
 import os
 import pickle
@@ -26,6 +25,7 @@ import pandas as pd
 from pydantic import Field
 
 from anomaly_pipelines.core.ids import customer_key
+from anomaly_pipelines.defs.resources import PipelineSettings
 
 PARQUET = ".parquet"
 PICKLE = ".pkl"
@@ -34,15 +34,21 @@ PICKLE = ".pkl"
 class PartitionedStorageIOManager(dg.ConfigurableIOManager):
     """Stores each asset partition as its own file under ``base_dir``."""
 
+    settings: dg.ResourceDependency[PipelineSettings]
     base_dir: str = Field(
-        default="data/outputs/storage",
-        description="Directory for stored asset values (relative to the working directory).",
+        default="",
+        description="Directory for stored asset values; empty: <output.directory>/storage.",
     )
 
     # -- paths ---------------------------------------------------------------------------------
 
+    def root(self) -> Path:
+        if self.base_dir:
+            return Path(self.base_dir)
+        return Path(self.settings.load().output.directory) / "storage"
+
     def _stem(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
-        base = Path(self.base_dir).joinpath(*asset_key.path)
+        base = self.root().joinpath(*asset_key.path)
         return base / partition if partition is not None else base
 
     def _existing(self, asset_key: dg.AssetKey, partition: str | None) -> Path | None:

@@ -76,3 +76,17 @@ def table_schema(frame: pd.DataFrame) -> dg.TableSchema:
 
 def md(text: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(text)
+
+
+def add_partition_metadata(
+    context: dg.AssetExecutionContext,
+    per_key: dict[str, dict[str, Any]],
+    asset_key: str | None = None,
+) -> None:
+    """Attach each customer's own numbers to its partition's materialization, so the UI shows a
+    customer's thresholds and counts even when a batch run materialized hundreds at once (the
+    run-wide totals go on every partition)."""
+    keys = set(context.partition_keys)
+    for key, metadata in per_key.items():
+        if key in keys and metadata:
+            context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=key)

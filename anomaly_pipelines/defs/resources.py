@@ -4,7 +4,6 @@ Heavy libraries (MLflow, google-genai) are imported inside methods so that loadi
 location stays fast; only a run that needs them pays for the import.
 """
 
-from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
@@ -48,7 +47,7 @@ class MlflowRegistryResource(dg.ConfigurableResource):
 
     settings: dg.ResourceDependency[PipelineSettings]
 
-    def registry(self) -> ModelRegistry:
+    def registry(self) -> "ModelRegistry":
         from anomaly_pipelines.core.registry import ModelRegistry
 
         return ModelRegistry(self.settings.load().mlflow)
@@ -96,7 +95,7 @@ class ExplainerResource(dg.ConfigurableResource):
         config = self.settings.load().explain
         return config.model_copy(update={k: v for k, v in updates.items() if v is not None})
 
-    def explainer(self) -> Explainer:
+    def explainer(self) -> "Explainer":
         from anomaly_pipelines.core.explain import make_explainer
 
         return make_explainer(self.explain_config(), api_key=self.gemini.api_key)

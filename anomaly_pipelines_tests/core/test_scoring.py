@@ -19,14 +19,26 @@ def test_decrease_rate_is_nan_after_zero() -> None:
     assert np.isnan(rate[0]) and rate[1] == -0.4 and rate[2] == -1.0 and np.isnan(rate[3])
 
 
-def test_threshold_and_normalisation() -> None:
-    center, threshold = scoring.learn_threshold(np.arange(101, dtype=float), 0.99)
-    assert center == 50.0 and threshold == 99.0
-    norm = scoring.normalise(np.array([50.0, 99.0, 148.0, np.nan]), center, threshold)
+def test_threshold_reaches_beyond_a_moderate_quantile() -> None:
+    center, threshold = scoring.learn_threshold(np.arange(101, dtype=float), 0.95, reach=2.0)
+    assert center == 50.0 and threshold == 95.0 + 2 * 45.0
+    norm = scoring.normalise(np.array([50.0, 185.0, 320.0, np.nan]), center, threshold)
     assert norm.tolist() == [0.0, 1.0, 2.0, 0.0]
-    # a constant training signal still gets a threshold above its center
-    c, t = scoring.learn_threshold(np.ones(10), 0.99)
-    assert t > c
+
+
+def test_threshold_is_robust_to_a_few_training_incidents() -> None:
+    rng = np.random.default_rng(0)
+    clean = np.abs(rng.normal(size=1000))
+    dirty = np.r_[clean, np.full(20, 40.0)]  # 2% of training is an unlabelled incident
+    _, t_clean = scoring.learn_threshold(clean, 0.95, reach=2.0)
+    _, t_dirty = scoring.learn_threshold(dirty, 0.95, reach=2.0)
+    assert abs(t_dirty - t_clean) / t_clean < 0.1
+    assert t_dirty < 10  # an extreme quantile would have learned the incident (40) as normal
+
+
+def test_flat_training_signal_gets_a_minimum_spread() -> None:
+    center, threshold = scoring.learn_threshold(np.ones(10), 0.95, reach=2.0)
+    assert threshold >= center * 1.1
 
 
 def test_hybrid_is_mean_of_two_largest() -> None:

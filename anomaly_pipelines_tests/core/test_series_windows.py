@@ -3,7 +3,12 @@ import pandas as pd
 import pytest
 
 from anomaly_pipelines.core.config import PreprocessConfig, WindowConfig
-from anomaly_pipelines.core.series import frame_to_series, infer_frequency, regularize, series_to_frame
+from anomaly_pipelines.core.series import (
+    frame_to_series,
+    infer_frequency,
+    regularize,
+    series_to_frame,
+)
 from anomaly_pipelines.core.windows import Scaler, season_period, sliding_windows, window_size
 
 

@@ -43,13 +43,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXPLANATION_COLUMNS = [*INCIDENT_COLUMNS, "root_causes", "headline", "detail", "explainer", "fallback_reason"]
+EXPLANATION_COLUMNS = [
+    *INCIDENT_COLUMNS,
+    "root_causes",
+    "headline",
+    "detail",
+    "explainer",
+    "fallback_reason",
+]
 
 
 def make_explainer(config: ExplainConfig, api_key: str | None = None) -> Explainer:
     """The explainer ``config`` asks for. Gemini without a key is not an error (the demo must run
     anywhere): the offline explainer stands in and every row records why."""
-    offline_limits = {"max_headline_chars": config.max_headline_chars, "max_detail_chars": config.max_detail_chars}
+    offline_limits = {
+        "max_headline_chars": config.max_headline_chars,
+        "max_detail_chars": config.max_detail_chars,
+    }
     if config.explainer == "offline":
         return OfflineExplainer(**offline_limits)
     key = api_key if api_key is not None else os.environ.get("GEMINI_API_KEY", "")
@@ -66,6 +76,7 @@ def make_explainer(config: ExplainConfig, api_key: str | None = None) -> Explain
         max_retries=config.max_retries,
         cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         backoff_seconds=config.backoff_seconds,
+        thinking_budget=config.thinking_budget,
         **offline_limits,
     )
 
@@ -91,11 +102,14 @@ def explain_incidents(
     by_customer = prepare_dimensions(dimensions)
     if "currency" not in scores.columns:
         incidents["currency"] = [
-            _currency(by_customer.get(cid), default) for cid, default in zip(incidents["customer_id"], incidents["currency"], strict=True)
+            _currency(by_customer.get(cid), default)
+            for cid, default in zip(incidents["customer_id"], incidents["currency"], strict=True)
         ]
     chosen = explainer if explainer is not None else make_explainer(config)
     fallback = OfflineExplainer(config.max_headline_chars, config.max_detail_chars)
-    extra: dict[str, list[str]] = {k: [] for k in ("root_causes", "headline", "detail", "explainer", "fallback_reason")}
+    extra: dict[str, list[str]] = {
+        k: [] for k in ("root_causes", "headline", "detail", "explainer", "fallback_reason")
+    }
     for _, incident in incidents.iterrows():
         causes = root_causes(
             incident,
@@ -111,10 +125,15 @@ def explain_incidents(
                 raise  # a bug in our own templates must surface, not hide behind a fallback
             # A third-party explainer failing must not fail the run; the type name is recorded,
             # not the message, which might quote a credential.
-            logger.warning("explainer %s failed on %s: %s", chosen.name, facts.incident_id, type(exc).__name__)
+            logger.warning(
+                "explainer %s failed on %s: %s", chosen.name, facts.incident_id, type(exc).__name__
+            )
             explanation = fallback.explain(facts)
             explanation = Explanation(
-                explanation.headline, explanation.detail, explanation.explainer, f"{chosen.name} failed: {type(exc).__name__}"
+                explanation.headline,
+                explanation.detail,
+                explanation.explainer,
+                f"{chosen.name} failed: {type(exc).__name__}",
             )
         extra["root_causes"].append(json.dumps(list(facts.root_causes), ensure_ascii=False))
         extra["headline"].append(explanation.headline)

@@ -99,7 +99,9 @@ def period(start: pd.Timestamp, end: pd.Timestamp, step_seconds: float) -> str:
         return timestamp(first, step_seconds)
     if step_seconds < DAY_SECONDS and first.date() == last.date():
         return f"{first:%Y-%m-%d %H:%M} to {last:%H:%M} UTC"
-    return f"{timestamp(first, step_seconds).removesuffix(' UTC')} to {timestamp(last, step_seconds)}"
+    return (
+        f"{timestamp(first, step_seconds).removesuffix(' UTC')} to {timestamp(last, step_seconds)}"
+    )
 
 
 def period_phrase(start: pd.Timestamp, end: pd.Timestamp, step_seconds: float) -> str:

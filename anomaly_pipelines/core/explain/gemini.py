@@ -38,6 +38,10 @@ class GeminiFailure(Exception):
     """A reason the answer cannot be used; its text is recorded as the fallback reason."""
 
 
+class BudgetExhausted(GeminiFailure):
+    """This run has sent as many requests as it may."""
+
+
 def canonical_number(token: str) -> str:
     """``1,450.30`` -> ``1450.3``, ``001`` -> ``1``: one spelling per value for the answer check."""
     try:
@@ -126,6 +130,7 @@ class GeminiExplainer:
         self._cache_hits = 0
         self._fallbacks = 0
         self._answers = 0
+        self._budget_logged = False
 
     def __repr__(self) -> str:  # the default repr would not show the key, but be explicit
         return f"GeminiExplainer(model={self.model!r}, base_url={self.base_url!r})"
@@ -162,7 +167,15 @@ class GeminiExplainer:
         except Exception as exc:  # the pipeline never fails because the LLM did
             self._fallbacks += 1
             reason = self._scrub(_describe(exc))
-            logger.warning("Gemini explanation of incident %s not used: %s", facts.incident_id, reason)
+            if isinstance(exc, BudgetExhausted):
+                # One line per run, not one per remaining incident.
+                if not self._budget_logged:
+                    self._budget_logged = True
+                    logger.warning("Gemini %s; remaining incidents keep offline text", reason)
+                return Explanation(fallback.headline, fallback.detail, fallback.explainer, reason)
+            logger.warning(
+                "Gemini explanation of incident %s not used: %s", facts.incident_id, reason
+            )
             return Explanation(fallback.headline, fallback.detail, fallback.explainer, reason)
         self._answers += 1
         self._cache_put(key, headline, detail)
@@ -180,7 +193,9 @@ class GeminiExplainer:
                 timeout=max(int(self.timeout_seconds * 1000), 1),  # milliseconds
                 retry_options=types.HttpRetryOptions(attempts=1),  # retries are ours
             )
-            self._client = genai.Client(api_key=self.__api_key, vertexai=False, http_options=options)
+            self._client = genai.Client(
+                api_key=self.__api_key, vertexai=False, http_options=options
+            )
         return self._client
 
     def _request_config(self) -> Any:
@@ -207,6 +222,8 @@ class GeminiExplainer:
             max_output_tokens=self.max_output_tokens,
             response_mime_type="application/json",
             thinking_config=thinking,
+            # No tools are offered; this only silences the SDK's per-call AFC log line.
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
 
     def _ask(self, facts: IncidentFacts) -> str:
@@ -217,13 +234,19 @@ class GeminiExplainer:
         delay = self.backoff_seconds
         for attempt in range(self.max_retries + 1):
             if self._calls >= self.max_calls:
-                raise GeminiFailure(f"call budget of {self.max_calls} requests per run used up")
+                raise BudgetExhausted(f"call budget of {self.max_calls} requests per run used up")
             self._calls += 1
             try:
-                response = client.models.generate_content(model=self.model, contents=prompt, config=config)
+                response = client.models.generate_content(
+                    model=self.model, contents=prompt, config=config
+                )
             except Exception as exc:
                 status = _status_code(exc)
-                transient = _is_timeout(exc) or status == 429 or (status is not None and 500 <= status < 600)
+                transient = (
+                    _is_timeout(exc)
+                    or status in (408, 429)
+                    or (status is not None and 500 <= status < 600)
+                )
                 if not transient:
                     raise
                 if attempt == self.max_retries:
@@ -269,7 +292,9 @@ class GeminiExplainer:
             )
         unknown = unknown_figures(f"{headline} {detail}", allowed_figures(facts))
         if unknown:
-            raise GeminiFailure(f"answer mentions figure(s) not in the facts: {', '.join(unknown[:5])}")
+            raise GeminiFailure(
+                f"answer mentions figure(s) not in the facts: {', '.join(unknown[:5])}"
+            )
         return headline, detail
 
     # -- cache ------------------------------------------------------------------------------
@@ -299,7 +324,9 @@ class GeminiExplainer:
             entry = json.loads(path.read_text(encoding="utf-8"))
             headline, detail = self._check(json.dumps(entry), facts)
         except (OSError, ValueError, GeminiFailure) as exc:
-            logger.warning("ignoring unusable explanation cache entry %s: %s", path.name, _describe(exc))
+            logger.warning(
+                "ignoring unusable explanation cache entry %s: %s", path.name, _describe(exc)
+            )
             return None
         return Explanation(headline, detail, self.name)
 
@@ -311,7 +338,10 @@ class GeminiExplainer:
             path = self.cache_dir / f"{key}.json"
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(
-                json.dumps({"headline": headline, "detail": detail, "model": self.model}, ensure_ascii=False),
+                json.dumps(
+                    {"headline": headline, "detail": detail, "model": self.model},
+                    ensure_ascii=False,
+                ),
                 encoding="utf-8",
             )
             os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new entry
@@ -330,7 +360,9 @@ def _answer_text(response: Any) -> str:
     if not candidates:
         feedback = getattr(response, "prompt_feedback", None)
         blocked = getattr(feedback, "block_reason", None)
-        raise GeminiFailure(f"no answer (blocked: {blocked})" if blocked else "no answer candidates")
+        raise GeminiFailure(
+            f"no answer (blocked: {blocked})" if blocked else "no answer candidates"
+        )
     finish = getattr(candidates[0], "finish_reason", None)
     finish_name = getattr(finish, "name", str(finish)) if finish is not None else ""
     if finish_name == "MAX_TOKENS":

@@ -45,7 +45,14 @@ INCIDENT_COLUMNS = [
     "step_seconds",
 ]
 
-SCORE_INPUT_COLUMNS = ("customer_id", "timestamp", "cost", "expected_cost", "hybrid_score", "is_anomaly")
+SCORE_INPUT_COLUMNS = (
+    "customer_id",
+    "timestamp",
+    "cost",
+    "expected_cost",
+    "hybrid_score",
+    "is_anomaly",
+)
 
 SIGNAL_LABELS = {
     "residual": "cost far from its usual level for this weekday/time",
@@ -97,7 +104,9 @@ def _step_seconds(timestamps: pd.Series) -> float:
     return float(diffs.mode().iloc[0].total_seconds())
 
 
-def severity_of(impact: float, impact_pct: float, thresholds: Sequence[float] = (20.0, 50.0, 100.0)) -> str:
+def severity_of(
+    impact: float, impact_pct: float, thresholds: Sequence[float] = (20.0, 50.0, 100.0)
+) -> str:
     """Grade by relative impact: the hybrid score says *whether* something is unusual, but how
     much it matters to a reader is how far the money moved. Without a baseline (expected zero)
     any spend is a new cost line and counts as critical."""
@@ -145,7 +154,11 @@ def find_incidents(
         step = _step_seconds(group["timestamp"])
         currency = _currency_of(group)
         for first, last in _runs(group, step, max_gap_steps):
-            rows.append(_incident_row(str(customer_id), group.iloc[first : last + 1], step, currency, severity_pct))
+            rows.append(
+                _incident_row(
+                    str(customer_id), group.iloc[first : last + 1], step, currency, severity_pct
+                )
+            )
     if not rows:
         return _empty_incidents()
     out = pd.DataFrame(rows, columns=INCIDENT_COLUMNS)
@@ -156,7 +169,14 @@ def _empty_incidents() -> pd.DataFrame:
     out = pd.DataFrame({c: pd.Series(dtype=object) for c in INCIDENT_COLUMNS})
     for column in ("start", "end", "peak_timestamp"):
         out[column] = pd.Series(dtype="datetime64[ns, UTC]")
-    for column in ("actual_cost", "expected_cost", "impact", "impact_pct", "max_hybrid_score", "step_seconds"):
+    for column in (
+        "actual_cost",
+        "expected_cost",
+        "impact",
+        "impact_pct",
+        "max_hybrid_score",
+        "step_seconds",
+    ):
         out[column] = pd.Series(dtype=float)
     out["steps"] = pd.Series(dtype=int)
     return out
@@ -196,7 +216,11 @@ def _incident_row(
     impact = actual - expected
     impact_pct = impact / abs(expected) * 100.0 if abs(expected) > 1e-9 else math.nan
     hybrid = pd.to_numeric(flagged["hybrid_score"], errors="coerce").astype(float)
-    peak = flagged["timestamp"].iloc[int(np.nanargmax(hybrid.to_numpy()))] if hybrid.notna().any() else start
+    peak = (
+        flagged["timestamp"].iloc[int(np.nanargmax(hybrid.to_numpy()))]
+        if hybrid.notna().any()
+        else start
+    )
     signals = sorted(
         {
             name.strip()
@@ -279,7 +303,9 @@ def root_causes(
     direction = 1.0 if float(incident["impact"]) >= 0 else -1.0
     causes: list[dict[str, Any]] = []
     for column in columns:
-        labels = rows[column].astype(object).where(rows[column].notna(), "(none)").astype(str).to_numpy()
+        labels = (
+            rows[column].astype(object).where(rows[column].notna(), "(none)").astype(str).to_numpy()
+        )
         actual = pd.Series(cost.to_numpy()[in_span]).groupby(labels[in_span]).sum()
         base = pd.Series(cost.to_numpy()[in_base]).groupby(labels[in_base]).sum()
         values = sorted(set(actual.index) | set(base.index))
@@ -377,7 +403,9 @@ class IncidentFacts:
             "impact": fmt.money(self.impact, cur, signed=True),
             "impact_short": fmt.compact_money(self.impact, cur, signed=True),
             "impact_pct": fmt.percent(self.impact_pct),
-            "peak_hybrid_score": f"{self.max_hybrid_score:.1f}" if fmt.is_number(self.max_hybrid_score) else "n/a",
+            "peak_hybrid_score": f"{self.max_hybrid_score:.1f}"
+            if fmt.is_number(self.max_hybrid_score)
+            else "n/a",
             "signals": [SIGNAL_LABELS.get(s, s) for s in self.signals],
             "root_causes": [
                 {
@@ -398,7 +426,13 @@ class IncidentFacts:
 
     def raw_numbers(self) -> list[float]:
         """Unformatted figures, so an answer that rounds them differently can still be checked."""
-        values = [self.actual_cost, self.expected_cost, self.impact, self.impact_pct, self.max_hybrid_score]
+        values = [
+            self.actual_cost,
+            self.expected_cost,
+            self.impact,
+            self.impact_pct,
+            self.max_hybrid_score,
+        ]
         for cause in self.root_causes:
             values += [cause["actual"], cause["expected"], cause["impact"], cause["share"] * 100]
         return [float(v) for v in values if fmt.is_number(v)]

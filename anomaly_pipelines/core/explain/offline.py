@@ -40,7 +40,9 @@ class OfflineExplainer:
 
     name = "offline"
 
-    def __init__(self, max_headline_chars: int = 70, max_detail_chars: int = 700, fallback_reason: str = "") -> None:
+    def __init__(
+        self, max_headline_chars: int = 70, max_detail_chars: int = 700, fallback_reason: str = ""
+    ) -> None:
         if max_headline_chars < 10:
             raise ValueError(f"max_headline_chars must be at least 10, got {max_headline_chars}")
         self.max_headline_chars = max_headline_chars
@@ -61,7 +63,11 @@ class OfflineExplainer:
         """Longest of a few templates that fits; the customer id is shortened last."""
         p = facts.presented()
         word = "cost increase" if facts.direction == "increase" else "cost drop"
-        change = f"{p['impact_short']} ({p['impact_pct']})" if p["impact_pct"] != "n/a" else p["impact_short"]
+        change = (
+            f"{p['impact_short']} ({p['impact_pct']})"
+            if p["impact_pct"] != "n/a"
+            else p["impact_short"]
+        )
         cause = f", mostly {facts.root_causes[0]['value']}" if facts.root_causes else ""
         tails = [
             f"{change} {word} over {p['duration']}{cause}",
@@ -80,17 +86,21 @@ class OfflineExplainer:
             room = limit - len(tail) - 2
             if room >= 8:
                 return f"{fmt.shorten(facts.customer_id, room)}: {tail}"
-        return fmt.shorten(f"{facts.customer_id}: {tails[-1]}", limit)
+        # Very tight limits: the change matters more than whose it is (the row names the customer).
+        for tail in tails:
+            if len(tail) <= limit:
+                return tail
+        return fmt.shorten(tails[-1], limit)
 
     def detail(self, facts: IncidentFacts) -> str:
         p = facts.presented()
         verb = "more" if facts.direction == "increase" else "less"
         pct = f", {p['impact_pct']}" if p["impact_pct"] != "n/a" else ", with no spend expected"
         opening = (
-            f"{facts.customer_id} spent {p['actual_cost']} "
+            f"{fmt.shorten(facts.customer_id, 80)} spent {p['actual_cost']} "
             f"{fmt.period_phrase(facts.start, facts.end, facts.step_seconds)} ({p['duration']}) "
             f"against {p['expected_cost']} expected: {fmt.money(abs(facts.impact), facts.currency)} "
-            f"{verb}{pct}. Severity {facts.severity}, peak on {p['peak']}."
+            f"{verb}{pct}. Severity: {facts.severity}; most unusual on {p['peak']}."
         )
         signals = f"Signals: {', '.join(p['signals'])}." if p["signals"] else ""
         causes = [

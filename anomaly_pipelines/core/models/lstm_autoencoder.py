@@ -70,23 +70,26 @@ def _register_layer(keras: Any) -> None:
 
         def call(self, x: Any) -> Any:
             ops = keras.ops
-            batch = ops.shape(x)[0]
-            zeros = ops.zeros((batch, self.n_models, self.units), dtype=x.dtype)
-            # Input projection for all steps at once: (b, c, t) x (c, 4h) -> (b, c, t, 4h).
-            xw = ops.einsum("bct,cg->bctg", x, self.enc_kernel[:, 0, :]) + self.enc_bias[None, :, None, :]
+            # Work customer-major, (c, b, ...), so every step is one batched matmul over
+            # customers; inputs and outputs stay batch-major for Keras.
+            xc = ops.transpose(x, (1, 0, 2))  # (c, b, t)
+            batch = ops.shape(xc)[1]
+            zeros = ops.zeros((self.n_models, batch, self.units), dtype=x.dtype)
+            # Input projection for all steps at once: (c, b, t, 1) * (c, 1, 1, 4h).
+            xw = ops.expand_dims(xc, -1) * self.enc_kernel[:, None, :, :] + self.enc_bias[:, None, None, :]
             h, c_state = zeros, zeros
             for t in range(self.window):
-                z = xw[:, :, t, :] + ops.einsum("bch,chg->bcg", h, self.enc_recurrent)
+                z = xw[:, :, t, :] + ops.matmul(h, self.enc_recurrent)
                 h, c_state = self._cell(z, c_state)
             # Decoder: the code is repeated at every step (RepeatVector), so project it once.
-            zin = ops.einsum("bch,chg->bcg", h, self.dec_kernel) + self.dec_bias[None, :, :]
+            zin = ops.matmul(h, self.dec_kernel) + self.dec_bias[:, None, :]
             h, c_state = zeros, zeros
             outputs = []
             for _ in range(self.window):
-                z = zin + ops.einsum("bch,chg->bcg", h, self.dec_recurrent)
+                z = zin + ops.matmul(h, self.dec_recurrent)
                 h, c_state = self._cell(z, c_state)
-                outputs.append(ops.sum(h * self.out_kernel[None, :, :], axis=-1) + self.out_bias[None, :])
-            return ops.stack(outputs, axis=-1)
+                outputs.append(ops.sum(h * self.out_kernel[:, None, :], axis=-1) + self.out_bias[:, None])
+            return ops.transpose(ops.stack(outputs, axis=-1), (1, 0, 2))
 
         def get_config(self) -> dict[str, Any]:
             config = super().get_config()
@@ -208,7 +211,7 @@ def train_autoencoders(
 
     variables = layer.trainable_variables
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(jit_compile=True, reduce_retracing=True)
     def train_step(xb: Any, mb: Any) -> Any:
         with tf.GradientTape() as tape:
             recon = layer(xb)

@@ -1,8 +1,15 @@
-"""IsolationForest and LocalOutlierFactor over each customer's windows.
+"""IsolationForest and LocalOutlierFactor over windows of standardised residuals.
 
-Both are fitted per customer on the training windows only (LOF in novelty mode, so later windows
-are scored against training behaviour, not against each other). Scores are flipped so that
-higher means more anomalous, like every other signal in the hybrid.
+The windows these models see are already free of each customer's level, scale and seasonality
+(see ``detector._model_input``), so one model can serve a whole cohort of customers: it is fitted
+on the pooled training windows of the cohort (the same customers that share a stacked LSTM), while
+every customer keeps its own threshold, learned from its own training scores. A forest per
+customer would cost ~2 MB and ~3 ms per scoring call each, which rules out scoring thousands of
+customers a day; a cohort model scores all its customers in one vectorised call. A per-customer
+run is a cohort of one, i.e. the per-customer model of the notebook.
+
+LOF runs in novelty mode, so later windows are scored against training behaviour, not against
+each other. Scores are flipped so that higher means more anomalous, like every other signal.
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ def window_features(windows: np.ndarray) -> np.ndarray:
     if len(windows) == 0:
         return np.empty((0, windows.shape[1] * 2 - 1))
     return np.hstack([windows, np.diff(windows, axis=1)])
+
+
+def pooled(windows: list[np.ndarray], limit: int, seed: int) -> np.ndarray:
+    """All customers' training windows stacked, subsampled (seeded) to at most ``limit`` rows."""
+    stacked = np.vstack(windows) if windows else np.empty((0, 1))
+    if len(stacked) > limit:
+        keep = np.random.default_rng(seed).choice(len(stacked), size=limit, replace=False)
+        stacked = stacked[np.sort(keep)]
+    return stacked
 
 
 def fit_isolation_forest(windows: np.ndarray, config: IsolationForestConfig, seed: int) -> IsolationForest:
@@ -48,13 +64,32 @@ def anomaly_score(model: IsolationForest | LocalOutlierFactor, windows: np.ndarr
 
 @dataclass
 class CustomerOutlierModels(BaseEstimator):
-    """Per-customer fitted estimators of one kind, as one picklable, loggable object."""
+    """Fitted estimators of one kind by customer, as one picklable, loggable object.
+
+    Customers of one cohort share one estimator object; pickling keeps shared objects shared,
+    so a cohort's model is stored once however many customers point at it.
+    """
 
     kind: str = "isolation_forest"
     models: dict[str, BaseEstimator] = field(default_factory=dict)
 
     def score(self, customer_id: str, windows: np.ndarray) -> np.ndarray:  # type: ignore[override]
         return anomaly_score(self.models[customer_id], windows)
+
+    def score_many(self, windows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score several customers with one call per shared estimator."""
+        groups: dict[int, list[str]] = {}
+        for cid in windows:
+            groups.setdefault(id(self.models[cid]), []).append(cid)
+        out: dict[str, np.ndarray] = {}
+        for members in groups.values():
+            model = self.models[members[0]]
+            sizes = [len(windows[cid]) for cid in members]
+            stacked = [windows[cid] for cid in members if len(windows[cid])]
+            scores = anomaly_score(model, np.vstack(stacked)) if stacked else np.empty(0)
+            for cid, part in zip(members, np.split(scores, np.cumsum(sizes)[:-1]), strict=True):
+                out[cid] = part
+        return out
 
     def __sklearn_tags__(self):  # keeps sklearn's tag machinery happy for a non-standard estimator
         return super().__sklearn_tags__()

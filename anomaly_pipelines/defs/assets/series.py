@@ -5,16 +5,18 @@ Every customer-partitioned asset handles one key or many keys in one call
 backfill) passes them all, so a batch is one process doing vectorised work, not N runs.
 """
 
-from __future__ import annotations
+
+from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.series import frame_to_series, regularize, series_to_frame
 from anomaly_pipelines.core.windows import Scaler, sliding_windows, window_size
-from anomaly_pipelines.defs.metadata import markdown_table, md
+from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions
 from anomaly_pipelines.defs.resources import PipelineSettings
 
@@ -22,7 +24,7 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 
 def rows_for_partitions(
-    frame: pd.DataFrame, keys: list[str], context: dg.AssetExecutionContext
+    frame: pd.DataFrame, keys: list[str], context: AssetExecutionContext
 ) -> pd.DataFrame:
     """Rows of the run's customers; a key with no rows is logged, not fatal, so one customer
     that vanished from the source does not fail a batch of hundreds."""
@@ -41,7 +43,7 @@ def rows_for_partitions(
     kinds={"pandas"},
 )
 def customer_series(
-    context: dg.AssetExecutionContext, validated_usage: pd.DataFrame, pipeline_settings: PipelineSettings
+    context: AssetExecutionContext, validated_usage: pd.DataFrame, pipeline_settings: PipelineSettings
 ) -> dg.Output[pd.DataFrame]:
     """One evenly spaced cost series per customer: the models need a value at every step, and
     billing exports skip days. Gaps are filled by the configured policy and marked in
@@ -65,6 +67,19 @@ def customer_series(
             for s in series
         ]
     )
+    add_partition_metadata(
+        context,
+        {
+            s.key: {
+                "customer_id": s.customer_id,
+                "customer_steps": len(s),
+                "customer_filled_steps": int(s.filled.sum()),
+                "first_timestamp": str(s.timestamps[0]),
+                "last_timestamp": str(s.timestamps[-1]),
+            }
+            for s in series
+        },
+    )
     return dg.Output(
         frame,
         metadata={
@@ -83,8 +98,8 @@ def customer_series(
     kinds={"numpy"},
 )
 def windowed_sequences(
-    context: dg.AssetExecutionContext, customer_series: pd.DataFrame, pipeline_settings: PipelineSettings
-) -> dg.Output[dict[str, dict[str, object]]]:
+    context: AssetExecutionContext, customer_series: pd.DataFrame, pipeline_settings: PipelineSettings
+) -> dg.Output[dict[str, dict[str, Any]]]:
     """Each customer's chronological train/test split and its sliding windows.
 
     The windows here are the series scaled with statistics of the training part only (no
@@ -94,7 +109,7 @@ def windowed_sequences(
     split.
     """
     config = pipeline_settings.load()
-    out: dict[str, dict[str, object]] = {}
+    out: dict[str, dict[str, Any]] = {}
     rows = []
     for series in frame_to_series(customer_series):
         n_train = max(int(len(series) * config.training.train_fraction), 2)
@@ -123,6 +138,17 @@ def windowed_sequences(
             }
         )
     table = pd.DataFrame(rows)
+    add_partition_metadata(
+        context,
+        {
+            key: {
+                "window": int(value["window"]),
+                "customer_train_windows": len(value["train_windows"]),
+                "customer_test_windows": len(value["test_windows"]),
+            }
+            for key, value in out.items()
+        },
+    )
     train_counts = table["train_windows"].to_numpy() if len(table) else np.zeros(0)
     return dg.Output(
         out,

@@ -7,20 +7,39 @@ Python loop over small models. The three assets hold small references to what ML
 ``champion`` alias from.
 """
 
-from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+from dagster import AssetExecutionContext
 
-from anomaly_pipelines.core.detector import fit_detectors
-from anomaly_pipelines.defs.metadata import markdown_table, md
+from anomaly_pipelines.core.config import PipelineConfig
+from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions
 from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSettings
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
+TRAINING_PLOT_CUSTOMERS = 20
+
+
+def training_plot(series: list[Any], fitted: Any, config: PipelineConfig, run_id: str) -> Path | None:
+    """The freshly fitted models' scores over their own history, as one portfolio plot logged
+    with the MLflow run: a reviewer comparing two trainings sees what each would have flagged."""
+    if not fitted.calibrations:
+        return None
+    from anomaly_pipelines.core.detector import score_series
+    from anomaly_pipelines.core.explain import find_incidents
+    from anomaly_pipelines.core.plots import plot_portfolio
+
+    scores = score_series(series, fitted, config)
+    incidents = find_incidents(scores, config.explain.max_gap_steps, severity_pct=config.explain.severity_pct)
+    directory = Path(config.output.directory) / "plots" / "training"
+    directory.mkdir(parents=True, exist_ok=True)
+    return plot_portfolio(scores, incidents, directory / f"training-{run_id[:8]}.png", top_n=TRAINING_PLOT_CUSTOMERS)
 MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
 
 
@@ -44,23 +63,30 @@ MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
     group_name="training",
 )
 def trained_models(
-    context: dg.AssetExecutionContext,
+    context: AssetExecutionContext,
     windowed_sequences: dict[str, dict[str, Any]],
     pipeline_settings: PipelineSettings,
     mlflow_registry: MlflowRegistryResource,
 ) -> Iterator[dg.Output[dict[str, dict[str, Any]]]]:
     """Fit the three detectors on each customer's training part, learn its thresholds, then log
     one MLflow run (params, metrics) and register one model version per customer."""
+    from anomaly_pipelines.core.detector import fit_detectors
+
     config = pipeline_settings.load()
     keys = list(context.partition_keys)
     series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
+    started = time.perf_counter()
     fitted = fit_detectors(series, config)
+    training_seconds = time.perf_counter() - started
+    plot = training_plot(series, fitted, config, context.run_id)
     registry = mlflow_registry.registry()
     record = registry.log_training(
         fitted,
         config,
         run_name=f"dagster-{context.run_id[:8]}-{len(series)}-customers",
+        plots=[plot] if plot is not None else None,
         tags={"dagster_run_id": context.run_id, "dagster_job": context.job_name},
+        training_seconds=training_seconds,
     )
     for cid, reason in fitted.skipped.items():
         context.log.warning(f"customer {cid!r} not trained: {reason}")
@@ -93,6 +119,15 @@ def trained_models(
             for name in ("isolation_forest", "local_outlier_factor"):
                 refs[name][s.key]["threshold"] = float(cal.thresholds[name][1])
 
+    for name in MODEL_ASSETS:
+        add_partition_metadata(
+            context,
+            {
+                key: {f"customer_{k}": v for k, v in ref.items() if v is not None and k != "component"}
+                for key, ref in refs[name].items()
+            },
+            asset_key=name,
+        )
     common = {
         "customers_trained": len(fitted.calibrations),
         "customers_skipped": len(fitted.skipped),
@@ -111,6 +146,7 @@ def trained_models(
     }
     lstm_meta: dict[str, Any] = {
         **common,
+        "training_seconds": round(training_seconds, 2),
         "epochs_config": config.lstm.epochs,
         "stacked_models": len(fitted.autoencoders),
     }

@@ -1,0 +1,392 @@
+"""Run every detector on every labelled data set and report the figures.
+
+Rows of the result, per data set:
+
+* ``hybrid``: the project's method, ``anomaly_pipelines.detect`` with the given configuration,
+  one call for all series of the data set (that is how the stacked LSTMs train fastest);
+* ``hybrid/<signal>``: each component of that same run on its own; a component "fires" at a step
+  when its name is in the step's ``reasons``, and its continuous score feeds AUC-PR;
+* ``baseline/<name>``: the baselines of ``evaluation.baselines``, run series by series.
+
+The same configuration is used for every data set: tuning per data set would measure the tuning,
+not the method. Labels never reach a detector; they are only compared with its output.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_pipelines.core import scoring
+from anomaly_pipelines.core.api import detect
+from anomaly_pipelines.core.config import PipelineConfig, as_config
+from anomaly_pipelines.core.evaluation import metrics
+from anomaly_pipelines.core.evaluation.baselines import BASELINES
+from anomaly_pipelines.core.evaluation.datasets import LabelledSeries, describe, load_dataset
+
+DETECTORS = ("hybrid", *BASELINES)
+DEFAULT_DATASETS = ("synthetic", "cloud-monitoring")
+# An alert this many steps before or after an incident still points at it (e.g. the drop back
+# to normal the day after a spike ends).
+EVENT_TOLERANCE = 3
+
+COLUMNS = [
+    "dataset",
+    "detector",
+    "series",
+    "steps",
+    "events",
+    "event_precision",
+    "event_recall",
+    "event_f1",
+    "event_precision_tol",
+    "event_recall_tol",
+    "event_f1_tol",
+    "false_alarms",
+    "point_precision",
+    "point_recall",
+    "nab_score",
+    "auc_pr",
+    "flagged_share",
+    "seconds",
+    "note",
+]
+
+
+@dataclass
+class Detection:
+    """One detector's output on one data set: per-series flags and scores, by series name."""
+
+    detector: str
+    flags: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    seconds: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+# --- detectors -----------------------------------------------------------------------------------
+
+
+def _component_score(name: str, scores: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
+    """A continuous score per component, higher = more anomalous, comparable across series."""
+    if name == "residual":
+        return scores["residual_score"].to_numpy(dtype=float)
+    if name == "lstm":
+        threshold = scores["lstm_threshold"].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return scores["lstm_error"].to_numpy(dtype=float) / threshold
+    if name in ("isolation_forest", "local_outlier_factor"):
+        return scores[f"{name}_score"].to_numpy(dtype=float)
+    if name == "decrease":
+        return scores["decrease_rate"].to_numpy(dtype=float) / config.decrease_rule.threshold
+    return np.full(len(scores), np.nan)
+
+
+def run_hybrid(series: list[LabelledSeries], config: PipelineConfig) -> list[Detection]:
+    """``detect()`` once on all series, then the hybrid decision and each component's."""
+    frame = pd.concat(
+        [
+            pd.DataFrame({"customer_id": s.name, "timestamp": s.frame["timestamp"], "cost": s.frame["value"]})
+            for s in series
+        ],
+        ignore_index=True,
+    )
+    started = time.perf_counter()
+    scored = detect(frame, config)
+    seconds = time.perf_counter() - started
+    components = list(scoring.SIGNALS)
+    hybrid = Detection("hybrid", {}, {}, seconds)
+    parts = {name: Detection(f"hybrid/{name}", {}, {}, None) for name in components}
+    by_customer = dict(tuple(scored.groupby("customer_id", sort=False)))
+    unmatched = 0
+    for s in series:
+        out = by_customer.get(s.name)
+        n = len(s)
+        if out is None:
+            out = scored.iloc[0:0]
+        position = pd.DatetimeIndex(out["timestamp"]).get_indexer(pd.DatetimeIndex(s.frame["timestamp"]))
+        found = position >= 0
+        unmatched += int((~found).sum())
+        rows = out.iloc[position[found]]
+
+        def place(values: np.ndarray, fill: float | bool, found: np.ndarray = found, n: int = n) -> np.ndarray:
+            full = np.full(n, fill, dtype=np.asarray(values).dtype)
+            full[found] = values
+            return full
+
+        hybrid.flags[s.name] = place(rows["is_anomaly"].to_numpy(dtype=bool), False)
+        hybrid.scores[s.name] = place(rows["hybrid_score"].to_numpy(dtype=float), np.nan)
+        fired = [set(str(r).split(",")) for r in rows["reasons"]]
+        for name in components:
+            parts[name].flags[s.name] = place(np.array([name in f for f in fired], dtype=bool), False)
+            parts[name].scores[s.name] = place(_component_score(name, rows, config), np.nan)
+    if unmatched:
+        hybrid.notes.append(f"{unmatched} step(s) missing from detect() output, counted as not flagged")
+    return [hybrid, *parts.values()]
+
+
+def run_baseline(name: str, series: list[LabelledSeries], config: PipelineConfig) -> Detection:
+    method = BASELINES[name]
+    detection = Detection(f"baseline/{name}", {}, {}, None)
+    started = time.perf_counter()
+    for s in series:
+        result = method(s.values, config)
+        detection.flags[s.name] = result.flags
+        detection.scores[s.name] = result.scores
+        if result.note:
+            detection.notes.append(f"{s.name}: {result.note}")
+    detection.seconds = time.perf_counter() - started
+    return detection
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def score_detection(
+    series: list[LabelledSeries], detection: Detection, tolerance: int = EVENT_TOLERANCE
+) -> dict[str, Any]:
+    """All figures of one detector on one data set, from counts summed over its series."""
+    exact, tolerant = metrics.EventCounts(), metrics.EventCounts()
+    points, nab = metrics.PointCounts(), metrics.NabScore()
+    kinds: dict[str, metrics.EventCounts] = {}
+    for s in series:
+        labels, flags = s.labels, detection.flags[s.name]
+        exact += metrics.event_counts(labels, flags, 0)
+        tolerant += metrics.event_counts(labels, flags, tolerance)
+        points += metrics.point_counts(labels, flags)
+        nab += metrics.nab_score(flags, s.nab_window_positions())
+        if s.kinds is not None:
+            for kind in sorted({k for k in s.kinds[labels] if k}):
+                counts = metrics.event_counts(labels & (s.kinds == kind), flags, 0)
+                kinds[kind] = kinds.get(kind, metrics.EventCounts()) + counts
+    all_labels = np.concatenate([s.labels for s in series]) if series else np.zeros(0, dtype=bool)
+    all_scores = np.concatenate([detection.scores[s.name] for s in series]) if series else np.zeros(0)
+    all_flags = np.concatenate([detection.flags[s.name] for s in series]) if series else np.zeros(0)
+    row: dict[str, Any] = {
+        "detector": detection.detector,
+        "series": len(series),
+        "steps": len(all_labels),
+        "events": exact.events,
+        "event_precision": exact.precision,
+        "event_recall": exact.recall,
+        "event_f1": exact.f1,
+        "event_precision_tol": tolerant.precision,
+        "event_recall_tol": tolerant.recall,
+        "event_f1_tol": tolerant.f1,
+        "false_alarms": exact.false_alarms,
+        "point_precision": points.precision,
+        "point_recall": points.recall,
+        "nab_score": nab.normalised,
+        "auc_pr": metrics.auc_pr(all_labels, all_scores) if len(all_labels) else math.nan,
+        "flagged_share": float(all_flags.mean()) if len(all_flags) else math.nan,
+        "seconds": detection.seconds if detection.seconds is not None else math.nan,
+        "note": "; ".join(detection.notes[:3]) + (" ..." if len(detection.notes) > 3 else ""),
+    }
+    for kind, counts in kinds.items():
+        row[f"recall[{kind}]"] = counts.recall
+    return row
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+def evaluate(
+    datasets: dict[str, list[LabelledSeries]],
+    config: PipelineConfig | None = None,
+    detectors: list[str] | None = None,
+    tolerance: int = EVENT_TOLERANCE,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Every requested detector on every given data set; one row per (data set, detector)."""
+    cfg = as_config(config)
+    wanted = list(detectors) if detectors is not None else list(DETECTORS)
+    unknown = [d for d in wanted if d not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector(s) {unknown}; known: {', '.join(DETECTORS)}")
+    say = progress or (lambda _message: None)
+    rows: list[dict[str, Any]] = []
+    described: dict[str, dict[str, Any]] = {}
+    for name, series in datasets.items():
+        described[name] = describe(series)
+        detections: list[Detection] = []
+        for detector in wanted:
+            say(f"[{name}] {detector} on {len(series)} series ...")
+            produced = run_hybrid(series, cfg) if detector == "hybrid" else [run_baseline(detector, series, cfg)]
+            detections.extend(produced)
+            say(f"[{name}] {detector} done in {produced[0].seconds or 0.0:.1f} s")
+        for detection in detections:
+            rows.append({"dataset": name, **score_detection(series, detection, tolerance)})
+    result = pd.DataFrame(rows)
+    extra = [c for c in result.columns if c not in COLUMNS]
+    result = result.reindex(columns=[*COLUMNS, *extra])
+    result.attrs["datasets"] = described
+    result.attrs["tolerance"] = tolerance
+    result.attrs["config_changes"] = _config_changes(cfg)
+    return result
+
+
+def run_evaluation(
+    datasets: list[str],
+    quick: bool,
+    config: PipelineConfig | None = None,
+    detectors: list[str] | None = None,
+    *,
+    tolerance: int = EVENT_TOLERANCE,
+    data_root: Path | None = None,
+    nab_root: Path | None = None,
+    out: Path | None = None,
+    echo: bool = True,
+) -> pd.DataFrame:
+    """Load the named data sets, run the detectors, print the report; return the figures.
+
+    A data set whose files are absent (the shared Cloud Monitoring folder, say) is skipped with
+    the reason in the report rather than failing the whole run. ``out`` also writes the report
+    as Markdown (the generated ``docs/evaluation.md``).
+    """
+    say = (lambda message: print(message, flush=True)) if echo else (lambda _message: None)
+    started = time.perf_counter()
+    loaded: dict[str, list[LabelledSeries]] = {}
+    skipped: dict[str, str] = {}
+    for name in datasets:
+        try:
+            loaded[name] = load_dataset(name, quick, data_root=data_root, nab_root=nab_root)
+        except FileNotFoundError as exc:
+            skipped[name] = str(exc)
+            say(f"[{name}] skipped: {exc}")
+    result = evaluate(loaded, config, detectors, tolerance, progress=say)
+    result.attrs["skipped"] = skipped
+    result.attrs["quick"] = quick
+    result.attrs["total_seconds"] = time.perf_counter() - started
+    report = render_markdown(result)
+    if echo:
+        print(report)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(report, encoding="utf-8")
+    return result
+
+
+def _config_changes(config: PipelineConfig) -> dict[str, Any]:
+    """Settings that differ from the defaults (flattened keys), so a report says what it ran."""
+
+    def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict) and value and key != "weights":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    current, default = flat(config.model_dump()), flat(PipelineConfig().model_dump())
+    return {k: v for k, v in current.items() if default.get(k) != v}
+
+
+# --- report --------------------------------------------------------------------------------------
+
+_TABLE = [
+    ("Detector", "detector", "{}"),
+    ("Event P", "event_precision", "{:.2f}"),
+    ("Event R", "event_recall", "{:.2f}"),
+    ("Event F1", "event_f1", "{:.2f}"),
+    ("F1 (±tol)", "event_f1_tol", "{:.2f}"),
+    ("False alarms", "false_alarms", "{:d}"),
+    ("Point P", "point_precision", "{:.2f}"),
+    ("Point R", "point_recall", "{:.2f}"),
+    ("NAB", "nab_score", "{:.1f}"),
+    ("AUC-PR", "auc_pr", "{:.3f}"),
+    ("Flagged", "flagged_share", "{:.1%}"),
+    ("Time (s)", "seconds", "{:.1f}"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if fmt == "{:d}":
+        return str(int(value))
+    return fmt.format(value)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def render_markdown(result: pd.DataFrame) -> str:
+    """The report: what was run, then a table per data set (and recall per incident kind where
+    the data set names kinds)."""
+    tol = result.attrs.get("tolerance", EVENT_TOLERANCE)
+    quick = result.attrs.get("quick", False)
+    lines = [
+        "<!-- Generated by `python -m anomaly_pipelines.core.evaluation`; do not edit by hand. -->",
+        "",
+        "# Evaluation",
+        "",
+        "Every detector on every labelled data set, with the same configuration everywhere"
+        + (" (**quick mode**: subsampled data, for development only)." if quick else "."),
+        f"Regenerate with `python -m anomaly_pipelines.core.evaluation{' --quick' if quick else ''}`.",
+        "",
+        "- **Event P/R/F1**: consecutive labelled steps form an event, consecutive flagged steps a",
+        "  detection; an event is found when any detection overlaps it, a detection overlapping no",
+        "  event is a false alarm. Precision = found / (found + false alarms). "
+        f"**F1 (±tol)** widens events by {tol} steps on each side.",
+        "- **Point P/R**: step by step.",
+        "- **NAB**: the NAB score, standard profile (A_TP=1, A_FP=0.11, A_FN=1, 15% probation,",
+        "  scaled sigmoid), normalised so the null detector scores 0 and the perfect one 100.",
+        "  Windows are NAB's (10% of the series split over its events, centred on each event).",
+        "- **AUC-PR**: average precision of the detector's continuous score over all steps.",
+        "- **Flagged**: share of steps flagged. **Time**: wall-clock seconds for the whole data set",
+        "  (the hybrid's components share the hybrid's run).",
+        "",
+    ]
+    changes = result.attrs.get("config_changes", {})
+    if changes:
+        lines += ["Configuration changes from the defaults: "
+                  + ", ".join(f"`{k}={v}`" for k, v in sorted(changes.items())), ""]
+    else:
+        lines += ["Configuration: the defaults of `PipelineConfig`.", ""]
+    total = result.attrs.get("total_seconds")
+    if total is not None:
+        lines += [
+            f"Total run time: {total / 60:.1f} min on {os.cpu_count()} CPU core(s) "
+            f"({platform.machine()}, Python {platform.python_version()}).",
+            "",
+        ]
+    described = result.attrs.get("datasets", {})
+    for name, group in result.groupby("dataset", sort=False):
+        info = described.get(name, {})
+        lines += [f"## {name}", ""]
+        if info:
+            freqs = ", ".join(f"{count} × {freq}" for freq, count in info["frequencies"].items())
+            lines += [
+                f"{info['series']} series ({freqs}), {info['steps']:,} steps, {info['events']} labelled "
+                f"events covering {info['labelled_share']:.1%} of the steps; "
+                f"{info['series_without_events']} series without any event.",
+                "",
+            ]
+        rows = [[_cell(r[col], fmt) for _, col, fmt in _TABLE] for _, r in group.iterrows()]
+        lines += _markdown_table([h.replace("tol", str(tol)) for h, _, _ in _TABLE], rows)
+        notes = [f"- `{r['detector']}`: {r['note']}" for _, r in group.iterrows() if r["note"]]
+        if notes:
+            lines += ["", "Notes:", *notes]
+        kind_cols = [c for c in group.columns if c.startswith("recall[") and group[c].notna().any()]
+        if kind_cols:
+            lines += ["", f"Event recall by incident kind ({name}):", ""]
+            header = ["Detector", *[c[len("recall[") : -1] for c in kind_cols]]
+            kind_rows = [[r["detector"], *[_cell(r[c], "{:.2f}") for c in kind_cols]] for _, r in group.iterrows()]
+            lines += _markdown_table(header, kind_rows)
+        lines.append("")
+    for name, reason in result.attrs.get("skipped", {}).items():
+        lines += [f"## {name}", "", f"Skipped: {reason}", ""]
+    return "\n".join(lines).rstrip() + "\n"

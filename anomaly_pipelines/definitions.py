@@ -1,0 +1,61 @@
+"""The code location: every asset, check, job, schedule, sensor and resource of the project.
+
+Loaded by ``dg dev`` / ``dg check defs`` / ``dg launch`` (``[tool.dg.project]`` in pyproject)
+and by ``dagster dev -w workspace.yaml``. Nothing here imports TensorFlow, MLflow or
+google-genai; they load inside the runs that need them, so loading stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from anomaly_pipelines.defs import checks, sensors
+from anomaly_pipelines.defs.assets import ingest, reporting, scoring, series, training
+from anomaly_pipelines.defs.io_managers import PartitionedStorageIOManager
+from anomaly_pipelines.defs.jobs import (
+    batch_job,
+    customer_job,
+    daily_scoring_job,
+    ingest_job,
+    report_job,
+)
+from anomaly_pipelines.defs.resources import (
+    ExplainerResource,
+    MlflowRegistryResource,
+    PipelineSettings,
+    gemini_resource,
+)
+from anomaly_pipelines.defs.schedules import daily_scoring_schedule
+from anomaly_pipelines.defs.settings import definition_config
+
+
+def build_definitions(config_path: str = "", overrides: dict[str, Any] | None = None) -> dg.Definitions:
+    """All definitions, with the pipeline settings bound to ``config_path`` and ``overrides``
+    (empty: ``$ANOMALY_PIPELINES_CONFIG`` or ``configs/pipeline.yaml``). Tests and the demo use
+    this to point one run's outputs, MLflow store and data size somewhere else."""
+    settings = PipelineSettings(config_path=config_path, overrides=overrides or {})
+    orchestration = definition_config().orchestration
+    executor = (
+        dg.in_process_executor
+        if orchestration.executor == "in_process"
+        else dg.multiprocess_executor.configured({"max_concurrent": orchestration.max_concurrent_steps})
+    )
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([ingest, series, training, scoring, reporting]),
+        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job],
+        schedules=[daily_scoring_schedule],
+        sensors=[sensors.daily_files_sensor],
+        resources={
+            "pipeline_settings": settings,
+            "mlflow_registry": MlflowRegistryResource(settings=settings),
+            "explainer": ExplainerResource(settings=settings, gemini=gemini_resource()),
+            "io_manager": PartitionedStorageIOManager(settings=settings),
+        },
+        executor=executor,
+    )
+
+
+defs = build_definitions()
