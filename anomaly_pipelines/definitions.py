@@ -7,6 +7,7 @@ google-genai; they load inside the runs that need them, so loading stays fast.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -36,6 +37,8 @@ def build_definitions(config_path: str = "", overrides: dict[str, Any] | None = 
     (empty: ``$ANOMALY_PIPELINES_CONFIG`` or ``configs/pipeline.yaml``). Tests and the demo use
     this to point one run's outputs, MLflow store and data size somewhere else."""
     settings = PipelineSettings(config_path=config_path, overrides=overrides or {})
+    # Storage follows the output directory of the configuration the definitions are built with.
+    storage = Path(settings.load().output.directory) / "storage"
     orchestration = definition_config().orchestration
     executor = (
         dg.in_process_executor
@@ -50,9 +53,9 @@ def build_definitions(config_path: str = "", overrides: dict[str, Any] | None = 
         sensors=[sensors.daily_files_sensor],
         resources={
             "pipeline_settings": settings,
-            "mlflow_registry": MlflowRegistryResource(settings=settings),
-            "explainer": ExplainerResource(settings=settings, gemini=gemini_resource()),
-            "io_manager": PartitionedStorageIOManager(settings=settings),
+            "mlflow_registry": MlflowRegistryResource(),
+            "explainer": ExplainerResource(gemini=gemini_resource()),
+            "io_manager": PartitionedStorageIOManager(base_dir=str(storage)),
         },
         executor=executor,
     )

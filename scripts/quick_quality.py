@@ -9,7 +9,8 @@ from anomaly_pipelines import detect
 from anomaly_pipelines.core.sources.synthetic import generate_usage
 
 customers = int(sys.argv[1]) if len(sys.argv) > 1 else 12
-d = generate_usage(customers=customers, days=730, seed=11)
+seed = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2].isdigit() else 11
+d = generate_usage(customers=customers, days=730, seed=seed)
 u = d.usage.groupby(["customer_id", "timestamp"], as_index=False)["cost"].sum()
 t = time.time()
 s = detect(u, {"lstm": {"epochs": 10}})

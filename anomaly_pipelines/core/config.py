@@ -204,7 +204,11 @@ class HybridConfig(_Section):
         }
     )
     decision_threshold: float = 1.0
+    # Cycles of history behind each expected value (weeks for daily data, days for sub-daily).
     seasonal_cycles: int = 4
+    # Values this many spreads from their expectation are replaced by it before the final
+    # expectation is computed, so incidents do not become the baseline (0 disables).
+    clean_history_z: float = 4.0
 
 
 class MlflowConfig(_Section):

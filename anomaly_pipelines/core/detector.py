@@ -58,6 +58,8 @@ class Calibration:
     train_size: int
     train_end: pd.Timestamp
     residual_sigma: float
+    # Median |value| of the training part: the spread grows with the level above it.
+    typical_level: float
     day_of_month_offsets: dict[int, float]
     # signal -> (center, threshold), learned on the training part
     thresholds: dict[str, tuple[float, float]]
@@ -110,8 +112,8 @@ def _model_input(series: CustomerSeries, cal: Calibration, config: PipelineConfi
     notebook's scaled raw values (``windows.representation: scaled``)."""
     if config.windows.representation == "scaled":
         return cal.scaler.transform(series.values)
-    z = (series.values - _expectation(series, cal, config)) / cal.residual_sigma
-    return np.clip(z, -50.0, 50.0)
+    expected, spread = _expectation(series, cal, config)
+    return np.clip((series.values - expected) / spread, -50.0, 50.0)
 
 
 def _warmup(cal: Calibration) -> int:
@@ -120,14 +122,50 @@ def _warmup(cal: Calibration) -> int:
     return 2 * (cal.period or 0)
 
 
-def _expectation(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
+def _seasonal(values: np.ndarray, series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
     expected = scoring.seasonal_expectation(
-        series.values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
+        values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
     )
     if cal.day_of_month_offsets:
         doms = np.asarray(series.timestamps.day)
         expected = expected + np.array([cal.day_of_month_offsets.get(int(d), 0.0) for d in doms])
     return expected
+
+
+def _spread(expected: np.ndarray, cal: Calibration) -> np.ndarray:
+    """Residual spread per step. Cost noise is roughly proportional to cost, so when a series
+    grows past its training level the spread grows with it (following the median expectation
+    of the last eight cycles: slow enough that an incident does not widen its own tolerance);
+    it never shrinks below training's."""
+    if cal.typical_level <= 1e-12:
+        return np.full(len(expected), cal.residual_sigma)
+    span = 8 * (cal.period or cal.window)
+    level = pd.Series(np.abs(expected)).rolling(span, min_periods=1).median().to_numpy()
+    return cal.residual_sigma * np.maximum(1.0, level / cal.typical_level)
+
+
+def _expectation(
+    series: CustomerSeries, cal: Calibration, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected value and spread per step, learned from cleaned history.
+
+    A first pass flags values far from their expectation (``clean_history_z`` spreads) and
+    replaces them by the expectation before the final pass, so an incident (a week-long runaway
+    ramp, say) does not become the baseline that its own end is then compared with. A lasting
+    change still becomes the new baseline: once the first pass has absorbed it (about half a
+    cycle), its values are no longer replaced.
+    """
+    expected = _seasonal(series.values, series, cal, config)
+    spread = _spread(expected, cal)
+    limit = config.hybrid.clean_history_z
+    if limit > 0:
+        surprising = np.abs(series.values - expected) > limit * spread
+        surprising[: _warmup(cal)] = False  # early expectations are too rough to replace data
+        if surprising.any():
+            cleaned = np.where(surprising, expected, series.values)
+            expected = _seasonal(cleaned, series, cal, config)
+            spread = _spread(expected, cal)
+    return expected, spread
 
 
 def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
@@ -155,15 +193,23 @@ def _window_signal(values: np.ndarray, n: int, window: int) -> np.ndarray:
 
 
 def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> None:
-    """Learn the residual spread and recurring day-of-month effects from the training part."""
+    """Learn the residual spread and recurring day-of-month effects from the training part.
+
+    The spread is estimated twice: first against the raw expectation (to know what counts as
+    surprising when cleaning history), then against the final, cleaned expectation.
+    """
     n = cal.train_size
-    train_res = (series.values - _expectation(series, cal, config))[:n]
-    level = float(np.median(np.abs(series.values[:n])))
-    cal.residual_sigma = scoring.robust_sigma(train_res, floor=max(level * 1e-3, 1e-9))
+    floor = max(cal.typical_level * 1e-3, 1e-9)
+    raw = _seasonal(series.values, series, cal, config)
+    train_res = (series.values - raw)[:n]
+    cal.residual_sigma = scoring.robust_sigma(train_res, floor=floor)
     if series.frequency >= pd.Timedelta(days=1) and n >= 90:
         cal.day_of_month_offsets = scoring.day_of_month_offsets(
             series.timestamps[:n], train_res, cal.residual_sigma
         )
+    expected, spread = _expectation(series, cal, config)
+    scaled = ((series.values - expected) / spread * cal.residual_sigma)[:n]
+    cal.residual_sigma = scoring.robust_sigma(scaled, floor=floor)
 
 
 def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> FittedDetectors:
@@ -188,6 +234,7 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
             train_size=n_train,
             train_end=series.timestamps[n_train - 1],
             residual_sigma=1.0,
+            typical_level=float(np.median(np.abs(series.values[:n_train]))),
             day_of_month_offsets={},
             thresholds={},
             lstm_notebook_threshold=np.inf,
@@ -263,8 +310,8 @@ def _signals(
         cid = series.customer_id
         cal = fitted.calibrations[cid]
         n = len(series)
-        expected = _expectation(series, cal, config)
-        z = (series.values - expected) / cal.residual_sigma
+        expected, spread = _expectation(series, cal, config)
+        z = (series.values - expected) / spread
         out[cid] = {
             "expected": expected,
             "z": z,

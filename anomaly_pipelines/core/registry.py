@@ -51,7 +51,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,7 +61,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from anomaly_pipelines.core.config import MlflowConfig, PipelineConfig
@@ -117,6 +117,17 @@ class TrainingRecord:
     registered_names: dict[str, str]  # customer_id -> registered model name
 
 
+@dataclass(frozen=True)
+class VersionRequest:
+    """One model version to register for a customer (see ``ModelRegistry.register_versions``)."""
+
+    customer_id: str
+    source: str  # usually ``models:/<model_id>`` of a logged model
+    run_id: str
+    model_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class _RunArtifacts:
     """The per-run half of a champion: everything except the Keras model."""
@@ -148,7 +159,7 @@ class ModelRegistry:
         self.tracking_uri = _resolve_tracking_uri(config.tracking_uri)
         self.artifact_uri = _resolve_artifact_uri(config.artifact_location)
         self._experiment: str | None = None
-        self._known_models: set[str] = set()
+        self._client_instance: MlflowClient | None = None
 
     # ------------------------------------------------------------------ names and store
 
@@ -157,7 +168,11 @@ class ModelRegistry:
 
     def _client(self) -> MlflowClient:
         self._activate()
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        if self._client_instance is None:
+            self._client_instance = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
+        return self._client_instance
 
     def _activate(self) -> None:
         """Create the store on first use and point MLflow's process-wide URIs at it."""
@@ -297,7 +312,7 @@ class ModelRegistry:
                     f"log {name}",
                 )
                 bundle_uris[name] = info.model_uri
-        versions: dict[str, str] = {}
+        requests: list[VersionRequest] = []
         for index, fit in enumerate(fitted.autoencoders):
             lstm_name = f"lstm_autoencoder_{index}"
             info = _retry(
@@ -311,8 +326,8 @@ class ModelRegistry:
                 f"log {lstm_name}",
             )
             slots = {cid: i for i, cid in enumerate(_layer(fit.model).customer_ids)}
-            for cid in fit.customer_ids:
-                versions[cid] = self.register_version(
+            requests.extend(
+                VersionRequest(
                     cid,
                     source=info.model_uri,
                     run_id=run_id,
@@ -324,6 +339,14 @@ class ModelRegistry:
                         "local_outlier_factor_uri": bundle_uris[LOF_MODEL_NAME],
                     },
                 )
+                for cid in fit.customer_ids
+            )
+        started = time.perf_counter()
+        versions = self.register_versions(requests)
+        _retry(
+            lambda: mlflow.log_metric("registration_seconds", time.perf_counter() - started),
+            "log metrics",
+        )
         return versions
 
     def register_version(
@@ -335,53 +358,111 @@ class ModelRegistry:
         tags: dict[str, str] | None = None,
         model_id: str | None = None,
     ) -> str:
-        """Add a version of the customer's registered model (created on first use) and give it
-        the alias unless a newer version already holds it; returns the version number."""
-        client = self._client()
-        name = self.registered_name(customer_id)
-        self._ensure_registered_model(client, name, customer_id)
-        version_tags = {**(tags or {}), "customer_id": customer_id, "run_id": run_id}
-        version = self._create_version(client, name, source, run_id, version_tags, model_id)
-        with self._alias_lock():
-            current = _retry(lambda: client.get_registered_model(name), "read model").aliases.get(
-                self.config.alias
-            )
-            if current is None or int(current) < int(version):
-                _retry(
-                    lambda: client.set_registered_model_alias(name, self.config.alias, version),
-                    "set alias",
-                )
-        return version
+        """Register one version (see ``register_versions``); returns its number."""
+        request = VersionRequest(customer_id, source, run_id, model_id, dict(tags or {}))
+        return self.register_versions([request])[customer_id]
 
-    def _ensure_registered_model(self, client: MlflowClient, name: str, customer_id: str) -> None:
-        if name in self._known_models:
-            return
-        try:
-            model = _retry(lambda: client.get_registered_model(name), "read model")
-        except MlflowException as exc:
-            if exc.error_code not in _MISSING:
-                raise
-            try:
-                _retry(
-                    lambda: client.create_registered_model(
-                        name,
-                        tags={"customer_id": customer_id, "project": PROJECT},
-                        description=f"Anomaly detectors of customer {customer_id!r}.",
-                    ),
-                    "create model",
-                )
-            except MlflowException as create_exc:
-                if create_exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-            self._known_models.add(name)
-            return
-        owner = model.tags.get("customer_id")
-        if owner is not None and owner != customer_id:
-            raise ValueError(
-                f"registered model {name!r} belongs to customer {owner!r}, not {customer_id!r}; "
-                "another project may share mlflow.model_prefix in this store"
+    def register_versions(self, requests: list[VersionRequest]) -> dict[str, str]:
+        """Add one version per request to the customer's registered model (created on first
+        use) and give it the alias unless a newer version already holds it.
+
+        Existing models and current aliases are read in bulk (a listing page per
+        ``page_size`` customers when there are many), so a batch costs about three writes
+        per customer: model (first time only), version, alias.
+        """
+        customers = [r.customer_id for r in requests]
+        if len(set(customers)) != len(customers):
+            raise ValueError("register_versions(): each customer may appear only once per call")
+        client = self._client()
+        names = {cid: self.registered_name(cid) for cid in customers}
+        existing = self._registered_models(client, list(names.values()))
+        for cid, name in names.items():
+            if name in existing:
+                owner = existing[name].tags.get("customer_id")
+                if owner is not None and owner != cid:
+                    raise ValueError(
+                        f"registered model {name!r} belongs to customer {owner!r}, not {cid!r}; "
+                        "another project may share mlflow.model_prefix in this store"
+                    )
+            else:
+                self._create_registered_model(client, name, cid)
+        created = {
+            r.customer_id: self._create_version(
+                client,
+                names[r.customer_id],
+                r.source,
+                r.run_id,
+                {**r.tags, "customer_id": r.customer_id, "run_id": r.run_id},
+                r.model_id,
             )
-        self._known_models.add(name)
+            for r in requests
+        }
+        alias = self.config.alias
+        with self._alias_lock():
+            current = self._registered_models(client, list(names.values()))
+            for cid, version in created.items():
+                name = names[cid]
+                holder = current[name].aliases.get(alias) if name in current else None
+                if holder is None or int(holder) < int(version):
+                    _retry(
+                        lambda name=name, version=version: client.set_registered_model_alias(
+                            name, alias, version
+                        ),
+                        "set alias",
+                    )
+        return created
+
+    def _create_registered_model(self, client: MlflowClient, name: str, customer_id: str) -> None:
+        try:
+            _retry(
+                lambda: client.create_registered_model(
+                    name,
+                    tags={"customer_id": customer_id, "project": PROJECT},
+                    description=f"Anomaly detectors of customer {customer_id!r}.",
+                ),
+                "create model",
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # else: a parallel run made it
+                raise
+
+    def _registered_models(
+        self, client: MlflowClient, names: list[str]
+    ) -> dict[str, RegisteredModel]:
+        """The registered models among ``names`` that exist, with their tags and aliases."""
+        wanted = set(names)
+        out: dict[str, RegisteredModel] = {}
+        if len(wanted) <= self.direct_lookup_limit:
+            for name in wanted:
+                try:
+                    out[name] = _retry(
+                        lambda name=name: client.get_registered_model(name), "read model"
+                    )
+                except MlflowException as exc:
+                    if exc.error_code not in _MISSING:
+                        raise
+            return out
+        for model in self._list_models(client):
+            if model.name in wanted:  # LIKE treats '_' as a wildcard: keep exact names only
+                out[model.name] = model
+        return out
+
+    def _list_models(self, client: MlflowClient) -> Iterator[RegisteredModel]:
+        """Every registered model under the prefix, ``page_size`` per call."""
+        token: str | None = None
+        while True:
+            page = _retry(
+                lambda token=token: client.search_registered_models(
+                    filter_string=f"name LIKE '{self.config.model_prefix}.%'",
+                    max_results=self.page_size,
+                    page_token=token,
+                ),
+                "list registered models",
+            )
+            yield from page
+            token = page.token
+            if not token:
+                return
 
     def _create_version(
         self,
@@ -502,29 +583,16 @@ class ModelRegistry:
                         raise
             return out
         pending: dict[str, str] = {}
-        token: str | None = None
-        while True:
-            page = _retry(
-                lambda token=token: client.search_registered_models(
-                    filter_string=f"name LIKE '{self.config.model_prefix}.%'",
-                    max_results=self.page_size,
-                    page_token=token,
-                ),
-                "list registered models",
-            )
-            for model in page:
-                # LIKE treats '_' as a wildcard: keep exact names only.
-                if model.name not in wanted or alias not in model.aliases:
-                    continue
-                version = str(model.aliases[alias])
-                latest = [mv for mv in model.latest_versions or [] if str(mv.version) == version]
-                if latest:
-                    out[wanted[model.name]] = latest[0]
-                else:
-                    pending[model.name] = version
-            token = page.token
-            if not token:
-                break
+        for model in self._list_models(client):
+            # LIKE treats '_' as a wildcard: keep exact names only.
+            if model.name not in wanted or alias not in model.aliases:
+                continue
+            version = str(model.aliases[alias])
+            latest = [mv for mv in model.latest_versions or [] if str(mv.version) == version]
+            if latest:
+                out[wanted[model.name]] = latest[0]
+            else:
+                pending[model.name] = version
         for name, version in pending.items():
             out[wanted[name]] = _retry(
                 lambda name=name, version=version: client.get_model_version(name, version),

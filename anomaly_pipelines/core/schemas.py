@@ -51,7 +51,9 @@ class RawUsage(pa.DataFrameModel):
     charge_class: Series[str] | None = pa.Field(nullable=True)
     currency: Series[str] | None = pa.Field(nullable=False)
 
-    @pa.check("customer_id", "service", "region", "charge_category", "currency", name="readable_text")
+    @pa.check(
+        "customer_id", "service", "region", "charge_category", "currency", name="readable_text"
+    )
     def readable_text(cls, values: Series[str]) -> Series[bool]:
         # A garbled id would silently become a new customer; garbled dimensions mislead
         # explanations. Both usually mean the file's encoding is not the configured one.
@@ -119,7 +121,9 @@ def validated_schema(source: SourceConfig, *, usage: bool, now: pd.Timestamp) ->
     model = ValidatedUsage if usage and rules.negative_usage != "keep" else ValidatedRows
     schema = model.to_schema()
     max_abs = float(rules.max_abs_cost)
-    schema = _add_checks(schema, "cost", pa.Check(lambda s: s.abs() <= max_abs, name="max_abs_cost"))
+    schema = _add_checks(
+        schema, "cost", pa.Check(lambda s: s.abs() <= max_abs, name="max_abs_cost")
+    )
     latest = now + pd.Timedelta(days=rules.max_future_days)
     earliest = pd.Timestamp(rules.min_timestamp, tz="UTC")
     schema = _add_checks(

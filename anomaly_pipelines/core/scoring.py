@@ -54,8 +54,10 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
 
 
 def _past_median(values: np.ndarray, steps: int) -> np.ndarray:
-    """Median of the previous ``steps`` values (the current one excluded)."""
-    return pd.Series(values).rolling(steps, min_periods=1).median().shift(1).to_numpy()
+    """Median of the previous ``steps`` values (the current one excluded); NaN until at least
+    half of them exist, so early offsets are not measured against a one-value "level"."""
+    series = pd.Series(values)
+    return series.rolling(steps, min_periods=max(steps // 2, 1)).median().shift(1).to_numpy()
 
 
 def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> np.ndarray:

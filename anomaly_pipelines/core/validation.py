@@ -76,14 +76,18 @@ class LoadedUsage:
     input_rows: int
     files: list[str]
     # Lines merged into another line by the duplicate policy (sum / last): where each went.
-    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS))
+    duplicates: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=DUPLICATE_COLUMNS)
+    )
     # The step timestamps were floored to ("1D" for daily sources), for
     # ``preprocess.frequency``: sparse daily series must not have their grid inferred.
     frequency: str | None = None
 
     def summary(self) -> dict[str, int | float]:
         """Counts per fate; ``input_rows == valid_rows + quarantined_rows`` always holds."""
-        quarantined = int(self.quarantine[["source_file", "source_line"]].drop_duplicates().shape[0])
+        quarantined = int(
+            self.quarantine[["source_file", "source_line"]].drop_duplicates().shape[0]
+        )
         valid = len(self.usage) + len(self.duplicates) + len(self.signals)
         return {
             "input_rows": int(self.input_rows),
@@ -105,7 +109,9 @@ class LoadedUsage:
             self.usage[["source_file", "source_line"]].assign(fate="usage"),
             self.signals[["source_file", "source_line"]].assign(fate="signal"),
             self.duplicates[["source_file", "source_line"]].assign(fate="duplicate"),
-            self.quarantine[["source_file", "source_line"]].drop_duplicates().assign(fate="quarantine"),
+            self.quarantine[["source_file", "source_line"]]
+            .drop_duplicates()
+            .assign(fate="quarantine"),
         ]
         return pd.concat(parts, ignore_index=True)
 
@@ -131,10 +137,14 @@ class RawRows:
 
 
 def empty_quarantine() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=int if c == "source_line" else "str") for c in QUARANTINE_COLUMNS})
+    return pd.DataFrame(
+        {c: pd.Series(dtype=int if c == "source_line" else "str") for c in QUARANTINE_COLUMNS}
+    )
 
 
-def quarantine_entry(file: str, line: int, column: str, check: str, value: object, reason: str) -> dict[str, object]:
+def quarantine_entry(
+    file: str, line: int, column: str, check: str, value: object, reason: str
+) -> dict[str, object]:
     return {
         "source_file": file,
         "source_line": int(line),
@@ -155,7 +165,9 @@ def validate_rows(
     now = pd.Timestamp.now(tz="UTC") if now is None else now
     input_rows = sum(raw.rows_per_file.values())
     if input_rows == 0:
-        raise SourceError(f"{', '.join(raw.files) or source.path}: no data rows (empty or header only)")
+        raise SourceError(
+            f"{', '.join(raw.files) or source.path}: no data rows (empty or header only)"
+        )
 
     frame = raw.frame.reset_index(drop=True)
     text_columns = [c for c in TEXT_COLUMNS if c in frame.columns]
@@ -335,7 +347,10 @@ def _coerce(
     if floor:
         stamps = stamps.dt.floor(floor)
     out["timestamp"] = stamps
-    names = {key.casefold(): CANONICAL_CATEGORIES.get(key.casefold(), key) for key in source.charge_categories}
+    names = {
+        key.casefold(): CANONICAL_CATEGORIES.get(key.casefold(), key)
+        for key in source.charge_categories
+    }
     routes = {key.casefold(): route for key, route in source.charge_categories.items()}
     if "charge_category" in out.columns:
         folded = out["charge_category"].str.casefold()
@@ -364,7 +379,9 @@ def _canonical_spelling(values: pd.Series) -> pd.Series:
         return values
     table = pd.DataFrame({"value": counts.index.astype("str"), "n": counts.to_numpy()})
     table["key"] = table["value"].str.casefold()
-    best = table.sort_values(["key", "n", "value"], ascending=[True, False, True]).drop_duplicates("key")
+    best = table.sort_values(["key", "n", "value"], ascending=[True, False, True]).drop_duplicates(
+        "key"
+    )
     mapping = dict(zip(best["key"], best["value"], strict=True))
     return values.str.casefold().map(mapping).astype("str")
 
@@ -411,7 +428,9 @@ def _infer_and_parse(unique: pd.Index, timezone: str, file: str) -> tuple[pd.Ser
     for guess in sorted(guesses):
         candidates[guess] = _parse_format(unique, guess, timezone)
     if not candidates:
-        return pd.Series(pd.NaT, index=unique, dtype="datetime64[ns, UTC]"), "no recognisable date format"
+        return pd.Series(
+            pd.NaT, index=unique, dtype="datetime64[ns, UTC]"
+        ), "no recognisable date format"
     counts = {name: int(parsed.notna().sum()) for name, parsed in candidates.items()}
     best = max(counts.values())
     tied = [name for name, count in counts.items() if count == best]
@@ -503,7 +522,10 @@ def _check_file_days(
             f"row is not on the file's day {file_days[file].date()}",
         )
         for label, file, line in zip(
-            valid.index[outside], valid["source_file"][outside], valid["source_line"][outside], strict=True
+            valid.index[outside],
+            valid["source_file"][outside],
+            valid["source_line"][outside],
+            strict=True,
         )
     ]
     return valid[~outside], pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
@@ -526,7 +548,9 @@ def _convert_currency(valid: pd.DataFrame, source: SourceConfig) -> pd.DataFrame
         examples = rows.drop_duplicates("currency").head(3)
         where = ", ".join(
             f"{f} line {line}: {cur}"
-            for f, line, cur in zip(examples["source_file"], examples["source_line"], examples["currency"], strict=True)
+            for f, line, cur in zip(
+                examples["source_file"], examples["source_line"], examples["currency"], strict=True
+            )
         )
         raise SourceError(
             f"column currency: customer '{customer}' has costs in {sorted(rows['currency'].unique())} "
@@ -548,7 +572,9 @@ def _apply_duplicates(
     empty_dups = pd.DataFrame(columns=DUPLICATE_COLUMNS)
     missing = [c for c in key if c not in valid.columns]
     if missing:
-        raise SourceError(f"duplicate key column(s) {missing} are not in the source (check its duplicate_key)")
+        raise SourceError(
+            f"duplicate key column(s) {missing} are not in the source (check its duplicate_key)"
+        )
     if valid.empty:
         return valid, empty_dups, empty_quarantine()
     # The route is always part of the key: a credit must never be summed into usage.
@@ -607,7 +633,9 @@ def _output(rows: pd.DataFrame, *, signals: bool) -> pd.DataFrame:
     else:
         columns += [c for c in DIMENSIONS if c in rows.columns]
     columns += ["source_file", "source_line"]
-    out = rows[columns].sort_values(["customer_id", "timestamp", "source_file", "source_line"], kind="stable")
+    out = rows[columns].sort_values(
+        ["customer_id", "timestamp", "source_file", "source_line"], kind="stable"
+    )
     out = out.reset_index(drop=True)
     out["timestamp"] = out["timestamp"].astype("datetime64[ns, UTC]")
     out["cost"] = out["cost"].astype(float)
@@ -623,7 +651,9 @@ def _concat_quarantine(parts: list[pd.DataFrame]) -> pd.DataFrame:
     out["source_line"] = out["source_line"].astype(np.int64)
     for column in ("source_file", "column", "check", "value", "reason"):
         out[column] = out[column].astype("str")
-    return out.sort_values(["source_file", "source_line", "column"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["source_file", "source_line", "column"], kind="stable").reset_index(
+        drop=True
+    )
 
 
 def _check_failure_rate(loaded: LoadedUsage, rows_per_file: dict[str, int], limit: float) -> None:
@@ -632,7 +662,9 @@ def _check_failure_rate(loaded: LoadedUsage, rows_per_file: dict[str, int], limi
     for file, count in failed.items():
         total = rows_per_file.get(str(file), 0)
         if total and count / total > limit:
-            first = loaded.quarantine[loaded.quarantine["source_file"] == file].head(_FIRST_FAILURES)
+            first = loaded.quarantine[loaded.quarantine["source_file"] == file].head(
+                _FIRST_FAILURES
+            )
             details = "\n".join(
                 f"  line {row.source_line}, column {row.column} ({row.check}): {row.reason}"
                 for row in first.itertuples()

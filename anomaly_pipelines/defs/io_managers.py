@@ -25,7 +25,6 @@ import pandas as pd
 from pydantic import Field
 
 from anomaly_pipelines.core.ids import customer_key
-from anomaly_pipelines.defs.resources import PipelineSettings
 
 PARQUET = ".parquet"
 PICKLE = ".pkl"
@@ -34,18 +33,15 @@ PICKLE = ".pkl"
 class PartitionedStorageIOManager(dg.ConfigurableIOManager):
     """Stores each asset partition as its own file under ``base_dir``."""
 
-    settings: dg.ResourceDependency[PipelineSettings]
     base_dir: str = Field(
-        default="",
-        description="Directory for stored asset values; empty: <output.directory>/storage.",
+        default="data/outputs/storage",
+        description="Directory for stored asset values (relative to the working directory).",
     )
 
     # -- paths ---------------------------------------------------------------------------------
 
     def root(self) -> Path:
-        if self.base_dir:
-            return Path(self.base_dir)
-        return Path(self.settings.load().output.directory) / "storage"
+        return Path(self.base_dir)
 
     def _stem(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
         base = self.root().joinpath(*asset_key.path)

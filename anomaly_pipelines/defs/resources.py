@@ -43,14 +43,22 @@ class PipelineSettings(dg.ConfigurableResource):
 
 
 class MlflowRegistryResource(dg.ConfigurableResource):
-    """The MLflow tracking store and model registry named by the run's ``mlflow`` settings."""
+    """The MLflow tracking store and model registry of a run.
 
-    settings: dg.ResourceDependency[PipelineSettings]
+    The run's ``mlflow`` settings name the store; the two fields here, when set, take precedence,
+    so a deployment can point every run at a shared tracking server (e.g. from an ``EnvVar``)
+    without editing the YAML. Resources take the run's configuration as an argument rather than
+    holding the settings resource: a nested resource would not see per-run overrides.
+    """
 
-    def registry(self) -> "ModelRegistry":
+    tracking_uri: str = Field(default="", description="Overrides mlflow.tracking_uri when set.")
+    artifact_location: str = Field(default="", description="Overrides mlflow.artifact_location when set.")
+
+    def registry(self, config: PipelineConfig) -> "ModelRegistry":
         from anomaly_pipelines.core.registry import ModelRegistry
 
-        return ModelRegistry(self.settings.load().mlflow)
+        updates = {"tracking_uri": self.tracking_uri, "artifact_location": self.artifact_location}
+        return ModelRegistry(config.mlflow.model_copy(update={k: v for k, v in updates.items() if v}))
 
 
 class GeminiResource(dg.ConfigurableResource):
@@ -81,10 +89,9 @@ class ExplainerResource(dg.ConfigurableResource):
     same facts. Gemini without a key falls back to offline (``core.explain.make_explainer``),
     so the demo runs anywhere and each explanation records why."""
 
-    settings: dg.ResourceDependency[PipelineSettings]
-    gemini: dg.ResourceDependency[GeminiResource]
+    gemini: GeminiResource
 
-    def explain_config(self) -> ExplainConfig:
+    def explain_config(self, config: PipelineConfig) -> ExplainConfig:
         updates = {
             "gemini_model": self.gemini.model,
             "gemini_base_url": self.gemini.base_url,
@@ -92,10 +99,9 @@ class ExplainerResource(dg.ConfigurableResource):
             "max_output_tokens": self.gemini.max_output_tokens,
             "temperature": self.gemini.temperature,
         }
-        config = self.settings.load().explain
-        return config.model_copy(update={k: v for k, v in updates.items() if v is not None})
+        return config.explain.model_copy(update={k: v for k, v in updates.items() if v is not None})
 
-    def explainer(self) -> "Explainer":
+    def explainer(self, config: PipelineConfig) -> "Explainer":
         from anomaly_pipelines.core.explain import make_explainer
 
-        return make_explainer(self.explain_config(), api_key=self.gemini.api_key)
+        return make_explainer(self.explain_config(config), api_key=self.gemini.api_key)

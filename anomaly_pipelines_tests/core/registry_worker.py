@@ -14,23 +14,27 @@ def register_many(
     customer_ids: list[str],
     source: str,
     run_id: str,
+    paged: bool,
     start: Any,
     results: Any,
 ) -> None:
-    """Wait for the sibling process, then register one version per customer as fast as possible."""
+    """Wait for the sibling process, then register one version per customer in one batch, the
+    way ``log_training`` does."""
     from anomaly_pipelines.core.config import MlflowConfig
-    from anomaly_pipelines.core.registry import ModelRegistry
+    from anomaly_pipelines.core.registry import ModelRegistry, VersionRequest
 
     registry = ModelRegistry(MlflowConfig(**mlflow_settings))
+    if paged:  # read models and aliases through the listing, as batches of >50 customers do
+        registry.direct_lookup_limit = 0
+        registry.page_size = 7
     registry.experiment_id()  # store ready (and the import paid for) before the race starts
     start.wait(timeout=120)
     try:
-        versions = {
-            cid: registry.register_version(
-                cid, source=source, run_id=run_id, tags={"worker": "yes"}
-            )
+        requests = [
+            VersionRequest(cid, source=source, run_id=run_id, tags={"worker": "yes"})
             for cid in customer_ids
-        }
+        ]
+        versions = registry.register_versions(requests)
         results.put(("ok", versions))
     except Exception as exc:  # reported to the parent, which fails the test with it
         results.put(("error", repr(exc)))

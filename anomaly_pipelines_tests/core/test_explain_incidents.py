@@ -229,7 +229,8 @@ def test_root_causes_rank_the_culprit_and_reconcile_with_the_incident() -> None:
     assert database["actual"] == pytest.approx(360.0)
     assert database["expected"] == pytest.approx(90.0)  # 30% of the 300 expected
     assert database["impact"] == pytest.approx(270.0)
-    assert database["share"] == pytest.approx(1.0)  # all of the increase; Storage moved down
+    # Database alone moved 270 of the net 240: the other 30 went the other way (Storage)
+    assert database["share"] == pytest.approx(270.0 / 240.0)
     # charge_category has a single value and explains nothing; Storage moved the other way
     assert all(c["dimension"] != "charge_category" for c in causes)
     assert all(c["value"] != "Storage" for c in causes)
@@ -316,3 +317,60 @@ def test_root_cause_finds_the_injected_service_on_synthetic_data(
         )
         assert causes[0]["share"] > 0.5
         assert np.sign(causes[0]["impact"]) == np.sign(incident["impact"])
+
+
+def test_root_causes_follow_each_values_weekly_rhythm() -> None:
+    """Batch runs only on weekdays; a Saturday spike in Web must not be read as 'Batch down'
+    (a flat pre-incident mix would expect Batch on Saturday too and blame it)."""
+    days = pd.date_range("2024-01-01", periods=42, freq="D", tz="UTC")  # 2024-01-01 is a Monday
+    saturday = days[40]
+    assert saturday.dayofweek == 5
+    rows = []
+    for day in days:
+        weekday = day.dayofweek < 5
+        rows.append(
+            {
+                "customer_id": "c",
+                "timestamp": day,
+                "service": "Batch",
+                "cost": 100.0 if weekday else 0.0,
+            }
+        )
+        rows.append(
+            {
+                "customer_id": "c",
+                "timestamp": day,
+                "service": "Web",
+                "cost": 100.0 if day == saturday else 50.0,
+            }
+        )
+    usage = pd.DataFrame(rows)
+    total = usage.groupby("timestamp", as_index=False)["cost"].sum()
+    scores = total.assign(
+        customer_id="c",
+        expected_cost=[150.0 if d.dayofweek < 5 else 50.0 for d in total["timestamp"]],
+        hybrid_score=0.1,
+        is_anomaly=total["timestamp"] == saturday,
+        reasons="residual",
+    )
+    incident = find_incidents(scores).iloc[0]
+    assert incident["impact"] == pytest.approx(50.0)
+    causes = root_causes(incident, usage)
+    assert [(c["value"], round(c["impact"], 6), round(c["expected"], 6)) for c in causes] == [
+        ("Web", 50.0, 50.0)
+    ]
+
+
+def test_no_root_cause_when_only_the_expectation_moved() -> None:
+    """If the detector's expectation is off (e.g. still inflated by an earlier runaway job) while
+    every service runs at its usual level, no service is to blame."""
+    usage, scores = _usage_with_culprit()
+    usage = usage.assign(
+        cost=usage["service"].map({"Compute": 60.0, "Database": 30.0, "Storage": 10.0})
+    )
+    inflated = scores.assign(
+        cost=100.0, expected_cost=[160.0 if 30 <= i <= 32 else 100.0 for i in range(40)]
+    )
+    incident = find_incidents(inflated).iloc[0]
+    assert incident["impact"] == pytest.approx(-180.0)
+    assert root_causes(incident, usage) == []

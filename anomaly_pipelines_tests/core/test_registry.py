@@ -6,6 +6,7 @@ small enough to keep the file fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import sqlite3
@@ -67,7 +68,21 @@ def trained() -> Trained:
     return Trained(config, series, fitted_a, fitted_b)
 
 
-def _config(base: PipelineConfig, root: Path) -> PipelineConfig:
+@pytest.fixture(scope="module")
+def blank(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow database, made once: creating MLflow's tables takes seconds, so each
+    test that needs a store of its own starts from a copy of this one."""
+    db = tmp_path_factory.mktemp("blank") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def _config(base: PipelineConfig, root: Path, blank: Path) -> PipelineConfig:
+    with (
+        contextlib.closing(sqlite3.connect(blank)) as src,
+        contextlib.closing(sqlite3.connect(root / "mlflow.db")) as dst,
+    ):
+        src.backup(dst)
     return base.merged(
         {
             "mlflow": {
@@ -93,10 +108,10 @@ class Logged:
 
 
 @pytest.fixture(scope="module")
-def logged(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Logged:
+def logged(trained: Trained, tmp_path_factory: pytest.TempPathFactory, blank: Path) -> Logged:
     """One store holding one logged training of ``fitted_a``; tests that read only share it."""
     root = tmp_path_factory.mktemp("store")
-    config = _config(trained.config, root)
+    config = _config(trained.config, root, blank)
     plot = root / "loss_curve.png"
     plot.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
     registry = ModelRegistry(config.mlflow)
@@ -306,9 +321,9 @@ def test_default_store_is_created_under_the_working_directory(
 
 
 def test_large_runs_log_a_summary_table_instead_of_per_customer_metrics(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, blank: Path
 ) -> None:
-    config = _config(trained.config, tmp_path)
+    config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
     registry.per_customer_metrics_limit = 2  # three customers count as "many" here
     record = registry.log_training(trained.fitted_a, config, run_name="many")
@@ -323,9 +338,9 @@ def test_large_runs_log_a_summary_table_instead_of_per_customer_metrics(
 
 
 def test_retraining_takes_the_alias_and_moving_it_back_changes_scoring(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, blank: Path
 ) -> None:
-    config = _config(trained.config, tmp_path)
+    config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
     first = registry.log_training(trained.fitted_a, config, run_name="first")
     second = registry.log_training(trained.fitted_b, config, run_name="second")
@@ -358,11 +373,11 @@ def test_retraining_takes_the_alias_and_moving_it_back_changes_scoring(
 
 
 def test_parallel_trainings_of_the_same_customers_keep_every_version(
-    trained: Trained, tmp_path: Path
+    trained: Trained, tmp_path: Path, blank: Path
 ) -> None:
-    """Two runs (two threads, two registries, one brand-new store) train the same customers at
+    """Two runs (two threads, two registries, one empty store) train the same customers at
     the same moment: both versions survive, numbered 1 and 2, and the alias ends on 2."""
-    config = _config(trained.config, tmp_path)
+    config = _config(trained.config, tmp_path, blank)
     start = threading.Barrier(2)
     records: dict[str, TrainingRecord] = {}
     errors: list[BaseException] = []
@@ -397,9 +412,12 @@ def test_parallel_trainings_of_the_same_customers_keep_every_version(
         assert registry.champion_version(cid) == "2"
 
 
-def test_parallel_processes_register_without_loss(trained: Trained, tmp_path: Path) -> None:
-    """Two processes register 30 customers each on one SQLite store, 10 customers in common."""
-    config = _config(trained.config, tmp_path)
+def test_parallel_processes_register_without_loss(
+    trained: Trained, tmp_path: Path, blank: Path
+) -> None:
+    """Two processes register 30 customers each on one SQLite store, 10 customers in common;
+    one reads the registry customer by customer, the other through the paged listing."""
+    config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
     record = registry.log_training(trained.fitted_a, config, run_name="source")
     uri = registry.tracking_uri
@@ -416,9 +434,9 @@ def test_parallel_processes_register_without_loss(trained: Trained, tmp_path: Pa
     processes = [
         context.Process(
             target=registry_worker.register_many,
-            args=(config.mlflow.model_dump(), batch, source, record.run_id, start, results),
+            args=(config.mlflow.model_dump(), batch, source, record.run_id, paged, start, results),
         )
-        for batch in batches
+        for batch, paged in zip(batches, (False, True), strict=True)
     ]
     for process in processes:
         process.start()

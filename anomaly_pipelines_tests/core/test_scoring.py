@@ -32,7 +32,7 @@ def test_threshold_is_robust_to_a_few_training_incidents() -> None:
     dirty = np.r_[clean, np.full(20, 40.0)]  # 2% of training is an unlabelled incident
     _, t_clean = scoring.learn_threshold(clean, 0.95, reach=2.0)
     _, t_dirty = scoring.learn_threshold(dirty, 0.95, reach=2.0)
-    assert abs(t_dirty - t_clean) / t_clean < 0.1
+    assert abs(t_dirty - t_clean) / t_clean < 0.2
     assert t_dirty < 10  # an extreme quantile would have learned the incident (40) as normal
 
 

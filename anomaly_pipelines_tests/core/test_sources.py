@@ -37,7 +37,9 @@ needs_sample = pytest.mark.skipif(
 )
 
 
-def config(source: dict[str, Any], preprocess: dict[str, Any] | None = None, **extra: Any) -> PipelineConfig:
+def config(
+    source: dict[str, Any], preprocess: dict[str, Any] | None = None, **extra: Any
+) -> PipelineConfig:
     return PipelineConfig().merged({"source": source, "preprocess": preprocess or {}, **extra})
 
 
@@ -61,7 +63,9 @@ def focus_oracle(cost_column: str = "BilledCost", key: str = "SubAccountId") -> 
     frame = pd.DataFrame(
         {
             "customer_id": raw[key],
-            "timestamp": pd.to_datetime(raw["ChargePeriodStart"], utc=True).dt.floor("D").astype("datetime64[ns, UTC]"),
+            "timestamp": pd.to_datetime(raw["ChargePeriodStart"], utc=True)
+            .dt.floor("D")
+            .astype("datetime64[ns, UTC]"),
             "cost": cost,
         }
     )[usage]
@@ -86,14 +90,23 @@ def test_focus_sample_daily_series_per_subaccount() -> None:
     assert set(loaded.signals["charge_category"]) == {"Credit", "Adjustment"}
     assert (loaded.signals["charge_category"] == "Credit").sum() == 1
     # The sample's negative Azure usage rows are quarantined by default, each with its line.
-    negative = set(loaded.quarantine.loc[loaded.quarantine["check"] == "non_negative", "source_line"])
+    negative = set(
+        loaded.quarantine.loc[loaded.quarantine["check"] == "non_negative", "source_line"]
+    )
     raw = pd.read_csv(FOCUS_SAMPLE, dtype=str, keep_default_na=False)
-    expected = {i + 2 for i in raw.index[(raw["ChargeCategory"] == "Usage") & raw["BilledCost"].str.startswith("-")]}
+    expected = {
+        i + 2
+        for i in raw.index[
+            (raw["ChargeCategory"] == "Usage") & raw["BilledCost"].str.startswith("-")
+        ]
+    }
     assert negative == expected and expected
     assert loaded.usage["timestamp"].dt.tz is not None
     assert (loaded.usage["timestamp"] == loaded.usage["timestamp"].dt.floor("D")).all()
     assert {"service", "region", "charge_category", "currency"} <= set(loaded.usage.columns)
-    assert loaded.usage["region"].isna().any() and "NULL" not in set(loaded.usage["region"].dropna())
+    assert loaded.usage["region"].isna().any() and "NULL" not in set(
+        loaded.usage["region"].dropna()
+    )
 
 
 @needs_sample
@@ -116,17 +129,29 @@ def test_focus_sample_effective_cost_and_billing_account() -> None:
 
 @needs_sample
 def test_focus_sample_tag_key_keeps_untagged_spend() -> None:
-    loaded = load(config({"kind": "focus", "path": str(FOCUS_SAMPLE), "focus": {"customer_key": "tag:business_unit"}}))
+    loaded = load(
+        config(
+            {
+                "kind": "focus",
+                "path": str(FOCUS_SAMPLE),
+                "focus": {"customer_key": "tag:business_unit"},
+            }
+        )
+    )
     assert_accounted(loaded)
     raw = pd.read_csv(FOCUS_SAMPLE, dtype=str, keep_default_na=False)
     usage = raw["ChargeCategory"].eq("Usage") & (raw["BilledCost"].astype(float) >= 0)
-    has_tag = raw["Tags"].map(lambda text: text != "NULL" and bool(json.loads(text).get("business_unit")))
+    has_tag = raw["Tags"].map(
+        lambda text: text != "NULL" and bool(json.loads(text).get("business_unit"))
+    )
     untagged = usage & ~has_tag
     assert untagged.sum() > (usage & raw["Tags"].eq("NULL")).sum()  # some tag sets lack the key
     got = loaded.usage[loaded.usage["customer_id"] == "(untagged)"]
     assert len(got) == untagged.sum() > 0
     assert got["cost"].sum() == pytest.approx(raw.loc[untagged, "BilledCost"].astype(float).sum())
-    assert loaded.usage["cost"].sum() == pytest.approx(raw.loc[usage, "BilledCost"].astype(float).sum())
+    assert loaded.usage["cost"].sum() == pytest.approx(
+        raw.loc[usage, "BilledCost"].astype(float).sum()
+    )
 
 
 @needs_sample
@@ -155,12 +180,18 @@ def test_focus_gzip_parquet_and_folder_read_the_same(tmp_path: Path) -> None:
 def test_focus_sample_runs_through_detect() -> None:
     loaded = load(config({"kind": "focus", "path": str(FOCUS_SAMPLE)}))
     assert loaded.frequency == "1D"
-    cfg = config({"kind": "focus", "path": str(FOCUS_SAMPLE)}, {"frequency": loaded.frequency}, lstm={"epochs": 2})
+    cfg = config(
+        {"kind": "focus", "path": str(FOCUS_SAMPLE)},
+        {"frequency": loaded.frequency},
+        lstm={"epochs": 2},
+    )
     scores = detect(loaded.usage, cfg)
     assert set(scores["customer_id"]) == set(loaded.usage["customer_id"])
     per_customer = scores.groupby("customer_id").size()
     expected = loaded.usage.groupby("customer_id")["timestamp"].nunique()
-    pd.testing.assert_series_equal(per_customer.sort_index(), expected.sort_index(), check_names=False)
+    pd.testing.assert_series_equal(
+        per_customer.sort_index(), expected.sort_index(), check_names=False
+    )
 
 
 def test_focus_routes_categories_corrections_and_currencies(tmp_path: Path) -> None:
@@ -177,7 +208,11 @@ def test_focus_routes_categories_corrections_and_currencies(tmp_path: Path) -> N
     ]
     path = tmp_path / "focus.csv"
     path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
-    loaded = load(config({"kind": "focus", "path": str(path), "currency": "USD", "exchange_rates": {"EUR": 1.1}}))
+    loaded = load(
+        config(
+            {"kind": "focus", "path": str(path), "currency": "USD", "exchange_rates": {"EUR": 1.1}}
+        )
+    )
     assert_accounted(loaded)
     # Usage: 10 + 5 + 7 + 4 EUR at 1.1; the credit cannot hide anything in it.
     assert loaded.usage["cost"].sum() == pytest.approx(22 + 4.4)
@@ -195,7 +230,12 @@ def test_focus_routes_categories_corrections_and_currencies(tmp_path: Path) -> N
                 "path": str(path),
                 "currency": "USD",
                 "exchange_rates": {"EUR": 1.1},
-                "charge_categories": {"usage": "usage", "tax": "usage", "credit": "signal", "refund": "signal"},
+                "charge_categories": {
+                    "usage": "usage",
+                    "tax": "usage",
+                    "credit": "signal",
+                    "refund": "signal",
+                },
                 "corrections": "usage",
                 "validation": {"negative_usage": "keep"},
             }
@@ -206,8 +246,14 @@ def test_focus_routes_categories_corrections_and_currencies(tmp_path: Path) -> N
 
 def test_negative_usage_can_be_kept_apart(tmp_path: Path) -> None:
     path = tmp_path / "n.csv"
-    path.write_text("Date,TotalCost,customer_id\n2024-01-01,5,a\n2024-01-02,-2,a\n", encoding="utf-8")
-    loaded = load(config({"kind": "notebook_csv", "path": str(path), "validation": {"negative_usage": "signal"}}))
+    path.write_text(
+        "Date,TotalCost,customer_id\n2024-01-01,5,a\n2024-01-02,-2,a\n", encoding="utf-8"
+    )
+    loaded = load(
+        config(
+            {"kind": "notebook_csv", "path": str(path), "validation": {"negative_usage": "signal"}}
+        )
+    )
     assert list(loaded.usage["cost"]) == [5.0]
     assert list(loaded.signals["cost"]) == [-2.0]
     assert loaded.quarantine.empty
@@ -253,22 +299,34 @@ def test_notebook_customer_column_is_configurable_and_ids_are_kept(tmp_path: Pat
     rows = [f'2024-01-01,{i + 1},"{cid}"' for i, cid in enumerate(ids)]
     path = tmp_path / "n.csv"
     path.write_text("Date,TotalCost,Account Name\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    loaded = load(config({"kind": "notebook_csv", "path": str(path), "customer_column": "Account Name"}))
+    loaded = load(
+        config({"kind": "notebook_csv", "path": str(path), "customer_column": "Account Name"})
+    )
     expected = {cid.strip(): float(i + 1) for i, cid in enumerate(ids)}
     assert dict(zip(loaded.usage["customer_id"], loaded.usage["cost"], strict=True)) == expected
 
 
 @pytest.mark.parametrize(
     ("delimiter", "encoding", "newline"),
-    [(";", "utf-8", "\n"), ("\t", "utf-8", "\r\n"), ("|", "utf-8-sig", "\n"), (",", "utf-16", "\r\n")],
+    [
+        (";", "utf-8", "\n"),
+        ("\t", "utf-8", "\r\n"),
+        ("|", "utf-8-sig", "\n"),
+        (",", "utf-16", "\r\n"),
+    ],
 )
-def test_csv_dialects_are_read_as_they_come(delimiter: str, encoding: str, newline: str, tmp_path: Path) -> None:
+def test_csv_dialects_are_read_as_they_come(
+    delimiter: str, encoding: str, newline: str, tmp_path: Path
+) -> None:
     lines = ["Date,TotalCost,customer_id", "2024-01-01,1.5,Müller", "2024-01-02,2.5,b"]
     text = newline.join(line.replace(",", delimiter) for line in lines) + newline
     path = tmp_path / "d.csv"
     path.write_bytes(text.encode(encoding))
     loaded = load(config({"kind": "notebook_csv", "path": str(path)}))
-    assert dict(zip(loaded.usage["customer_id"], loaded.usage["cost"], strict=True)) == {"Müller": 1.5, "b": 2.5}
+    assert dict(zip(loaded.usage["customer_id"], loaded.usage["cost"], strict=True)) == {
+        "Müller": 1.5,
+        "b": 2.5,
+    }
     assert loaded.quarantine.empty
     assert_accounted(loaded)
 
@@ -280,7 +338,10 @@ def test_quoted_newline_is_one_record_and_later_lines_keep_numbers(tmp_path: Pat
         encoding="utf-8",
     )
     loaded = load(config({"kind": "notebook_csv", "path": str(path)}, {"max_failure_rate": 1.0}))
-    assert dict(zip(loaded.usage["source_line"], loaded.usage["customer_id"], strict=True)) == {2: "a", 4: "b"}
+    assert dict(zip(loaded.usage["source_line"], loaded.usage["customer_id"], strict=True)) == {
+        2: "a",
+        4: "b",
+    }
     assert list(loaded.quarantine["source_line"]) == [5]
     assert_accounted(loaded)
 
@@ -326,37 +387,58 @@ def test_date_only_values_are_not_shifted_by_timezone(tmp_path: Path) -> None:
 
 def test_day_first_dates_are_inferred_when_unambiguous_or_configured(tmp_path: Path) -> None:
     path = tmp_path / "n.csv"
-    path.write_text("Date,TotalCost,customer_id\n05/01/2024,1,a\n13/01/2024,2,a\n", encoding="utf-8")
+    path.write_text(
+        "Date,TotalCost,customer_id\n05/01/2024,1,a\n13/01/2024,2,a\n", encoding="utf-8"
+    )
     loaded = load(config({"kind": "notebook_csv", "path": str(path)}))
     assert list(loaded.usage["timestamp"].dt.strftime("%Y-%m-%d")) == ["2024-01-05", "2024-01-13"]
-    path.write_text("Date,TotalCost,customer_id\n05/01/2024,1,a\n06/01/2024,2,a\n", encoding="utf-8")
+    path.write_text(
+        "Date,TotalCost,customer_id\n05/01/2024,1,a\n06/01/2024,2,a\n", encoding="utf-8"
+    )
     with pytest.raises(SourceError, match="timestamp_format"):
         load(config({"kind": "notebook_csv", "path": str(path)}))
-    loaded = load(config({"kind": "notebook_csv", "path": str(path), "timestamp_format": "%d/%m/%Y"}))
+    loaded = load(
+        config({"kind": "notebook_csv", "path": str(path), "timestamp_format": "%d/%m/%Y"})
+    )
     assert list(loaded.usage["timestamp"].dt.strftime("%Y-%m-%d")) == ["2024-01-05", "2024-01-06"]
 
 
 def test_table_example_csv_and_parquet_agree(tmp_path: Path) -> None:
-    cfg = load_config(ROOT / "configs" / "examples" / "table.yaml", {"source": {"path": str(EXAMPLES / "table.csv")}})
+    cfg = load_config(
+        ROOT / "configs" / "examples" / "table.yaml",
+        {"source": {"path": str(EXAMPLES / "table.csv")}},
+    )
     from_csv = load_usage(cfg.source, cfg.preprocess)
     frame = pd.read_csv(EXAMPLES / "table.csv")
     frame["usage_date"] = pd.to_datetime(frame["usage_date"], utc=True)
     frame.to_parquet(tmp_path / "table.parquet", index=False)
-    from_parquet = load_usage(cfg.source.model_copy(update={"path": str(tmp_path / "table.parquet")}), cfg.preprocess)
+    from_parquet = load_usage(
+        cfg.source.model_copy(update={"path": str(tmp_path / "table.parquet")}), cfg.preprocess
+    )
     for loaded in (from_csv, from_parquet):
         assert_accounted(loaded)
         assert loaded.quarantine.empty
     columns = ["customer_id", "timestamp", "cost", "service", "region"]
     pd.testing.assert_frame_equal(from_csv.usage[columns], from_parquet.usage[columns])
     oracle = frame.groupby("account")["amount"].sum()
-    assert from_csv.usage.groupby("customer_id")["cost"].sum().to_dict() == pytest.approx(oracle.to_dict())
+    assert from_csv.usage.groupby("customer_id")["cost"].sum().to_dict() == pytest.approx(
+        oracle.to_dict()
+    )
 
 
 def test_table_keeps_sub_daily_resolution_unless_floored(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     stamps = pd.date_range("2024-01-01", periods=6, freq="5min", tz="UTC")
-    pd.DataFrame({"t": stamps.strftime("%Y-%m-%dT%H:%M:%SZ"), "v": range(6), "c": "svc"}).to_csv(path, index=False)
-    source = {"kind": "table", "path": str(path), "customer_column": "c", "timestamp_column": "t", "cost_column": "v"}
+    pd.DataFrame({"t": stamps.strftime("%Y-%m-%dT%H:%M:%SZ"), "v": range(6), "c": "svc"}).to_csv(
+        path, index=False
+    )
+    source = {
+        "kind": "table",
+        "path": str(path),
+        "customer_column": "c",
+        "timestamp_column": "t",
+        "cost_column": "v",
+    }
     loaded = load(config(source))
     assert list(loaded.usage["timestamp"]) == list(stamps)
     floored = load(config({**source, "table": {"floor": "1h"}}))
@@ -391,7 +473,12 @@ def test_daily_folder_redelivery_replaces_the_day(tmp_path: Path) -> None:
     assert before.usage["cost"].sum() == 10
 
     # A corrected file for 2024-01-02 arrives later under another name.
-    write_day(folder, "usage_2024-01-02_corrected.csv", ["2024-01-02,12,a", "2024-01-02,3,b"], 1_700_000_500)
+    write_day(
+        folder,
+        "usage_2024-01-02_corrected.csv",
+        ["2024-01-02,12,a", "2024-01-02,3,b"],
+        1_700_000_500,
+    )
     assert list_daily_partitions(cfg.source) == ["2024-01-01", "2024-01-02"]
     second = stage_daily_file(cfg.source, "2024-01-02", staging)
     assert second == first
@@ -401,9 +488,14 @@ def test_daily_folder_redelivery_replaces_the_day(tmp_path: Path) -> None:
 
     everything = load(cfg)
     assert_accounted(everything)
-    totals = everything.usage.groupby(everything.usage["timestamp"].dt.strftime("%Y-%m-%d"))["cost"].sum()
+    totals = everything.usage.groupby(everything.usage["timestamp"].dt.strftime("%Y-%m-%d"))[
+        "cost"
+    ].sum()
     assert totals.to_dict() == {"2024-01-01": 3.0, "2024-01-02": 15.0}
-    assert [Path(f).name for f in everything.files] == ["usage_2024-01-01.csv", "usage_2024-01-02_corrected.csv"]
+    assert [Path(f).name for f in everything.files] == [
+        "usage_2024-01-01.csv",
+        "usage_2024-01-02_corrected.csv",
+    ]
     assert stage_daily_file(cfg.source, "2024-01-03", staging) is None
 
 
@@ -440,7 +532,24 @@ def test_synthetic_source_has_the_loaded_shape() -> None:
     loaded = load(cfg)
     assert loaded.summary()["customers"] == 3
     assert str(loaded.usage["timestamp"].dtype) == "datetime64[ns, UTC]"
-    assert {"customer_id", "timestamp", "cost", "service", "source_file", "source_line"} <= set(loaded.usage.columns)
+    assert {"customer_id", "timestamp", "cost", "service", "source_file", "source_line"} <= set(
+        loaded.usage.columns
+    )
+    assert_accounted(loaded)
+
+
+def test_synthetic_credits_are_signals() -> None:
+    from anomaly_pipelines.core.sources import synthetic_loaded
+    from anomaly_pipelines.core.sources.synthetic import generate_usage
+
+    generated = generate_usage(customers=3, days=90, seed=2, credit_rate=1.0).usage
+    loaded = synthetic_loaded(generated, config({"kind": "synthetic"}).source)
+    credits = generated["charge_category"] == "Credit"
+    assert credits.any()
+    assert len(loaded.signals) == credits.sum()
+    assert (loaded.signals["cost"] < 0).all()
+    assert set(loaded.usage["charge_category"]) == {"Usage"}
+    assert loaded.usage["cost"].sum() == pytest.approx(generated.loc[~credits, "cost"].sum())
     assert_accounted(loaded)
 
 

@@ -268,18 +268,23 @@ def root_causes(
     top_n: int = 3,
     *,
     min_share: float = 0.05,
-    baseline_steps: int = 28,
+    cycles: int = 4,
 ) -> list[dict[str, Any]]:
     """The dimension values that account for most of an incident's deviation, ranked by |impact|.
 
-    Each value's expected cost is the incident's expected cost split by that value's share of
-    spend just before the incident (``baseline_steps`` steps, at least 7 days). Splitting the
-    detector's own expectation keeps the parts adding up to the headline figures: the impacts of
-    all values of one dimension sum to the incident's impact. ``share`` is a value's part of its
-    dimension's movement in the incident's direction (shares of one dimension sum to 1). Only
-    values moving in that direction with at least ``min_share`` are causes;
-    dimensions with a single value explain nothing and are skipped. Returns ``[]`` without
-    dimension columns or without usage before the incident (no baseline mix).
+    Each value gets its own expectation the way the detector builds one: for every step of the
+    incident, the median of that value's cost at the same phase (same weekday for daily data,
+    same time of day for sub-daily data) over the last ``cycles`` cycles before the incident.
+    A flat pre-incident mix would blame the wrong service whenever the mix differs by weekday.
+    ``impact`` is the value's actual minus its own expectation and ``share`` that impact as a
+    fraction of the incident's impact. The values' expectations are deliberately not forced to
+    add up to the detector's: when the detector's expectation is off (say, still inflated by an
+    earlier runaway job) no value really moved, and scaling would pin the artefact on the
+    biggest service. Shares of one dimension can therefore sum to more than 1 (other values
+    moved the other way) or less (part of the deviation is in no single value). A value counts
+    when it moved in the incident's direction by at least ``min_share`` of the incident's
+    impact. Dimensions with a single value explain nothing and are skipped. Returns ``[]``
+    without dimension columns or without usage before the incident.
     """
     if dimensions is None or dimensions.empty or top_n <= 0:
         return []
@@ -290,44 +295,40 @@ def root_causes(
     rows = dimensions[dimensions["customer_id"].astype(str) == str(incident["customer_id"])]
     if rows.empty:
         return []
-    timestamps = _utc(rows["timestamp"], "dimensions")
-    cost = _numbers(rows["cost"], "dimensions", "cost")
+    timestamps = _utc(rows["timestamp"], "dimensions").reset_index(drop=True)
+    cost = _numbers(rows["cost"], "dimensions", "cost").reset_index(drop=True)
     start, end = pd.Timestamp(incident["start"]), pd.Timestamp(incident["end"])
     step = float(incident.get("step_seconds", fmt.DAY_SECONDS) or fmt.DAY_SECONDS)
-    lookback = pd.Timedelta(seconds=max(baseline_steps * step, 7 * fmt.DAY_SECONDS))
-    in_span = ((timestamps >= start) & (timestamps <= end)).to_numpy()
-    in_base = ((timestamps >= start - lookback) & (timestamps < start)).to_numpy()
-    if not in_span.any() or not in_base.any():
+    period = pd.Timedelta(days=7) if step >= fmt.DAY_SECONDS else pd.Timedelta(days=1)
+    if not ((timestamps >= start) & (timestamps <= end)).any() or not (timestamps < start).any():
         return []
-    expected_total = float(incident["expected_cost"])
-    direction = 1.0 if float(incident["impact"]) >= 0 else -1.0
+    incident_impact = float(incident["impact"])
+    if not math.isfinite(incident_impact) or abs(incident_impact) < 1e-9:
+        return []
+    direction = 1.0 if incident_impact > 0 else -1.0
     causes: list[dict[str, Any]] = []
     for column in columns:
-        labels = (
-            rows[column].astype(object).where(rows[column].notna(), "(none)").astype(str).to_numpy()
+        labels = rows[column].astype(object).where(rows[column].notna(), "(none)").astype(str)
+        table = (
+            pd.DataFrame({"t": timestamps, "v": labels.to_numpy(), "c": cost})
+            .pivot_table(index="t", columns="v", values="c", aggfunc="sum", fill_value=0.0)
+            .sort_index()
         )
-        actual = pd.Series(cost.to_numpy()[in_span]).groupby(labels[in_span]).sum()
-        base = pd.Series(cost.to_numpy()[in_base]).groupby(labels[in_base]).sum()
-        values = sorted(set(actual.index) | set(base.index))
-        base_total = float(base.sum())
-        if len(values) < 2 or base_total <= 0:
+        if table.shape[1] < 2:
             continue
-        actual = actual.reindex(values, fill_value=0.0)
-        expected = base.reindex(values, fill_value=0.0) / base_total * expected_total
+        span = table[(table.index >= start) & (table.index <= end)]
+        history = table[table.index < start]
+        actual = span.sum()
+        expected = _expected_by_value(history, span.index, start, period, cycles)
         impact = actual - expected
-        # Share of the movement in the incident's direction: values moving the other way (a
-        # credit, a migration away) would otherwise push shares above 100%.
-        moving = float(impact[impact * direction > 0].sum())
-        if abs(moving) < 1e-9:
-            continue
-        for value in values:
+        for value in table.columns:
             part = float(impact[value])
-            part_share = part / moving
+            part_share = part / incident_impact
             if part * direction > 0 and part_share >= min_share:
                 causes.append(
                     {
                         "dimension": column,
-                        "value": value,
+                        "value": str(value),
                         "actual": float(actual[value]),
                         "expected": float(expected[value]),
                         "impact": part,
@@ -337,6 +338,26 @@ def root_causes(
     order = {c: i for i, c in enumerate(DIMENSION_COLUMNS)}
     causes.sort(key=lambda c: (-abs(c["impact"]), order[c["dimension"]], c["value"]))
     return causes[:top_n]
+
+
+def _expected_by_value(
+    history: pd.DataFrame,
+    stamps: pd.DatetimeIndex,
+    start: pd.Timestamp,
+    period: pd.Timedelta,
+    cycles: int,
+) -> pd.Series:
+    """Each column's expected total over ``stamps``: per step the median of the same phase in the
+    last ``cycles`` cycles before ``start`` (never inside the incident); the recent mean when a
+    phase has fewer than two past cycles."""
+    recent = history.iloc[-max(cycles * 7, 7) :].mean()
+    total = pd.Series(0.0, index=history.columns)
+    for stamp in stamps:
+        first = max(1, math.ceil((stamp - start) / period + 1e-9))
+        lags = [stamp - k * period for k in range(first, first + cycles)]
+        past = history.reindex(lags).dropna(how="all")
+        total += past.median() if len(past) >= 2 else recent
+    return total
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ __all__ = [
     "load_day",
     "load_usage",
     "stage_daily_file",
+    "synthetic_loaded",
 ]
 
 _FILE_READERS = {"notebook_csv": notebook_rows, "focus": focus_rows, "table": table_rows}
@@ -77,28 +78,29 @@ def _raw_rows(source: SourceConfig) -> RawRows:
 def _synthetic(source: SourceConfig) -> LoadedUsage:
     """The demo data in the same shape as a loaded file (generated rows are valid by design)."""
     data = generate_usage(**source.synthetic.model_dump())
-    usage = data.usage.reset_index(drop=True).copy()
-    usage["customer_id"] = usage["customer_id"].astype("str")
-    usage["timestamp"] = pd.to_datetime(usage["timestamp"], utc=True).astype("datetime64[ns, UTC]")
-    usage["cost"] = usage["cost"].astype(float)
-    usage["source_file"] = "synthetic"
-    usage["source_line"] = np.arange(1, len(usage) + 1, dtype=np.int64)
+    return synthetic_loaded(data.usage, source)
+
+
+def synthetic_loaded(generated: pd.DataFrame, source: SourceConfig) -> LoadedUsage:
+    """Generated rows as a ``LoadedUsage``: categories routed like a file's (credits apart)."""
+    rows = generated.reset_index(drop=True).copy()
+    rows["customer_id"] = rows["customer_id"].astype("str")
+    rows["timestamp"] = pd.to_datetime(rows["timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    rows["cost"] = rows["cost"].astype(float)
+    rows["source_file"] = "synthetic"
+    rows["source_line"] = np.arange(1, len(rows) + 1, dtype=np.int64)
+    routes = {key.casefold(): route for key, route in source.charge_categories.items()}
+    category = rows["charge_category"].astype("str")
+    is_signal = category.str.casefold().map(routes).eq("signal").to_numpy(dtype=bool)
     columns = ["customer_id", "timestamp", "cost", "service", "region", "charge_category"]
-    signals = pd.DataFrame(
-        {
-            "customer_id": pd.Series(dtype="str"),
-            "timestamp": pd.Series(dtype="datetime64[ns, UTC]"),
-            "charge_category": pd.Series(dtype="str"),
-            "cost": pd.Series(dtype=float),
-            "source_file": pd.Series(dtype="str"),
-            "source_line": pd.Series(dtype=np.int64),
-        }
-    )
+    signal_columns = ["customer_id", "timestamp", "charge_category", "cost", "service", "region"]
     return LoadedUsage(
-        usage=usage[[*columns, "source_file", "source_line"]],
+        usage=rows.loc[~is_signal, [*columns, "source_file", "source_line"]].reset_index(drop=True),
         quarantine=empty_quarantine(),
-        signals=signals,
-        input_rows=len(usage),
+        signals=rows.loc[is_signal, [*signal_columns, "source_file", "source_line"]].reset_index(
+            drop=True
+        ),
+        input_rows=len(rows),
         files=["synthetic"],
         frequency="1D",
     )

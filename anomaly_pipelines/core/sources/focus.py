@@ -44,14 +44,24 @@ def read_focus_file(source: SourceConfig, path: Path) -> FileRows:
 
     def resolve(header: list[str], file: str) -> dict[str, str]:
         mapping = {
-            "timestamp": find_column(header, focus.timestamp_column, file=file, setting="source.focus.timestamp_column"),
-            "cost": find_column(header, focus.cost_column, file=file, setting="source.focus.cost_column"),
-            "charge_category": find_column(header, "ChargeCategory", file=file, setting="FOCUS ChargeCategory"),
+            "timestamp": find_column(
+                header, focus.timestamp_column, file=file, setting="source.focus.timestamp_column"
+            ),
+            "cost": find_column(
+                header, focus.cost_column, file=file, setting="source.focus.cost_column"
+            ),
+            "charge_category": find_column(
+                header, "ChargeCategory", file=file, setting="FOCUS ChargeCategory"
+            ),
         }
         if tag is None:
-            mapping["customer_id"] = find_column(header, focus.customer_key, file=file, setting="source.focus.customer_key")
+            mapping["customer_id"] = find_column(
+                header, focus.customer_key, file=file, setting="source.focus.customer_key"
+            )
         else:
-            mapping["tags"] = find_column(header, "Tags", file=file, setting="source.focus.customer_key (tag:)")
+            mapping["tags"] = find_column(
+                header, "Tags", file=file, setting="source.focus.customer_key (tag:)"
+            )
         for name, candidates in OPTIONAL.items():
             column = optional_column(header, *candidates)
             if column is not None:
@@ -112,4 +122,3 @@ def focus_rows(source: SourceConfig, paths: list[Path]) -> RawRows:
             f"no '{tag}' tag (source.focus.customer_key) and source.focus.untagged_customer is unset"
         )
     return combine(parts, floor="D", duplicate_key=[RECORD], reasons=reasons)
-

@@ -88,7 +88,9 @@ def find_column(header: list[str], wanted: str, *, file: str, setting: str) -> s
     if header.count(wanted) == 1:
         return wanted
     if header.count(wanted) > 1:
-        raise SourceError(f"{file}: column '{wanted}' appears {header.count(wanted)} times in the header")
+        raise SourceError(
+            f"{file}: column '{wanted}' appears {header.count(wanted)} times in the header"
+        )
     folded = [h for h in header if h.strip().casefold() == wanted.strip().casefold()]
     if len(folded) == 1:
         return folded[0]
@@ -101,7 +103,9 @@ def find_column(header: list[str], wanted: str, *, file: str, setting: str) -> s
         if found:
             hint = f" The header looks delimited by {found[0]!r}: set source.delimiter."
     shown = header if len(header) <= 20 else [*header[:20], "..."]
-    raise SourceError(f"{file}: required column '{wanted}' ({setting}) not found; header: {shown}.{hint}")
+    raise SourceError(
+        f"{file}: required column '{wanted}' ({setting}) not found; header: {shown}.{hint}"
+    )
 
 
 def optional_column(header: list[str], *names: str) -> str | None:
@@ -141,7 +145,9 @@ def read_rows(
     return _read_csv(path, resolve, delimiter, encoding, record_columns)
 
 
-def _read_parquet(path: Path, resolve: Resolver, record_columns: list[str] | bool | None) -> FileRows:
+def _read_parquet(
+    path: Path, resolve: Resolver, record_columns: list[str] | bool | None
+) -> FileRows:
     import pyarrow.parquet as pq  # imported here: only Parquet sources need it
 
     try:
@@ -157,7 +163,9 @@ def _read_parquet(path: Path, resolve: Resolver, record_columns: list[str] | boo
         raise SourceError(f"{path}: not a readable Parquet file: {exc}") from exc
     frame = pd.DataFrame({name: _as_text(data[column]) for name, column in mapping.items()})
     if keyed:
-        frame[RECORD] = pd.util.hash_pandas_object(data[keyed], index=False).astype("str").to_numpy()
+        frame[RECORD] = (
+            pd.util.hash_pandas_object(data[keyed], index=False).astype("str").to_numpy()
+        )
     frame.insert(0, "source_line", range(1, len(data) + 1))
     frame.insert(0, "source_file", str(path))
     return FileRows(str(path), frame, [], len(data))
@@ -233,7 +241,10 @@ def _read_csv(
         if record_columns is True:
             keyed: list[int] | None = None
         elif record_columns:
-            keyed = [header.index(find_column(header, c, file=file, setting="duplicate_key")) for c in record_columns]
+            keyed = [
+                header.index(find_column(header, c, file=file, setting="duplicate_key"))
+                for c in record_columns
+            ]
         else:
             keyed = []
         reader = _RowCollector(file, header, index, delimiter, keyed)
@@ -241,7 +252,9 @@ def _read_csv(
     finally:
         text.close()
         raw.close()
-    frame = pd.DataFrame({name: pd.Series(values, dtype="str") for name, values in reader.columns.items()})
+    frame = pd.DataFrame(
+        {name: pd.Series(values, dtype="str") for name, values in reader.columns.items()}
+    )
     if keyed != []:
         frame[RECORD] = pd.Series(reader.records, dtype="str")
     frame.insert(0, "source_line", pd.Series(reader.lines, dtype="int64"))
@@ -297,7 +310,9 @@ def _assemble(lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, int, str,
             pending.extendleft(reversed(buffer[1:]))
 
 
-def _first_record(records: Iterator[tuple[int, int, str, bool]], file: str) -> tuple[int, str] | None:
+def _first_record(
+    records: Iterator[tuple[int, int, str, bool]], file: str
+) -> tuple[int, str] | None:
     for first, _last, text, balanced in records:
         if not text.strip():
             continue
@@ -326,7 +341,9 @@ def _choose_delimiter(
         except SourceError as exc:
             for other in DELIMITERS:
                 if other != configured and _resolves(header_text, other, resolve, file):
-                    raise SourceError(f"{exc} With delimiter {other!r} the header fits: set source.delimiter.") from exc
+                    raise SourceError(
+                        f"{exc} With delimiter {other!r} the header fits: set source.delimiter."
+                    ) from exc
             raise
     ranked = sorted(DELIMITERS, key=lambda d: -header_text.count(d))
     for candidate in ranked:
@@ -356,7 +373,12 @@ class _RowCollector:
     """Turns records into column lists, rejecting lines with broken quoting or field counts."""
 
     def __init__(
-        self, file: str, header: list[str], index: dict[str, int], delimiter: str, keyed: list[int] | None
+        self,
+        file: str,
+        header: list[str],
+        index: dict[str, int],
+        delimiter: str,
+        keyed: list[int] | None,
     ) -> None:
         self.file = file
         self.width = len(header)
@@ -375,7 +397,9 @@ class _RowCollector:
                 continue  # blank lines hold no data
             self.input_rows += 1
             if not balanced:
-                self._reject(first, "quote", text, "unbalanced quote: no closing quote for this field")
+                self._reject(
+                    first, "quote", text, "unbalanced quote: no closing quote for this field"
+                )
                 continue
             fields = _split(text, self.delimiter)
             while fields is not None and len(fields) > self.width and fields[-1] == "":
@@ -401,7 +425,9 @@ class _RowCollector:
     def _split_and_retry(self, text: str, first: int) -> None:
         physical = text.splitlines(keepends=True)
         self.input_rows += 1
-        self._reject(first, "quote", physical[0], "unbalanced quote: no closing quote for this field")
+        self._reject(
+            first, "quote", physical[0], "unbalanced quote: no closing quote for this field"
+        )
         rest = iter((first + i, line) for i, line in enumerate(physical[1:], start=1))
         self.consume(_assemble(rest))
 
@@ -415,7 +441,9 @@ class _RowCollector:
             self.records.append(_digest("\x1f".join(fields[i] for i in self.keyed)))
 
     def _reject(self, line: int, check: str, text: str, reason: str) -> None:
-        self.rejected.append(quarantine_entry(self.file, line, "(row)", check, text.rstrip("\r\n"), reason))
+        self.rejected.append(
+            quarantine_entry(self.file, line, "(row)", check, text.rstrip("\r\n"), reason)
+        )
 
 
 def _digest(text: str) -> str:

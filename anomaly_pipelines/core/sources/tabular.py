@@ -19,8 +19,12 @@ TABLE_DIMENSIONS = ("service", "region", "charge_category", "currency", "charge_
 
 def _key_columns(source: SourceConfig, header: list[str], file: str) -> dict[str, str]:
     return {
-        "customer_id": find_column(header, source.customer_column, file=file, setting="source.customer_column"),
-        "timestamp": find_column(header, source.timestamp_column, file=file, setting="source.timestamp_column"),
+        "customer_id": find_column(
+            header, source.customer_column, file=file, setting="source.customer_column"
+        ),
+        "timestamp": find_column(
+            header, source.timestamp_column, file=file, setting="source.timestamp_column"
+        ),
         "cost": find_column(header, source.cost_column, file=file, setting="source.cost_column"),
     }
 
@@ -50,7 +54,9 @@ def read_table_file(source: SourceConfig, path: Path) -> FileRows:
     def resolve(header: list[str], file: str) -> dict[str, str]:
         mapping = _key_columns(source, header, file)
         for name, column in source.table.columns.items():
-            mapping[name] = find_column(header, column, file=file, setting=f"source.table.columns.{name}")
+            mapping[name] = find_column(
+                header, column, file=file, setting=f"source.table.columns.{name}"
+            )
         return mapping
 
     return read_rows(path, resolve, delimiter=source.delimiter, encoding=source.encoding)

@@ -157,7 +157,7 @@ def anomaly_report(
     html_path, md_path = write_report(
         anomaly_scores, anomaly_explanations, plots_by_customer, directory, portfolio_plot=portfolio
     )
-    mlflow_run = mlflow_registry.registry().log_report(
+    mlflow_run = mlflow_registry.registry(config).log_report(
         [Path(html_path), Path(md_path), Path(portfolio)],
         run_name=f"report-{context.run_id[:8]}",
         tags={"dagster_run_id": context.run_id},

@@ -59,7 +59,7 @@ def score_with_champions(
     champion come back unscored, with the reason in ``reasons``."""
     from anomaly_pipelines.core.detector import score_series
 
-    champions = mlflow_registry.registry().load_champions([s.customer_id for s in series])
+    champions = mlflow_registry.registry(config).load_champions([s.customer_id for s in series])
     return score_series(series, champions, config)
 
 
@@ -123,7 +123,7 @@ def anomaly_scores(
     series = frame_to_series(customer_series)
     scores = score_with_champions(series, mlflow_registry, config)
     metadata = score_metadata(scores, config.hybrid.decision_threshold)
-    champions = mlflow_registry.registry().champion_versions([s.customer_id for s in series])
+    champions = mlflow_registry.registry(config).champion_versions([s.customer_id for s in series])
     versions = [
         {
             "customer_id": s.customer_id,
@@ -155,15 +155,19 @@ def anomaly_explanations(
     anomaly_scores: pd.DataFrame,
     validated_usage: pd.DataFrame,
     explainer: ExplainerResource,
+    pipeline_settings: PipelineSettings,
 ) -> dg.Output[pd.DataFrame]:
     """Flagged steps merged into incidents, each with its cost impact, the services/regions that
     drove it and a short text a person can act on. The offline explainer is the default; Gemini
     only rephrases the same facts when configured."""
     from anomaly_pipelines.core.explain import explain_incidents
 
+    config = pipeline_settings.load()
     keys = list(context.partition_keys)
     dimensions = rows_for_partitions(validated_usage, keys, context)
-    explanations = explain_incidents(anomaly_scores, dimensions, explainer.explain_config(), explainer.explainer())
+    explanations = explain_incidents(
+        anomaly_scores, dimensions, explainer.explain_config(config), explainer.explainer(config)
+    )
     by_severity = explanations["severity"].value_counts().to_dict() if len(explanations) else {}
     per_key: dict[str, dict[str, Any]] = {key: {"customer_incident_count": 0} for key in keys}
     for cid, group in explanations.groupby("customer_id", sort=True) if len(explanations) else []:

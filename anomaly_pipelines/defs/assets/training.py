@@ -79,7 +79,7 @@ def trained_models(
     fitted = fit_detectors(series, config)
     training_seconds = time.perf_counter() - started
     plot = training_plot(series, fitted, config, context.run_id)
-    registry = mlflow_registry.registry()
+    registry = mlflow_registry.registry(config)
     record = registry.log_training(
         fitted,
         config,
