@@ -96,7 +96,7 @@ def run_demo(
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     run_ids: dict[str, str] = {}
 
-    ingest = defs.get_job_def("ingest_job").execute_in_process(instance=instance, run_config=run_config)
+    ingest = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, run_config=run_config)
     run_ids["ingest_job"] = ingest.run_id
     validated = ingest.output_for_node("validated_usage", "validated_usage")
     # Only this load's customers: partitions registered by earlier loads stay in the instance,
@@ -107,7 +107,7 @@ def run_demo(
     if not ordered:
         raise RuntimeError("the configured source has no valid usage rows; nothing to score")
     first, last = ordered[0], ordered[-1]
-    batch = defs.get_job_def("batch_job").execute_in_process(
+    batch = defs.resolve_job_def("batch_job").execute_in_process(
         instance=instance,
         run_config=run_config,
         tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},

@@ -226,8 +226,8 @@ class ExplainConfig(_Section):
     max_headline_chars: int = 70
     max_detail_chars: int = 700
     top_root_causes: int = 3
-    # A root cause must carry at least this share of its dimension's deviation to be listed.
-    min_root_cause_share: float = 0.05
+    # A root cause must carry at least this share of the incident's deviation to be listed.
+    min_root_cause_share: float = 0.1
     # Anomalous steps at most this many normal steps apart form one incident.
     max_gap_steps: int = 1
     # |impact %| at which an incident becomes medium, high, critical (below the first: low).

@@ -56,6 +56,8 @@ class Calibration:
     period: int | None
     scaler: Scaler
     train_size: int
+    # First timestamp with two cycles of history before it: earlier steps are warm-up.
+    warm_until: pd.Timestamp
     train_end: pd.Timestamp
     residual_sigma: float
     # Median |value| of the training part: the spread grows with the level above it.
@@ -160,7 +162,8 @@ def _expectation(
     limit = config.hybrid.clean_history_z
     if limit > 0:
         surprising = np.abs(series.values - expected) > limit * spread
-        surprising[: _warmup(cal)] = False  # early expectations are too rough to replace data
+        # Early expectations are too rough to replace data with.
+        surprising &= np.asarray(series.timestamps >= cal.warm_until)
         if surprising.any():
             cleaned = np.where(surprising, expected, series.values)
             expected = _seasonal(cleaned, series, cal, config)
@@ -225,13 +228,16 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
         n_train = max(int(len(series) * config.training.train_fraction), 2)
         window = min(window_size(series.frequency, config.windows), max(n_train // 4, 2))
         period = season_period(series.frequency)
+        # A cycle is only used when training still has enough windows after the warm-up.
+        if period and n_train - 2 * period < 4 * window:
+            period = None
         cal = Calibration(
             customer_id=series.customer_id,
             window=window,
-            # A cycle is only used when training still has enough windows after the warm-up.
-            period=period if period and n_train - 2 * period >= 4 * window else None,
+            period=period,
             scaler=Scaler.fit(series.values[:n_train], config.windows.scaler),
             train_size=n_train,
+            warm_until=series.timestamps[2 * (period or 0)],
             train_end=series.timestamps[n_train - 1],
             residual_sigma=1.0,
             typical_level=float(np.median(np.abs(series.values[:n_train]))),
@@ -342,6 +348,40 @@ def score_series(
     return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
 
 
+def score_latest(
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, steps: int = 1
+) -> pd.DataFrame:
+    """Score only the newest ``steps`` of each series (the daily run).
+
+    Every signal at a step depends on a bounded stretch of history (the expectation on a few
+    cycles per pass, the spread on eight, a window model on one window), so only that tail is
+    processed:
+    the result equals the last rows of ``score_series`` at a fraction of the cost.
+    """
+    tails = []
+    for series in series_list:
+        cal = fitted.calibrations.get(series.customer_id)
+        cycle = (cal.period or cal.window) if cal else 1
+        # spread: 8 cycles of final expectations; each expectation pass: cycles + 2 more
+        reach = 8 + 2 * (config.hybrid.seasonal_cycles + 2) + 1
+        keep = reach * cycle + 2 * (cal.window if cal else 1) + steps
+        tails.append(_tail(series, keep))
+    scores = score_series(tails, fitted, config)
+    return scores.groupby("customer_id", sort=False).tail(steps).reset_index(drop=True)
+
+
+def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
+    if len(series) <= steps:
+        return series
+    return CustomerSeries(
+        customer_id=series.customer_id,
+        timestamps=series.timestamps[-steps:],
+        values=series.values[-steps:],
+        filled=series.filled[-steps:],
+        frequency=series.frequency,
+    )
+
+
 def _score_frame(
     series: CustomerSeries, cal: Calibration, sig: dict[str, np.ndarray], config: PipelineConfig
 ) -> pd.DataFrame:
@@ -359,9 +399,10 @@ def _score_frame(
     lstm_flag = np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold
     is_anomaly = score >= config.hybrid.decision_threshold
     n = len(series)
-    warm = np.arange(n) < cal.window - 1 + _warmup(cal)
+    # Timestamps, not positions, so a tail of the series (daily scoring) matches the full one.
+    warm = np.asarray(series.timestamps < cal.warm_until) | (np.arange(n) < cal.window - 1)
     is_anomaly &= ~warm
-    split = np.where(np.arange(n) < cal.train_size, "train", "test")
+    split = np.where(np.asarray(series.timestamps <= cal.train_end), "train", "test")
     return pd.DataFrame(
         {
             "customer_id": series.customer_id,

@@ -784,17 +784,20 @@ def _prepare_store(uri: str) -> None:
 
 def _is_transient(exc: BaseException, extra: tuple[str, ...] = ()) -> bool:
     markers = (
-        "database is locked",
-        "database table is locked",
-        "busy",
+        "database is locked",  # SQLITE_BUSY
+        "table is locked",  # SQLITE_LOCKED
+        "schema is locked",
+        # MLflow gave up after its own retries of a version-number collision.
         "model version creation error",
         *extra,
     )
-    seen: BaseException | None = exc
-    while seen is not None:
-        if any(m in str(seen).lower() for m in markers):
+    visited: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in visited:
+        if any(m in str(current).lower() for m in markers):
             return True
-        seen = seen.__cause__ or seen.__context__
+        visited.add(id(current))
+        current = current.__cause__ or current.__context__
     return False
 
 

@@ -340,6 +340,8 @@ def _html_incident(rank: int, row: Any) -> str:
     severity = str(row.severity) if str(row.severity) in SEVERITIES else "low"
     who = "Gemini" if row.explainer == "gemini" else "offline explainer"
     note = f"Explanation by the {who}."
+    if row.explainer != "offline":  # the offline text already lists the signals
+        note = f"Detected by: {_signals(row.signals)}. {note}"
     if row.fallback_reason:
         note += f" Fallback: {row.fallback_reason}"
     return "\n".join(
@@ -347,7 +349,7 @@ def _html_incident(rank: int, row: Any) -> str:
             f'<div class="anomaly {severity}">',
             f'<h3>{rank}. {esc(row.headline)} <span class="badge {severity}">{esc(severity)}</span></h3>',
             f'<div class="meta"><a href="#{_anchor(row.customer_id)}" class="id">{esc(row.customer_id)}</a> · '
-            f"{esc(_period(row))} · {esc(_impact_text(row))} · signals: {esc(_signals(row.signals))}</div>",
+            f"{esc(_period(row))} · {esc(_impact_text(row))}</div>",
             f"<p>{esc(row.detail)}</p>",
             _html_causes(row.causes, str(row.currency)),
             f'<div class="note">{esc(note)}</div>',

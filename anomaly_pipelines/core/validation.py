@@ -130,6 +130,8 @@ class RawRows:
     file_days: dict[str, pd.Timestamp] | None = None  # daily files: rows must fall on that day
     # Clearer reasons for (column, check) pairs in a given source, e.g. a missing tag.
     reasons: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Per file, canonical column -> the file's own column name (quarantine entries use the latter).
+    column_names: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def files(self) -> list[str]:
@@ -176,7 +178,7 @@ def validate_rows(
         frame[column] = _clean_text(frame[column], source.null_values)
     frame["source_line"] = frame["source_line"].astype(np.int64)
     frame["source_file"] = frame["source_file"].astype("str")
-    notes = _Notes(source, raw.reasons)
+    notes = _Notes(source, raw.reasons, raw.column_names)
 
     quarantine = [raw.rejected]
     entries, failed = _lazy_validate(raw_schema(source), frame, original, notes, typed=False)
@@ -197,7 +199,7 @@ def validate_rows(
     valid = pd.concat(valid_parts)
 
     if raw.file_days:
-        valid, entries = _check_file_days(valid, raw.file_days, original)
+        valid, entries = _check_file_days(valid, raw.file_days, original, notes)
         quarantine.append(entries)
     if "currency" in valid.columns:
         valid = _convert_currency(valid, source)
@@ -205,7 +207,9 @@ def validate_rows(
     valid = valid.assign(_file_order=valid["source_file"].map(order)).sort_values(
         ["_file_order", "source_line"], kind="stable"
     )
-    valid, duplicates, entries = _apply_duplicates(valid, raw.duplicate_key, preprocess.duplicates)
+    valid, duplicates, entries = _apply_duplicates(
+        valid, raw.duplicate_key, preprocess.duplicates, notes
+    )
     quarantine.append(entries)
 
     quarantine_frame = _concat_quarantine(quarantine)
@@ -225,10 +229,21 @@ def validate_rows(
 class _Notes:
     """Human reasons for quarantine entries, keyed by pandera check names."""
 
-    def __init__(self, source: SourceConfig, overrides: dict[tuple[str, str], str]) -> None:
+    def __init__(
+        self,
+        source: SourceConfig,
+        overrides: dict[tuple[str, str], str],
+        column_names: dict[str, dict[str, str]],
+    ) -> None:
         self.source = source
         self.overrides = overrides
+        self.column_names = column_names
         self.formats: dict[str, str] = {}
+
+    def label(self, file: str, column: str) -> str:
+        """The file's own name for a canonical column (or comma-separated columns)."""
+        names = self.column_names.get(file, {})
+        return ",".join(names.get(part, part) for part in column.split(","))
 
     def reason(self, column: str, check: str, value: str, file: str) -> str:
         if (column, check) in self.overrides:
@@ -241,9 +256,9 @@ class _Notes:
                 "(or does not exist in source.timezone); set source.timestamp_format if needed"
             )
         texts = {
-            "not_nullable": f"{column} is missing",
+            "not_nullable": f"{self.label(file, column)} is missing",
             "readable_text": (
-                f"{column} contains control characters or bytes that are not valid "
+                f"{self.label(file, column)} contains control characters or bytes that are not valid "
                 f"{self.source.encoding} (set source.encoding if the file uses another one)"
             ),
             "is_number": f"cost '{_clip(value)}' is not a number",
@@ -317,7 +332,7 @@ def _lazy_validate(
             quarantine_entry(
                 file,
                 frame.at[label, "source_line"],
-                column,
+                notes.label(file, column),
                 check,
                 value,
                 notes.reason(column, check, value, file),
@@ -507,7 +522,7 @@ def _clip_to_ns(series: pd.Series) -> pd.Series:
 
 
 def _check_file_days(
-    valid: pd.DataFrame, file_days: dict[str, pd.Timestamp], original: pd.DataFrame
+    valid: pd.DataFrame, file_days: dict[str, pd.Timestamp], original: pd.DataFrame, notes: _Notes
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A daily file replaces its day's data, so rows of other days would be lost on redelivery."""
     day = valid["source_file"].map(file_days)
@@ -516,7 +531,7 @@ def _check_file_days(
         quarantine_entry(
             file,
             line,
-            "timestamp",
+            notes.label(file, "timestamp"),
             "file_day",
             original.at[label, "timestamp"],
             f"row is not on the file's day {file_days[file].date()}",
@@ -561,7 +576,7 @@ def _convert_currency(valid: pd.DataFrame, source: SourceConfig) -> pd.DataFrame
 
 
 def _apply_duplicates(
-    valid: pd.DataFrame, key: list[str], policy: str
+    valid: pd.DataFrame, key: list[str], policy: str, notes: _Notes
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Apply ``preprocess.duplicates`` to rows sharing ``key``.
 
@@ -590,18 +605,20 @@ def _apply_duplicates(
     if policy == "reject":
         members = where[is_dup].groupby(group_id[is_dup]).agg(list)
         rows = []
+        shown = [c for c in key if c not in (RECORD, "route")]
         for label in valid.index[is_dup]:
             others = [w for w in members[group_id[label]] if w != where[label]]
+            file = valid.at[label, "source_file"]
+            columns = notes.label(file, ",".join(shown)) if shown else "(row)"
             rows.append(
                 quarantine_entry(
-                    valid.at[label, "source_file"],
+                    file,
                     valid.at[label, "source_line"],
-                    ",".join(c for c in key if c != "route"),
+                    columns,
                     "duplicate",
-                    "|".join(str(valid.at[label, c]) for c in key if c not in (RECORD, "route"))
-                    or "(whole row)",
-                    f"same {', '.join(c for c in key if c != 'route')} as {', '.join(others)} "
-                    "(preprocess.duplicates = reject)",
+                    "|".join(str(valid.at[label, c]) for c in shown) or "(whole row)",
+                    f"same {columns.replace(',', ', ') if shown else 'row'} as "
+                    f"{', '.join(others)} (preprocess.duplicates = reject)",
                 )
             )
         return valid[~is_dup], empty_dups, pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)

@@ -105,3 +105,20 @@ def test_stacked_training_matches_training_alone() -> None:
     err_together = reconstruction_errors(together.model, ["b"], [windows["b"]])[0]
     err_alone = reconstruction_errors(alone.model, ["b"], [windows["b"]])[0]
     np.testing.assert_allclose(err_together, err_alone, rtol=1e-3, atol=1e-6)
+
+
+def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    usage = pd.concat([_daily("a", 200, 1), _daily("b", 200, 2)], ignore_index=True)
+    usage.loc[199, "cost"] *= 3  # the newest day of "a" is a spike
+    config = PipelineConfig().merged(FAST)
+    series = regularize(usage)
+    fitted = fit_detectors(series, config)
+    full = score_series(series, fitted, config).groupby("customer_id").tail(3).reset_index(drop=True)
+    latest = score_latest(series, fitted, config, steps=3)
+    # float32 inference differs in the last bits with the batch shape (oneDNN), hence rtol
+    pd.testing.assert_frame_equal(latest, full, check_exact=False, rtol=2e-3)
+    assert latest.loc[latest.customer_id == "a", "is_anomaly"].iloc[-1]

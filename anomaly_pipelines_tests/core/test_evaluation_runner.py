@@ -21,7 +21,7 @@ CONFIG = PipelineConfig().merged({"lstm": {"epochs": 2}})
 
 @pytest.fixture(scope="module")
 def tiny() -> list[LabelledSeries]:
-    data = generate_usage(customers=3, days=150, seed=4, quiet_customers=1)
+    data = generate_usage(customers=2, days=120, seed=4, quiet_customers=1)
     return label_usage(data.usage, data.incidents, dataset="tiny")
 
 

@@ -374,3 +374,21 @@ def test_no_root_cause_when_only_the_expectation_moved() -> None:
     incident = find_incidents(inflated).iloc[0]
     assert incident["impact"] == pytest.approx(-180.0)
     assert root_causes(incident, usage) == []
+
+
+def test_a_change_of_direction_starts_a_new_incident() -> None:
+    # a runaway job (days 10-12 above expectation), then days 13-14 far below an expectation
+    # it inflated; day 15 is flagged by the drop rule only, barely below expectation
+    cost = [100.0] * 25
+    for i, value in {10: 200.0, 11: 300.0, 12: 400.0, 13: 40.0, 14: 40.0, 16: 95.0}.items():
+        cost[i] = value
+    scores = _scores("r", cost, [100.0] * 25, [10, 11, 12, 13, 14, 16])
+    scores["residual_score"] = (scores["cost"] - scores["expected_cost"]).abs() / 10.0
+    incidents = find_incidents(scores)
+    assert [(r.start.day, r.end.day, r.direction) for r in incidents.itertuples()] == [
+        (11, 13, "increase"),
+        (14, 17, "decrease"),  # day 17 (-5, under 2 sigma) joins the drop instead of splitting it
+    ]
+    assert incidents["impact"].tolist() == pytest.approx([600.0, -125.0])
+    # without residual scores, a 10% gap is "clear"
+    assert len(find_incidents(scores.drop(columns="residual_score"))) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import sqlite3
 import threading
@@ -456,3 +457,50 @@ def test_parallel_processes_register_without_loss(
         assert registry.versions(cid) == expected, cid
         assert sorted(returned[cid]) == expected, cid
         assert registry.champion_version(cid) == expected[-1], cid
+
+
+def test_a_locked_database_is_waited_out_not_reported(tmp_path: Path, blank: Path) -> None:
+    """Another process holds SQLite's write lock longer than the driver waits: the registration
+    retries until the lock is gone instead of failing with "database is locked"."""
+    config = _config(PipelineConfig(), tmp_path, blank)
+    registry = ModelRegistry(config.mlflow)
+    registry.experiment_id()
+    source = (tmp_path / "model").resolve()
+    source.mkdir()
+    retried = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "busy" in record.getMessage():
+                retried.set()
+
+    watcher = Watch(level=logging.INFO)
+    logger = logging.getLogger("anomaly_pipelines.core.registry")
+    previous = logger.level
+    logger.addHandler(watcher)
+    logger.setLevel(logging.INFO)
+    blocker = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    outcome: list[object] = []
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock, like a long commit elsewhere
+
+        def register() -> None:
+            try:
+                outcome.append(
+                    registry.register_version("locked-out", source=source.as_uri(), run_id="r1")
+                )
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=register)
+        thread.start()
+        assert retried.wait(timeout=120), "the registration never met the lock"
+        blocker.execute("ROLLBACK")
+        thread.join(timeout=120)
+    finally:
+        blocker.close()
+        logger.removeHandler(watcher)
+        logger.setLevel(previous)
+    assert outcome == ["1"]
+    assert registry.versions("locked-out") == ["1"]
+    assert registry.champion_version("locked-out") == "1"

@@ -48,7 +48,9 @@ class Case:
     file_name: str = "input.csv"
 
 
-def text_file(lines: list[str], header: str = HEADER, *, encoding: str = "utf-8") -> Callable[[Path], None]:
+def text_file(
+    lines: list[str], header: str = HEADER, *, encoding: str = "utf-8"
+) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         path.write_bytes(("\n".join([header, *lines]) + "\n").encode(encoding))
 
@@ -143,13 +145,13 @@ CASES = [
     Case(
         "unparseable_date",
         text_file([*GOOD, "yesterday,4,acme"]),
-        quarantine={(5, "timestamp", "timestamp_format")},
+        quarantine={(5, "Date", "timestamp_format")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "mixed_date_formats",
         text_file([*GOOD, "01/15/2024,4,acme"]),
-        quarantine={(5, "timestamp", "timestamp_format")},
+        quarantine={(5, "Date", "timestamp_format")},
         good=lines_of(1, 2, 3),
     ),
     Case(
@@ -160,74 +162,84 @@ CASES = [
     Case(
         "impossible_calendar_date",
         text_file([*GOOD, "2024-02-30,4,acme"]),
-        quarantine={(5, "timestamp", "timestamp_format")},
+        quarantine={(5, "Date", "timestamp_format")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "nonexistent_local_time_dst",
-        text_file(["2024-03-30 12:00:00,1,acme", "2024-03-31 02:30:00,2,acme", "2024-04-01 12:00:00,3,acme"]),
-        quarantine={(3, "timestamp", "timestamp_format")},
+        text_file(
+            [
+                "2024-03-30 12:00:00,1,acme",
+                "2024-03-31 02:30:00,2,acme",
+                "2024-04-01 12:00:00,3,acme",
+            ]
+        ),
+        quarantine={(3, "Date", "timestamp_format")},
         good=lines_of(1, 3),
         config={"source": {"timezone": "Europe/Berlin"}},
     ),
     Case(
         "missing_date",
         text_file([*GOOD, ",4,acme"]),
-        quarantine={(5, "timestamp", "not_nullable")},
+        quarantine={(5, "Date", "not_nullable")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "future_date",
         text_file([*GOOD, "2999-01-01,4,acme"]),
-        quarantine={(5, "timestamp", "not_in_future")},
+        quarantine={(5, "Date", "not_in_future")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "ancient_date",
         text_file([*GOOD, "1900-01-01,4,acme"]),
-        quarantine={(5, "timestamp", "min_timestamp")},
+        quarantine={(5, "Date", "min_timestamp")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "nan_cost",
         text_file([*GOOD, "2024-01-03,NaN,acme"]),
-        quarantine={(5, "cost", "not_nullable")},
+        quarantine={(5, "TotalCost", "not_nullable")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "null_token_cost",
         text_file([*GOOD, "2024-01-03,NULL,acme"]),
-        quarantine={(5, "cost", "not_nullable")},
+        quarantine={(5, "TotalCost", "not_nullable")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "infinite_cost",
         text_file([*GOOD, "2024-01-03,-inf,acme"]),
-        quarantine={(5, "cost", "finite"), (5, "cost", "max_abs_cost"), (5, "cost", "non_negative")},
+        quarantine={
+            (5, "TotalCost", "finite"),
+            (5, "TotalCost", "max_abs_cost"),
+            (5, "TotalCost", "non_negative"),
+        },
         good=lines_of(1, 2, 3),
     ),
     Case(
         "negative_cost",
         text_file([*GOOD, "2024-01-03,-4.5,acme"]),
-        quarantine={(5, "cost", "non_negative")},
+        quarantine={(5, "TotalCost", "non_negative")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "absurdly_large_cost",
         text_file([*GOOD, "2024-01-03,1e15,acme"]),
-        quarantine={(5, "cost", "max_abs_cost")},
+        quarantine={(5, "TotalCost", "max_abs_cost")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "cost_with_thousands_separator",
         text_file([*GOOD, '2024-01-03,"1,250.00",acme']),
-        quarantine={(5, "cost", "is_number")},
+        quarantine={(5, "TotalCost", "is_number")},
         good=lines_of(1, 2, 3),
     ),
     Case(
         "cost_is_text",
         text_file([*GOOD, "2024-01-03,twelve,acme"]),
-        quarantine={(5, "cost", "is_number")},
+        quarantine={(5, "TotalCost", "is_number")},
         good=lines_of(1, 2, 3),
     ),
     Case(
@@ -269,14 +281,14 @@ CASES = [
     Case(
         "duplicate_rows_rejected",
         text_file([*GOOD, GOOD[0]]),
-        quarantine={(2, "customer_id,timestamp", "duplicate"), (5, "customer_id,timestamp", "duplicate")},
+        quarantine={(2, "customer_id,Date", "duplicate"), (5, "customer_id,Date", "duplicate")},
         good=lines_of(2, 3),
         config={"preprocess": {"duplicates": "reject"}},
     ),
     Case(
         "same_day_written_two_ways_rejected",
         text_file([*GOOD, "2024-01-01T00:00:00Z,7,acme"]),
-        quarantine={(2, "customer_id,timestamp", "duplicate"), (5, "customer_id,timestamp", "duplicate")},
+        quarantine={(2, "customer_id,Date", "duplicate"), (5, "customer_id,Date", "duplicate")},
         good=lines_of(2, 3),
         config={"preprocess": {"duplicates": "reject"}},
     ),
@@ -309,7 +321,11 @@ CASES = [
                 }
             )
         ),
-        quarantine={(1, "cost", "is_number"), (2, "cost", "is_number"), (3, "cost", "is_number")},
+        quarantine={
+            (1, "TotalCost", "is_number"),
+            (2, "TotalCost", "is_number"),
+            (3, "TotalCost", "is_number"),
+        },
         config={"preprocess": {"max_failure_rate": 1.0}},
         file_name="input.parquet",
     ),
@@ -324,14 +340,15 @@ CASES = [
                 }
             )
         ),
-        quarantine={(2, "cost", "not_nullable")},
+        quarantine={(2, "TotalCost", "not_nullable")},
         good={1, 3},
         file_name="input.parquet",
     ),
     Case(
         "mixed_currencies_unconfigured",
         text_file(
-            ["2024-01-01,10,acme,USD", "2024-01-02,9,acme,EUR"], header="Date,TotalCost,customer_id,cur"
+            ["2024-01-01,10,acme,USD", "2024-01-02,9,acme,EUR"],
+            header="Date,TotalCost,customer_id,cur",
         ),
         error=r"column currency: customer 'acme' has costs in \['EUR', 'USD'\].*line 3: EUR",
         kind="table",
@@ -343,15 +360,18 @@ CASES = [
             ["2024-01-01,10,acme,USD", "2024-01-02,9,acme,GBP", "2024-01-03,8,acme,usd"],
             header="Date,TotalCost,customer_id,cur",
         ),
-        quarantine={(3, "currency", "accepted_currency")},
+        quarantine={(3, "cur", "accepted_currency")},
         good=lines_of(1, 3),
         kind="table",
         config={"source": {"currency": "USD", "table": {"columns": {"currency": "cur"}}}},
     ),
     Case(
         "currency_not_a_code",
-        text_file(["2024-01-01,10,acme,USD", "2024-01-02,9,acme,US Dollar"], header="Date,TotalCost,customer_id,cur"),
-        quarantine={(3, "currency", "currency_code")},
+        text_file(
+            ["2024-01-01,10,acme,USD", "2024-01-02,9,acme,US Dollar"],
+            header="Date,TotalCost,customer_id,cur",
+        ),
+        quarantine={(3, "cur", "currency_code")},
         good=lines_of(1),
         kind="table",
         config={"source": {"table": {"columns": {"currency": "cur"}}}},
@@ -359,9 +379,10 @@ CASES = [
     Case(
         "unknown_charge_category",
         text_file(
-            ["2024-01-01,10,acme,Usage", "2024-01-02,9,acme,Bogus"], header="Date,TotalCost,customer_id,cat"
+            ["2024-01-01,10,acme,Usage", "2024-01-02,9,acme,Bogus"],
+            header="Date,TotalCost,customer_id,cat",
         ),
-        quarantine={(3, "charge_category", "known_charge_category")},
+        quarantine={(3, "cat", "known_charge_category")},
         good=lines_of(1),
         kind="table",
         config={"source": {"table": {"columns": {"charge_category": "cat"}}}},
@@ -369,17 +390,26 @@ CASES = [
     Case(
         "focus_null_cost_and_bad_category",
         text_file(
-            [*FOCUS_GOOD, "NULL,1,USD,Usage,NULL,2024-09-02 04:00:00,Compute,us-east-1,111,NULL",
-             "1,1,USD,Rebate,NULL,2024-09-02 05:00:00,Compute,us-east-1,111,NULL"],
+            [
+                *FOCUS_GOOD,
+                "NULL,1,USD,Usage,NULL,2024-09-02 04:00:00,Compute,us-east-1,111,NULL",
+                "1,1,USD,Rebate,NULL,2024-09-02 05:00:00,Compute,us-east-1,111,NULL",
+            ],
             header=FOCUS_HEADER,
         ),
-        quarantine={(5, "cost", "not_nullable"), (6, "charge_category", "known_charge_category")},
+        quarantine={
+            (5, "BilledCost", "not_nullable"),
+            (6, "ChargeCategory", "known_charge_category"),
+        },
         good=lines_of(1, 2, 3),
         kind="focus",
     ),
     Case(
         "focus_tags_not_json",
-        text_file([*FOCUS_GOOD, "1,1,USD,Usage,NULL,2024-09-02 04:00:00,Compute,us-east-1,111,{team: a}"], header=FOCUS_HEADER),
+        text_file(
+            [*FOCUS_GOOD, "1,1,USD,Usage,NULL,2024-09-02 04:00:00,Compute,us-east-1,111,{team: a}"],
+            header=FOCUS_HEADER,
+        ),
         quarantine={(5, "Tags", "tags_json")},
         good=lines_of(1, 2, 3),
         kind="focus",
@@ -388,7 +418,7 @@ CASES = [
     Case(
         "focus_untagged_quarantined_when_asked",
         text_file(FOCUS_GOOD, header=FOCUS_HEADER),
-        quarantine={(4, "customer_id", "not_nullable")},
+        quarantine={(4, "Tags", "not_nullable")},
         good=lines_of(1, 2),
         kind="focus",
         config={"source": {"focus": {"customer_key": "tag:team", "untagged_customer": None}}},
@@ -403,7 +433,7 @@ CASES = [
     Case(
         "daily_row_on_another_day",
         daily_folder({"usage_2024-01-01.csv": ["2024-01-01,1,acme", "2024-01-02,2,acme"]}),
-        quarantine={(3, "timestamp", "file_day")},
+        quarantine={(3, "Date", "file_day")},
         good=lines_of(1),
         kind="daily_folder",
     ),
@@ -416,7 +446,7 @@ CASES = [
     Case(
         "failure_rate_above_limit",
         text_file([*GOOD, "2024-01-03,x,acme", "2024-01-04,y,acme"]),
-        error=r"input\.csv: 2 of 5 rows \(40\.0%\) failed validation.*\n  line 5, column cost \(is_number\)",
+        error=r"input\.csv: 2 of 5 rows \(40\.0%\) failed validation.*\n  line 5, column TotalCost \(is_number\)",
         config={"preprocess": {"max_failure_rate": 0.25}},
     ),
     Case("missing_path", lambda path: None, error=r"input\.csv: no such file or folder"),
@@ -430,7 +460,9 @@ def load(case: Case, tmp_path: Path) -> LoadedUsage:
     if case.kind == "daily_folder":
         source["path"] = str(tmp_path / "daily")
     if case.kind == "table":
-        source.update(customer_column="customer_id", timestamp_column="Date", cost_column="TotalCost")
+        source.update(
+            customer_column="customer_id", timestamp_column="Date", cost_column="TotalCost"
+        )
     overrides = {"source": source, "preprocess": {"max_failure_rate": 0.5}}
     config = PipelineConfig().merged(overrides).merged(case.config)
     return load_usage(config.source, config.preprocess)
@@ -444,11 +476,20 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
         return
     loaded = load(case, tmp_path)
     found = set(
-        zip(loaded.quarantine["source_line"], loaded.quarantine["column"], loaded.quarantine["check"], strict=True)
+        zip(
+            loaded.quarantine["source_line"],
+            loaded.quarantine["column"],
+            loaded.quarantine["check"],
+            strict=True,
+        )
     )
     assert found == case.quarantine
     assert set(loaded.quarantine["reason"]) and "" not in set(loaded.quarantine["reason"])
-    arrived = set(loaded.usage["source_line"]) | set(loaded.signals["source_line"]) | set(loaded.duplicates["source_line"])
+    arrived = (
+        set(loaded.usage["source_line"])
+        | set(loaded.signals["source_line"])
+        | set(loaded.duplicates["source_line"])
+    )
     assert arrived == case.good
     assert_accounted(loaded)
 
@@ -518,7 +559,7 @@ def test_failure_rate_message_names_rows(tmp_path: Path) -> None:
         load(case, tmp_path)
     message = str(info.value)
     assert str(tmp_path / "input.csv") in message
-    assert "line 2, column cost (is_number): cost 'x' is not a number" in message
+    assert "line 2, column TotalCost (is_number): cost 'x' is not a number" in message
 
 
 def test_each_file_is_held_to_the_rate(tmp_path: Path) -> None:
@@ -528,7 +569,10 @@ def test_each_file_is_held_to_the_rate(tmp_path: Path) -> None:
     text_file(GOOD * 10)(folder / "a.csv")
     text_file(["2024-01-05,x,acme", "2024-01-06,1,acme"])(folder / "b.csv")
     config = PipelineConfig().merged(
-        {"source": {"kind": "notebook_csv", "path": str(folder)}, "preprocess": {"duplicates": "sum"}}
+        {
+            "source": {"kind": "notebook_csv", "path": str(folder)},
+            "preprocess": {"duplicates": "sum"},
+        }
     )
     with pytest.raises(SourceError, match=r"b\.csv: 1 of 2 rows"):
         load_usage(config.source, config.preprocess)
@@ -553,5 +597,7 @@ def test_gzip_truncated_mid_stream_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "input.csv.gz"
     path.write_bytes(packed[: len(packed) * 3 // 4])
     config = PipelineConfig().merged({"source": {"kind": "notebook_csv", "path": str(path)}})
-    with pytest.raises(SourceError, match=r"input\.csv\.gz: compressed data is truncated or corrupt after line \d+"):
+    with pytest.raises(
+        SourceError, match=r"input\.csv\.gz: compressed data is truncated or corrupt after line \d+"
+    ):
         load_usage(config.source, config.preprocess)

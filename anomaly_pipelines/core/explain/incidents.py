@@ -128,6 +128,7 @@ def find_incidents(
     Two anomalous steps belong to the same incident when at most ``max_gap_steps`` steps lie
     between them (normal or missing steps), so detection that flickers below the threshold for a
     day inside a week-long ramp still reads as one event; 0 merges only back-to-back steps.
+    A clear change of direction (above, then below the expectation) starts a new incident.
     Costs are summed over every observed step from start to end; ``steps`` is the span in the
     data's own step; ``signals`` is the union of signals that fired on the anomalous steps.
     """
@@ -191,19 +192,42 @@ def _currency_of(group: pd.DataFrame) -> str:
 
 
 def _runs(group: pd.DataFrame, step: float, max_gap: int) -> list[tuple[int, int]]:
-    """(first, last) row positions of each incident in a time-sorted customer frame."""
+    """(first, last) row positions of each incident in a time-sorted customer frame.
+
+    A run also ends where the deviation clearly changes sign (a runaway job, then the drop
+    back below an expectation it inflated): netted into one incident, a +$900 ramp and a
+    -$1,000 afterglow would read as a small drop and hide both."""
     flagged = np.flatnonzero(group["is_anomaly"].to_numpy())
     seconds = (group["timestamp"] - group["timestamp"].iloc[0]).dt.total_seconds().to_numpy()
+    signs = _clear_signs(group)
     runs: list[tuple[int, int]] = []
     first = previous = int(flagged[0])
+    run_sign = signs[first]
     for position in flagged[1:]:
         between = round((seconds[position] - seconds[previous]) / step) - 1
-        if between > max_gap:
+        flips = signs[position] != 0 and run_sign != 0 and signs[position] != run_sign
+        if between > max_gap or flips:
             runs.append((first, previous))
             first = int(position)
+            run_sign = signs[position]
+        elif run_sign == 0:
+            run_sign = signs[position]
         previous = int(position)
     runs.append((first, previous))
     return runs
+
+
+def _clear_signs(group: pd.DataFrame) -> np.ndarray:
+    """+1/-1 where a step is clearly above/below its expectation, 0 where the gap is small (a
+    step flagged only by the drop rule or a window model is no evidence of a new direction).
+    "Clearly" is 2 residual sigmas when the detector's residual score is at hand, else 10%."""
+    gap = (group["cost"] - group["expected_cost"]).to_numpy(dtype=float)
+    if "residual_score" in group.columns:
+        z = pd.to_numeric(group["residual_score"], errors="coerce").fillna(0.0).to_numpy()
+        clear = z >= 2.0
+    else:
+        clear = np.abs(gap) >= 0.1 * np.abs(group["expected_cost"].to_numpy(dtype=float))
+    return np.where(clear, np.sign(gap), 0.0)
 
 
 def _incident_row(
@@ -267,7 +291,7 @@ def root_causes(
     dimensions: pd.DataFrame | None,
     top_n: int = 3,
     *,
-    min_share: float = 0.05,
+    min_share: float = 0.1,
     cycles: int = 4,
 ) -> list[dict[str, Any]]:
     """The dimension values that account for most of an incident's deviation, ranked by |impact|.

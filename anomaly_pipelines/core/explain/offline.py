@@ -12,6 +12,11 @@ from typing import Protocol, runtime_checkable
 from anomaly_pipelines.core.explain import formatting as fmt
 from anomaly_pipelines.core.explain.incidents import IncidentFacts
 
+# A root cause carrying at least this share of the change is "the" cause ("mostly X"); at
+# least WORTH_A_LOOK it is still where the next step points.
+MOSTLY = 0.5
+WORTH_A_LOOK = 0.25
+
 _DIMENSION_LABELS = {
     "service": "service",
     "region": "region",
@@ -68,7 +73,9 @@ class OfflineExplainer:
             if p["impact_pct"] != "n/a"
             else p["impact_short"]
         )
-        cause = f", mostly {facts.root_causes[0]['value']}" if facts.root_causes else ""
+        top = facts.root_causes[0] if facts.root_causes else None
+        # "mostly X" only when X carries most of the change; a 20% contributor is not "mostly".
+        cause = f", mostly {top['value']}" if top and top["share"] >= MOSTLY else ""
         tails = [
             f"{change} {word} over {p['duration']}{cause}",
             f"{change} {word}{cause}",
@@ -117,7 +124,10 @@ class OfflineExplainer:
                 if with_signals and signals:
                     parts.append(signals)
                 if n:
-                    parts.append("Root cause: " + "; ".join(causes[:n]) + ".")
+                    label = (
+                        "Root cause" if facts.root_causes[0]["share"] >= MOSTLY else "Contributors"
+                    )
+                    parts.append(f"{label}: " + "; ".join(causes[:n]) + ".")
                 parts.append(action)
                 text = " ".join(parts)
                 if len(text) <= self.max_detail_chars:
@@ -128,7 +138,7 @@ class OfflineExplainer:
 def _action(facts: IncidentFacts) -> str:
     """One concrete next step, aimed at the top root cause when there is one."""
     when = fmt.timestamp(facts.start, facts.step_seconds)
-    if facts.root_causes:
+    if facts.root_causes and facts.root_causes[0]["share"] >= WORTH_A_LOOK:
         top = facts.root_causes[0]
         where = f"{_DIMENSION_LABELS.get(top['dimension'], top['dimension'])} {top['value']}"
         if facts.direction == "increase":

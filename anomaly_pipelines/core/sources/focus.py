@@ -109,6 +109,7 @@ def _customer_from_tags(rows: FileRows, tag: str, source: SourceConfig) -> FileR
         customer = customer.fillna(source.focus.untagged_customer)
     frame.insert(2, "customer_id", customer.astype("str"))
     rows.frame = frame
+    rows.columns["customer_id"] = rows.columns.pop("tags")
     return rows
 
 

@@ -54,6 +54,7 @@ class FileRows:
     frame: pd.DataFrame  # canonical columns, source_file, source_line (+ _record)
     rejected: list[dict[str, object]] = field(default_factory=list)
     input_rows: int = 0
+    columns: dict[str, str] = field(default_factory=dict)  # canonical -> the file's column
 
     def rejected_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rejected, columns=QUARANTINE_COLUMNS)
@@ -168,7 +169,7 @@ def _read_parquet(
         )
     frame.insert(0, "source_line", range(1, len(data) + 1))
     frame.insert(0, "source_file", str(path))
-    return FileRows(str(path), frame, [], len(data))
+    return FileRows(str(path), frame, [], len(data), dict(mapping))
 
 
 def _as_text(values: pd.Series) -> pd.Series:
@@ -259,7 +260,7 @@ def _read_csv(
         frame[RECORD] = pd.Series(reader.records, dtype="str")
     frame.insert(0, "source_line", pd.Series(reader.lines, dtype="int64"))
     frame.insert(0, "source_file", file)
-    return FileRows(file, frame, reader.rejected, reader.input_rows)
+    return FileRows(file, frame, reader.rejected, reader.input_rows, dict(mapping))
 
 
 def _numbered_lines(text: io.TextIOWrapper, path: Path) -> Iterator[tuple[int, str]]:
@@ -468,4 +469,5 @@ def combine(
         floor=floor,
         duplicate_key=duplicate_key,
         reasons=dict(reasons or {}),
+        column_names={p.path: p.columns for p in parts},
     )

@@ -162,6 +162,8 @@ def _inject(
         "runaway_ramp": int(rng.integers(7, 15)),
         "weekend_left_running": 2,
     }[kind]
+    if days - length - 1 <= earliest:
+        return None  # too short a history to hold this incident
     for _ in range(50):
         s0 = int(rng.integers(earliest, days - length - 1))
         if kind == "weekend_left_running":
