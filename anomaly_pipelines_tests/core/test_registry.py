@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -204,8 +205,6 @@ def test_run_holds_params_metrics_artifacts_and_models(trained: Trained, logged:
         "model files must live in the artifact location"
     )
 
-    import mlflow
-
     signature = mlflow.models.get_model_info(f"models:/{keras_model.model_id}").signature
     assert signature is not None
     assert signature.inputs.inputs[0].shape == (
@@ -299,6 +298,18 @@ def test_bad_settings_and_requests_fail_with_clear_errors(logged: Logged, tmp_pa
         logged.registry.log_training(
             FittedDetectors(), logged.config, run_name="x", plots=[tmp_path / "missing.png"]
         )
+
+
+def test_a_training_without_trained_customers_logs_a_run_but_registers_nothing(
+    logged: Logged,
+) -> None:
+    nothing = FittedDetectors(skipped={"tiny": "insufficient history: 3 steps, need 42"})
+    record = logged.registry.log_training(nothing, logged.config, run_name="empty")
+    assert record.model_versions == {} and record.registered_names == {}
+    run = logged.client.get_run(record.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["n_customers"] == 0 and run.data.metrics["n_skipped"] == 1
+    assert logged.registry.versions("tiny") == []
 
 
 def test_default_store_is_created_under_the_working_directory(
@@ -460,8 +471,9 @@ def test_parallel_processes_register_without_loss(
 
 
 def test_a_locked_database_is_waited_out_not_reported(tmp_path: Path, blank: Path) -> None:
-    """Another process holds SQLite's write lock longer than the driver waits: the registration
-    retries until the lock is gone instead of failing with "database is locked"."""
+    """Another process holds SQLite's write lock longer than MLflow waits for it (MLflow sets a
+    20 s busy timeout, so this test takes that long): the registration retries until the lock
+    is gone instead of failing with "database is locked", and adds exactly one version."""
     config = _config(PipelineConfig(), tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
     registry.experiment_id()

@@ -242,7 +242,7 @@ def evaluate(
         for detection in detections:
             rows.append({"dataset": name, **score_detection(series, detection, tolerance)})
     result = pd.DataFrame(rows)
-    extra = [c for c in result.columns if c not in COLUMNS]
+    extra = sorted(c for c in result.columns if c not in COLUMNS)
     result = result.reindex(columns=[*COLUMNS, *extra])
     result.attrs["datasets"] = described
     result.attrs["tolerance"] = tolerance
