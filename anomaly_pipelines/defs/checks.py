@@ -5,7 +5,6 @@ customers); warnings flag what a person should look at but must not stop the bat
 flagging far more than usual is news, not a crash).
 """
 
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -25,7 +24,9 @@ MAX_ANOMALY_RATE = 0.05
     description="The share of input rows rejected by validation stays under preprocess.max_failure_rate.",
 )
 def validated_usage_failure_rate(
-    validated_usage: pd.DataFrame, usage_quarantine: pd.DataFrame, pipeline_settings: PipelineSettings
+    validated_usage: pd.DataFrame,
+    usage_quarantine: pd.DataFrame,
+    pipeline_settings: PipelineSettings,
 ) -> dg.AssetCheckResult:
     config = pipeline_settings.load()
     rejected = _rejected_rows(usage_quarantine)
@@ -66,12 +67,14 @@ def validated_usage_customers(
 ) -> dg.AssetCheckResult:
     config = pipeline_settings.load()
     if validated_usage.empty:
-        return dg.AssetCheckResult(passed=False, metadata={"customers": 0, "reason": "no valid rows"})
+        return dg.AssetCheckResult(
+            passed=False, metadata={"customers": 0, "reason": "no valid rows"}
+        )
     days = validated_usage.groupby("customer_id")["timestamp"].nunique()
     short = days[days < config.preprocess.min_history]
     return dg.AssetCheckResult(
-        passed=True,
-        # Short histories are reported, not fatal: those customers are returned unscored.
+        passed=short.empty,
+        # Short histories are a warning, not a block: those customers are returned unscored.
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "customers": len(days),
@@ -100,7 +103,9 @@ def customer_series_regular(customer_series: pd.DataFrame) -> dg.AssetCheckResul
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
-            "customers": int(customer_series["customer_id"].nunique()) if len(customer_series) else 0,
+            "customers": int(customer_series["customer_id"].nunique())
+            if len(customer_series)
+            else 0,
             "problems": md(markdown_table(pd.DataFrame(problems))),
         },
     )
@@ -111,7 +116,11 @@ def customer_series_regular(customer_series: pd.DataFrame) -> dg.AssetCheckResul
     description=f"At most {MAX_ANOMALY_RATE:.0%} of scored steps are flagged (warning only).",
 )
 def anomaly_scores_rate(anomaly_scores: pd.DataFrame) -> dg.AssetCheckResult:
-    scored = anomaly_scores[anomaly_scores["status"] == "scored"] if len(anomaly_scores) else anomaly_scores
+    scored = (
+        anomaly_scores[anomaly_scores["status"] == "scored"]
+        if len(anomaly_scores)
+        else anomaly_scores
+    )
     rate = float(scored["is_anomaly"].astype(bool).mean()) if len(scored) else 0.0
     return dg.AssetCheckResult(
         passed=rate <= MAX_ANOMALY_RATE,
@@ -129,7 +138,9 @@ def scores_export_schema(pipeline_settings: PipelineSettings) -> dg.AssetCheckRe
 
     parquet_path, csv_path = export_paths(pipeline_settings.load())
     if not parquet_path.is_file() or not csv_path.is_file():
-        return dg.AssetCheckResult(passed=False, metadata={"missing": f"{parquet_path} or {csv_path}"})
+        return dg.AssetCheckResult(
+            passed=False, metadata={"missing": f"{parquet_path} or {csv_path}"}
+        )
     frame = pd.read_parquet(parquet_path)
     csv_columns = list(pd.read_csv(csv_path, nrows=0).columns)
     problems = []
@@ -146,7 +157,10 @@ def scores_export_schema(pipeline_settings: PipelineSettings) -> dg.AssetCheckRe
             problems.append("duplicate (customer_id, timestamp) rows")
     return dg.AssetCheckResult(
         passed=not problems,
-        metadata={"rows": len(frame), "problems": md("\n".join(f"- {p}" for p in problems) or "none")},
+        metadata={
+            "rows": len(frame),
+            "problems": md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
     )
 
 

@@ -12,7 +12,6 @@ partitions that were never materialized, with a warning: one customer whose run 
 block the portfolio export.
 """
 
-
 import os
 import pickle
 import tempfile

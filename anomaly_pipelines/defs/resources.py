@@ -4,7 +4,6 @@ Heavy libraries (MLflow, google-genai) are imported inside methods so that loadi
 location stays fast; only a run that needs them pays for the import.
 """
 
-
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +51,17 @@ class MlflowRegistryResource(dg.ConfigurableResource):
     """
 
     tracking_uri: str = Field(default="", description="Overrides mlflow.tracking_uri when set.")
-    artifact_location: str = Field(default="", description="Overrides mlflow.artifact_location when set.")
+    artifact_location: str = Field(
+        default="", description="Overrides mlflow.artifact_location when set."
+    )
 
     def registry(self, config: PipelineConfig) -> "ModelRegistry":
         from anomaly_pipelines.core.registry import ModelRegistry
 
         updates = {"tracking_uri": self.tracking_uri, "artifact_location": self.artifact_location}
-        return ModelRegistry(config.mlflow.model_copy(update={k: v for k, v in updates.items() if v}))
+        return ModelRegistry(
+            config.mlflow.model_copy(update={k: v for k, v in updates.items() if v})
+        )
 
 
 class GeminiResource(dg.ConfigurableResource):

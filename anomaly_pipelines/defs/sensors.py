@@ -4,7 +4,6 @@ Only meaningful for the ``daily_folder`` source, so it is stopped by default; tu
 UI (or set it running in code) when billing files arrive in a folder.
 """
 
-
 from collections.abc import Iterator
 
 import dagster as dg

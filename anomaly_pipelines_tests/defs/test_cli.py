@@ -11,7 +11,9 @@ from anomaly_pipelines import cli
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_prepare_dagster_home_copies_the_instance_settings_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_dagster_home_copies_the_instance_settings_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DAGSTER_HOME", "/nowhere")
     home = cli.prepare_dagster_home(tmp_path / "home", ROOT / "configs" / "dagster.yaml")
     assert os.environ["DAGSTER_HOME"] == str(home) and home.is_absolute()
@@ -21,13 +23,17 @@ def test_prepare_dagster_home_copies_the_instance_settings_once(tmp_path: Path, 
     assert (home / "dagster.yaml").read_text().endswith("# edited\n")  # the user's edit is kept
 
 
-def test_prepare_dagster_home_without_the_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_dagster_home_without_the_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DAGSTER_HOME", "/nowhere")
     home = cli.prepare_dagster_home(tmp_path / "home", tmp_path / "missing.yaml")
     assert "enabled: false" in (home / "dagster.yaml").read_text()
 
 
-def test_instance_settings_are_valid_for_dagster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_instance_settings_are_valid_for_dagster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dagster as dg
 
     monkeypatch.setenv("DAGSTER_HOME", "/nowhere")
@@ -59,3 +65,17 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         cli.main(["train-everything"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_benchmark_delegates_to_the_repository_script(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_benchmark(["--help"], root=ROOT)
+    assert exit_info.value.code == 0
+    assert "docs/performance.md" in capsys.readouterr().out
+
+
+def test_benchmark_outside_the_project_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.run_benchmark([], root=tmp_path) == 2
+    assert "run it from the project root" in capsys.readouterr().err

@@ -14,7 +14,9 @@ from anomaly_pipelines_tests.defs.conftest import write_config
 
 def _day_file(folder: Path, day: str, rows: list[tuple[str, float]]) -> Path:
     path = folder / f"usage_{day}.csv"
-    frame = pd.DataFrame({"customer_id": [c for c, _ in rows], "Date": day, "TotalCost": [v for _, v in rows]})
+    frame = pd.DataFrame(
+        {"customer_id": [c for c, _ in rows], "Date": day, "TotalCost": [v for _, v in rows]}
+    )
     frame.to_csv(path, index=False)
     return path
 
@@ -27,7 +29,13 @@ def folder_setup(tmp_path: Path) -> tuple[Path, Path]:
     _day_file(folder, "2024-03-02", [("acme", 11.0), ("beta", 5.5), ("Gamma Ltd", 2.0)])
     config = write_config(
         tmp_path,
-        {"source": {"kind": "daily_folder", "path": str(folder), "daily": {"format": "notebook_csv"}}},
+        {
+            "source": {
+                "kind": "daily_folder",
+                "path": str(folder),
+                "daily": {"format": "notebook_csv"},
+            }
+        },
     )
     return folder, config
 
@@ -38,19 +46,29 @@ def test_sensor_requests_each_new_day_once(folder_setup: tuple[Path, Path]) -> N
     sensor = defs.resolve_sensor_def("daily_files_sensor")
     resources = {"pipeline_settings": PipelineSettings(config_path=str(config))}
     with dg.instance_for_test() as instance:
-        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources, repository_def=defs.get_repository_def()))
+        first = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, resources=resources, repository_def=defs.get_repository_def()
+            )
+        )
         assert [r.partition_key for r in first.run_requests] == ["2024-03-01", "2024-03-02"]
         assert first.cursor == "2024-03-02"
         again = sensor.evaluate_tick(
             dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, resources=resources, repository_def=defs.get_repository_def()
+                instance=instance,
+                cursor=first.cursor,
+                resources=resources,
+                repository_def=defs.get_repository_def(),
             )
         )
         assert not again.run_requests and again.skip_message == "no new daily files"
         _day_file(folder, "2024-03-03", [("acme", 12.0)])
         third = sensor.evaluate_tick(
             dg.build_sensor_context(
-                instance=instance, cursor=first.cursor, resources=resources, repository_def=defs.get_repository_def()
+                instance=instance,
+                cursor=first.cursor,
+                resources=resources,
+                repository_def=defs.get_repository_def(),
             )
         )
         assert [r.partition_key for r in third.run_requests] == ["2024-03-03"]
@@ -63,33 +81,50 @@ def test_sensor_skips_other_sources(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         result = sensor.evaluate_tick(
             dg.build_sensor_context(
-                instance=instance, resources={"pipeline_settings": PipelineSettings(config_path=str(config))}
+                instance=instance,
+                resources={"pipeline_settings": PipelineSettings(config_path=str(config))},
             )
         )
     assert not result.run_requests and "not 'daily_folder'" in result.skip_message
 
 
-def test_daily_partition_stages_and_validates_its_file(folder_setup: tuple[Path, Path], tmp_path: Path) -> None:
+def test_daily_partition_stages_and_validates_its_file(
+    folder_setup: tuple[Path, Path], tmp_path: Path
+) -> None:
     _, config = folder_setup
     defs = build_definitions(config_path=str(config))
     job = defs.resolve_job_def("daily_scoring_job")
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            instance=instance, partition_key="2024-03-02", asset_selection=[dg.AssetKey("daily_usage")]
+            instance=instance,
+            partition_key="2024-03-02",
+            asset_selection=[dg.AssetKey("daily_usage")],
         )
         usage = result.output_for_node("daily_usage")
         assert sorted(usage["customer_id"]) == ["Gamma Ltd", "acme", "beta"]
         assert (usage["timestamp"] == pd.Timestamp("2024-03-02", tz="UTC")).all()
-        assert usage.set_index("customer_id")["cost"].to_dict() == {"acme": 11.0, "beta": 5.5, "Gamma Ltd": 2.0}
+        assert usage.set_index("customer_id")["cost"].to_dict() == {
+            "acme": 11.0,
+            "beta": 5.5,
+            "Gamma Ltd": 2.0,
+        }
         staged = tmp_path / "staging" / "2024-03-02.csv"
         assert staged.is_file()
         # New customers became partitions, with file-safe keys.
-        assert set(instance.get_dynamic_partitions("customers")) == {"acme", "beta", "gamma-ltd-h" + _hash("Gamma Ltd")}
+        assert set(instance.get_dynamic_partitions("customers")) == {
+            "acme",
+            "beta",
+            "gamma-ltd-h" + _hash("Gamma Ltd"),
+        }
 
         empty = job.execute_in_process(
-            instance=instance, partition_key="2024-03-05", asset_selection=[dg.AssetKey("daily_usage")]
+            instance=instance,
+            partition_key="2024-03-05",
+            asset_selection=[dg.AssetKey("daily_usage")],
         )
-        assert empty.output_for_node("daily_usage").empty  # no file that day: a warning, not a failure
+        assert empty.output_for_node(
+            "daily_usage"
+        ).empty  # no file that day: a warning, not a failure
 
 
 def _hash(text: str) -> str:

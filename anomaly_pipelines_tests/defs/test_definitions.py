@@ -71,8 +71,14 @@ def test_customer_assets_are_dynamic_single_run_partitions() -> None:
 def test_jobs_schedule_and_sensor() -> None:
     names = {j.name for j in defs.resolve_all_job_defs()}
     assert {"ingest_job", "customer_job", "batch_job", "report_job", "daily_scoring_job"} <= names
-    assert defs.resolve_schedule_def("daily_scoring_schedule").default_status == dg.DefaultScheduleStatus.RUNNING
-    assert defs.resolve_sensor_def("daily_files_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    assert (
+        defs.resolve_schedule_def("daily_scoring_schedule").default_status
+        == dg.DefaultScheduleStatus.RUNNING
+    )
+    assert (
+        defs.resolve_sensor_def("daily_files_sensor").default_status
+        == dg.DefaultSensorStatus.STOPPED
+    )
 
 
 def test_build_definitions_binds_the_given_config(tmp_path: Path) -> None:
@@ -95,7 +101,11 @@ def test_loading_imports_no_heavy_library() -> None:
         "if m in sys.modules]))"
     )
     out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -114,8 +124,27 @@ def test_cli_loads_the_code_location(command: list[str]) -> None:
     env.pop("DAGSTER_HOME")
     started = time.perf_counter()
     out = subprocess.run(
-        [str(executable), *command[1:]], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300
+        [str(executable), *command[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     elapsed = time.perf_counter() - started
     print(f"{' '.join(command)}: {elapsed:.1f} s wall clock")  # measured, not asserted (shared CPU)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_report_before_any_scoring_fails_with_a_clear_message(tmp_path: Path) -> None:
+    from anomaly_pipelines_tests.defs.conftest import write_config
+
+    built = build_definitions(config_path=str(write_config(tmp_path)))
+    with dg.instance_for_test() as instance:
+        result = built.resolve_job_def("report_job").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    assert "no stored anomaly_scores" in str(failure.event_specific_data.error)
+    assert not (tmp_path / "outputs" / "scores" / "anomaly_scores.parquet").exists()

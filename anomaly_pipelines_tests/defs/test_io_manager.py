@@ -27,7 +27,8 @@ def frames(context: AssetExecutionContext) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "customer_id": [c for c in ids for _ in range(3)],
-            "timestamp": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta([i % 3 for i in range(3 * len(ids))], "D"),
+            "timestamp": pd.Timestamp("2024-01-01", tz="UTC")
+            + pd.to_timedelta([i % 3 for i in range(3 * len(ids))], "D"),
             "cost": [float(i) for i in range(3 * len(ids))],
         }
     )
@@ -35,7 +36,10 @@ def frames(context: AssetExecutionContext) -> pd.DataFrame:
 
 @dg.asset(partitions_def=PARTS, backfill_policy=SINGLE_RUN)
 def refs(context: AssetExecutionContext, frames: pd.DataFrame) -> dict[str, dict[str, int]]:
-    return {key: {"rows": int((frames["customer_id"].map(customer_key) == key).sum())} for key in context.partition_keys}
+    return {
+        key: {"rows": int((frames["customer_id"].map(customer_key) == key).sum())}
+        for key in context.partition_keys
+    }
 
 
 @dg.asset
@@ -64,7 +68,12 @@ def _io(tmp_path: Path) -> dict[str, PartitionedStorageIOManager]:
 
 def test_multi_partition_values_are_stored_per_partition(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
-        result = dg.materialize([frames, refs], instance=instance, resources=_io(tmp_path), tags=_range(KEYS[0], KEYS[-1]))
+        result = dg.materialize(
+            [frames, refs],
+            instance=instance,
+            resources=_io(tmp_path),
+            tags=_range(KEYS[0], KEYS[-1]),
+        )
         assert result.success
     for key, cid in zip(KEYS, IDS, strict=True):
         stored = pd.read_parquet(tmp_path / "storage" / "frames" / f"{key}.parquet")
@@ -77,8 +86,12 @@ def test_loading_all_partitions_skips_missing_ones_with_a_warning(tmp_path: Path
     with dg.instance_for_test() as instance:
         resources = _io(tmp_path)
         # Only two of the three partitions exist, written by two kinds of run.
-        dg.materialize([frames, refs], instance=instance, resources=resources, partition_key=KEYS[0])
-        dg.materialize([frames, refs], instance=instance, resources=resources, tags=_range(KEYS[1], KEYS[1]))
+        dg.materialize(
+            [frames, refs], instance=instance, resources=resources, partition_key=KEYS[0]
+        )
+        dg.materialize(
+            [frames, refs], instance=instance, resources=resources, tags=_range(KEYS[1], KEYS[1])
+        )
         result = dg.materialize(
             [frames, refs, combined], selection=[combined], instance=instance, resources=resources
         )
@@ -97,11 +110,17 @@ def test_loading_all_partitions_skips_missing_ones_with_a_warning(tmp_path: Path
 def test_a_missing_single_partition_is_an_error_naming_it(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [frames, refs], selection=[refs], instance=instance, resources=_io(tmp_path),
-            partition_key=KEYS[1], raise_on_error=False,
+            [frames, refs],
+            selection=[refs],
+            instance=instance,
+            resources=_io(tmp_path),
+            partition_key=KEYS[1],
+            raise_on_error=False,
         )
         assert not result.success
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+        failure = next(
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        )
         message = str(failure.event_specific_data.error)
         assert f"partition {KEYS[1]!r}" in message and "materialize it first" in message
 
@@ -116,8 +135,14 @@ def test_values_that_cannot_be_split_fail_clearly(
 ) -> None:
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            [asset], instance=instance, resources=_io(tmp_path), tags=_range(KEYS[0], KEYS[-1]), raise_on_error=False
+            [asset],
+            instance=instance,
+            resources=_io(tmp_path),
+            tags=_range(KEYS[0], KEYS[-1]),
+            raise_on_error=False,
         )
         assert not result.success
-        failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+        failure = next(
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        )
         assert expected in str(failure.event_specific_data.error)

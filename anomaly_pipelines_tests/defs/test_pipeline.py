@@ -8,7 +8,6 @@ on real outputs (files, the Dagster instance, the MLflow registry), nothing is m
 
 import contextlib
 import io
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,9 @@ def registry(config: PipelineConfig) -> ModelRegistry:
 
 
 @pytest.fixture(scope="module")
-def demo(workdir: Path, config_path: Path, config: PipelineConfig, registry: ModelRegistry) -> dict[str, Any]:
+def demo(
+    workdir: Path, config_path: Path, config: PipelineConfig, registry: ModelRegistry
+) -> dict[str, Any]:
     """``anomaly-pipelines demo`` exactly as a user runs it, into a temp DAGSTER_HOME; the
     registry state right after it is recorded here, before later steps change it."""
     home = workdir / "dagster_home"
@@ -61,9 +62,19 @@ def demo(workdir: Path, config_path: Path, config: PipelineConfig, registry: Mod
         mp.setenv("DAGSTER_HOME", str(home))  # restored afterwards; the CLI sets it too
         with contextlib.redirect_stdout(out):
             code = cli.main(
-                ["demo", "--config-file", str(config_path), "--dagster-home", str(home), "--log-level", "WARNING"]
+                [
+                    "demo",
+                    "--config-file",
+                    str(config_path),
+                    "--dagster-home",
+                    str(home),
+                    "--log-level",
+                    "WARNING",
+                ]
             )
-    customers = sorted(generate_usage(**config.source.synthetic.model_dump()).usage["customer_id"].unique())
+    customers = sorted(
+        generate_usage(**config.source.synthetic.model_dump()).usage["customer_id"].unique()
+    )
     return {
         "code": code,
         "printed": out.getvalue(),
@@ -91,13 +102,18 @@ def batch_scores(demo: dict[str, Any], config: PipelineConfig) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def retrained(demo: dict[str, Any], instance: Any, defs: dg.Definitions, config_path: Path) -> dg.ExecuteInProcessResult:
+def retrained(
+    demo: dict[str, Any], instance: Any, defs: dg.Definitions, config_path: Path
+) -> dg.ExecuteInProcessResult:
     """A per-customer run with a per-run override (another training seed), so the customer's
     second model version differs from the first."""
     run_config = {
         "resources": {
             "pipeline_settings": {
-                "config": {"config_path": str(config_path), "overrides": {"training": {"seed": 1234}}}
+                "config": {
+                    "config_path": str(config_path),
+                    "overrides": {"training": {"seed": 1234}},
+                }
             }
         }
     }
@@ -124,7 +140,9 @@ def test_demo_prints_where_everything_is(demo: dict[str, Any], config: PipelineC
     assert (demo["home"] / "dagster.yaml").read_text() == Path("configs/dagster.yaml").read_text()
 
 
-def test_batch_is_one_run_that_materializes_every_asset_and_partition(demo: dict[str, Any], instance: Any) -> None:
+def test_batch_is_one_run_that_materializes_every_asset_and_partition(
+    demo: dict[str, Any], instance: Any
+) -> None:
     keys = {customer_key(c) for c in demo["customers"]}
     assert set(instance.get_dynamic_partitions("customers")) == keys
     runs = instance.get_run_records()
@@ -144,7 +162,9 @@ def test_asset_checks_pass(demo: dict[str, Any], instance: Any) -> None:
     ingest = next(r for r in instance.get_run_records() if r.dagster_run.job_name == "ingest_job")
     evaluations = []
     for record in (ingest, batch):
-        for event in instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION):
+        for event in instance.all_logs(
+            record.dagster_run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
             evaluations.append(event.dagster_event.event_specific_data)
     names = {e.check_name: e.passed for e in evaluations}
     assert {
@@ -163,7 +183,9 @@ def test_registry_has_one_version_per_customer_with_champion(demo: dict[str, Any
     assert demo["champions"] == {cid: "1" for cid in demo["customers"]}
 
 
-def test_mlflow_run_has_params_metrics_plots_and_report(demo: dict[str, Any], config: PipelineConfig) -> None:
+def test_mlflow_run_has_params_metrics_plots_and_report(
+    demo: dict[str, Any], config: PipelineConfig
+) -> None:
     client = mlflow.MlflowClient(tracking_uri=config.mlflow.tracking_uri)
     experiment = client.get_experiment_by_name(config.mlflow.experiment)
     runs = client.search_runs([experiment.experiment_id])
@@ -175,11 +197,15 @@ def test_mlflow_run_has_params_metrics_plots_and_report(demo: dict[str, Any], co
     assert any(v == str(config.lstm.epochs) for k, v in run.data.params.items() if "epochs" in k)
     plots = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     assert plots and all(p.endswith(".png") for p in plots)
-    report_files = {Path(a.path).name for a in client.list_artifacts(reports[0].info.run_id, "report")}
+    report_files = {
+        Path(a.path).name for a in client.list_artifacts(reports[0].info.run_id, "report")
+    }
     assert {"report.html", "summary.md"} <= report_files
 
 
-def test_export_schema_and_rows(batch_scores: pd.DataFrame, config: PipelineConfig, demo: dict[str, Any]) -> None:
+def test_export_schema_and_rows(
+    batch_scores: pd.DataFrame, config: PipelineConfig, demo: dict[str, Any]
+) -> None:
     csv = pd.read_csv(Path(config.output.directory) / "scores" / "anomaly_scores.csv")
     assert list(batch_scores.columns) == SCORE_COLUMNS
     assert list(csv.columns) == SCORE_COLUMNS
@@ -229,13 +255,17 @@ def test_outputs_on_disk(demo: dict[str, Any], config: PipelineConfig) -> None:
 
 def _latest_metadata(instance: Any, asset: str, partition: str | None = None) -> dict[str, Any]:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None),
+        dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=[partition] if partition else None
+        ),
         limit=1,
     ).records
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def test_metadata_per_customer_and_for_the_run(demo: dict[str, Any], instance: Any, batch_scores: pd.DataFrame) -> None:
+def test_metadata_per_customer_and_for_the_run(
+    demo: dict[str, Any], instance: Any, batch_scores: pd.DataFrame
+) -> None:
     key = customer_key("customer-003")
     scores = _latest_metadata(instance, "anomaly_scores", key)
     mine = batch_scores[batch_scores["customer_id"] == "customer-003"]
@@ -263,7 +293,8 @@ def test_per_customer_run_processes_one_partition_and_registers_a_new_version(
 ) -> None:
     assert retrained.success
     partitions = {
-        e.event_specific_data.materialization.partition for e in retrained.get_asset_materialization_events()
+        e.event_specific_data.materialization.partition
+        for e in retrained.get_asset_materialization_events()
     }
     assert partitions == {customer_key(RETRAINED)}
     assert registry.versions(RETRAINED) == ["1", "2"]
@@ -302,33 +333,51 @@ def test_moving_the_champion_alias_changes_what_scores(
 # -- the daily schedule ----------------------------------------------------------------------------
 
 
-def test_daily_schedule_requests_the_day_that_just_ended_and_its_run_scores_every_customer(
-    demo: dict[str, Any],
-    instance: Any,
-    defs: dg.Definitions,
-    batch_scores: pd.DataFrame,
-    config: PipelineConfig,
-) -> None:
+@pytest.fixture(scope="module")
+def daily(
+    demo: dict[str, Any], instance: Any, defs: dg.Definitions, config: PipelineConfig
+) -> dict[str, Any]:
+    """Evaluate the schedule's tick for the morning after the data's last day (no waiting),
+    then execute the run it requests."""
     schedule = defs.resolve_schedule_def("daily_scoring_schedule")
-    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert schedule.job_name == "daily_scoring_job"
-    last_day = pd.Timestamp(config.source.synthetic.start, tz="UTC") + pd.Timedelta(days=config.source.synthetic.days - 1)
-    tick_time = (last_day + pd.Timedelta(days=1, hours=config.orchestration.daily_hour)).to_pydatetime()
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick_time.astimezone(UTC))
+    synthetic = config.source.synthetic
+    last_day = pd.Timestamp(synthetic.start, tz="UTC") + pd.Timedelta(days=synthetic.days - 1)
+    tick = last_day + pd.Timedelta(days=1, hours=config.orchestration.daily_hour)
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=tick.to_pydatetime()
+    )
     requests = schedule.evaluate_tick(context).run_requests
     assert requests is not None and len(requests) == 1
-    assert requests[0].partition_key == last_day.strftime("%Y-%m-%d")
-
     result = defs.resolve_job_def("daily_scoring_job").execute_in_process(
         instance=instance, partition_key=requests[0].partition_key
     )
-    daily = result.output_for_node("daily_scores")
-    assert sorted(daily["customer_id"]) == demo["customers"]
-    assert (daily["as_of"] == requests[0].partition_key).all()
-    assert (daily["status"] == "scored").all()
-    # Customers whose champion is still the batch model get exactly the batch score of that day.
-    same_model = daily[daily["customer_id"] != RETRAINED].merge(
+    return {"schedule": schedule, "request": requests[0], "last_day": last_day, "result": result}
+
+
+def test_daily_schedule_requests_the_day_that_just_ended_and_its_run_scores_every_customer(
+    daily: dict[str, Any], demo: dict[str, Any], batch_scores: pd.DataFrame
+) -> None:
+    schedule, request = daily["schedule"], daily["request"]
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.job_name == "daily_scoring_job"
+    assert request.partition_key == daily["last_day"].strftime("%Y-%m-%d")
+    assert daily["result"].success
+    scores = daily["result"].output_for_node("daily_scores")
+    assert sorted(scores["customer_id"]) == demo["customers"]
+    assert (scores["as_of"] == request.partition_key).all()
+    assert (scores["timestamp"] <= daily["last_day"]).all()
+    assert (scores["status"] == "scored").all()
+    # Customers whose champion is still the batch model get exactly the batch score of that day
+    # (the daily run scores only the tail of each history: it must not change the result).
+    same_model = _daily_vs_batch(scores, batch_scores)
+    assert len(same_model) == len(demo["customers"]) - 1
+    np.testing.assert_allclose(
+        same_model["hybrid_score"], same_model["hybrid_score_batch"], rtol=1e-6
+    )
+    assert (same_model["is_anomaly"] == same_model["is_anomaly_batch"]).all()
+
+
+def _daily_vs_batch(daily_scores: pd.DataFrame, batch_scores: pd.DataFrame) -> pd.DataFrame:
+    return daily_scores[daily_scores["customer_id"] != RETRAINED].merge(
         batch_scores, on=["customer_id", "timestamp"], suffixes=("", "_batch")
     )
-    assert len(same_model) == len(demo["customers"]) - 1
-    np.testing.assert_allclose(same_model["hybrid_score"], same_model["hybrid_score_batch"], rtol=1e-6)

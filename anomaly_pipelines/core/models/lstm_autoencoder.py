@@ -265,14 +265,16 @@ def train_autoencoders(
     return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run)
 
 
-def _masked_mse(layer: Any, x: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def _masked_mse(layer: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     errors = reconstruction_errors_padded(layer, x)
     return (errors * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1.0)
 
 
-def reconstruction_errors_padded(layer: Any, x: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def reconstruction_errors_padded(layer: Any, x: np.ndarray) -> np.ndarray:
     """Mean squared reconstruction error per window: ``x`` is (n, customers, window)."""
     keras = keras_module()
+    # Each step holds (chunk, customers, 4 * units) gate activations: bound that to ~64 MB.
+    chunk = max(1, (16 * 2**20) // max(1, x.shape[1] * 4 * layer.units))
     out = np.zeros(x.shape[:2], dtype=np.float64)
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]

@@ -53,7 +53,7 @@ def fit_isolation_forest(windows: np.ndarray, config: IsolationForestConfig, see
 def fit_local_outlier_factor(windows: np.ndarray, config: LocalOutlierFactorConfig) -> LocalOutlierFactor:
     features = window_features(windows)
     neighbours = max(1, min(config.n_neighbors, len(features) - 1))
-    return LocalOutlierFactor(n_neighbors=neighbours, novelty=True).fit(features)
+    return LocalOutlierFactor(n_neighbors=neighbours, novelty=True, algorithm=config.algorithm).fit(features)
 
 
 def anomaly_score(model: IsolationForest | LocalOutlierFactor, windows: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ partitions are registered from the validated rows, so a new customer in the data
 partition without a code change.
 """
 
-
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,9 @@ def register_customers(context: AssetExecutionContext, customer_ids: pd.Series) 
 
 
 @dg.asset(group_name="ingest", kinds={"pandas"})
-def raw_usage(context: AssetExecutionContext, pipeline_settings: PipelineSettings) -> dg.Output[Any]:
+def raw_usage(
+    context: AssetExecutionContext, pipeline_settings: PipelineSettings
+) -> dg.Output[Any]:
     """Billing rows exactly as the configured source holds them (``source.kind``/``source.path``),
     values still text, plus the lines the readers could not parse. Kept apart from validation so
     a parse problem can be inspected without re-reading the files."""
@@ -74,7 +75,9 @@ def raw_usage(context: AssetExecutionContext, pipeline_settings: PipelineSetting
             "rejected_while_reading": len(raw.rejected),
             "rows_per_file": md(
                 markdown_table(
-                    pd.DataFrame({"file": list(raw.rows_per_file), "rows": list(raw.rows_per_file.values())})
+                    pd.DataFrame(
+                        {"file": list(raw.rows_per_file), "rows": list(raw.rows_per_file.values())}
+                    )
                 )
             ),
             "preview": md(markdown_table(raw.frame.head(10))),
@@ -111,7 +114,11 @@ def validated_usage(
     from anomaly_pipelines.core.validation import LoadedUsage, validate_rows
 
     config = pipeline_settings.load()
-    loaded = raw_usage if isinstance(raw_usage, LoadedUsage) else validate_rows(raw_usage, config.source, config.preprocess)
+    loaded = (
+        raw_usage
+        if isinstance(raw_usage, LoadedUsage)
+        else validate_rows(raw_usage, config.source, config.preprocess)
+    )
     new_keys = register_customers(context, loaded.usage["customer_id"])
     summary = loaded.summary()
     by_check = (
@@ -146,7 +153,9 @@ def validated_usage(
             "row_count": len(loaded.signals),
             "by_category": md(
                 markdown_table(
-                    loaded.signals.groupby("charge_category")["cost"].agg(["size", "sum"]).reset_index()
+                    loaded.signals.groupby("charge_category")["cost"]
+                    .agg(["size", "sum"])
+                    .reset_index()
                     if len(loaded.signals)
                     else pd.DataFrame()
                 )
@@ -156,7 +165,9 @@ def validated_usage(
 
 
 @dg.asset(partitions_def=daily_partitions, group_name="daily", kinds={"pandas"})
-def daily_usage(context: AssetExecutionContext, pipeline_settings: PipelineSettings) -> dg.Output[pd.DataFrame]:
+def daily_usage(
+    context: AssetExecutionContext, pipeline_settings: PipelineSettings
+) -> dg.Output[pd.DataFrame]:
     """One day of validated usage rows. For a ``daily_folder`` source the day's newest file is
     first copied to ``output.staging_directory`` (so a re-delivery mid-run cannot change what was
     read) and validated alone; for other sources the day is cut from the loaded source. New
@@ -175,9 +186,14 @@ def daily_usage(context: AssetExecutionContext, pipeline_settings: PipelineSetti
             usage = load_day(config.source, config.preprocess, day, staged).usage
     else:
         window = context.partition_time_window
-        start, end = pd.Timestamp(window.start).tz_convert("UTC"), pd.Timestamp(window.end).tz_convert("UTC")
+        start, end = (
+            pd.Timestamp(window.start).tz_convert("UTC"),
+            pd.Timestamp(window.end).tz_convert("UTC"),
+        )
         loaded = load_usage(config.source, config.preprocess).usage
-        usage = loaded[(loaded["timestamp"] >= start) & (loaded["timestamp"] < end)].reset_index(drop=True)
+        usage = loaded[(loaded["timestamp"] >= start) & (loaded["timestamp"] < end)].reset_index(
+            drop=True
+        )
         if usage.empty:
             context.log.warning(f"the {config.source.kind} source has no rows on {day}")
     new_keys = register_customers(context, usage["customer_id"]) if len(usage) else []

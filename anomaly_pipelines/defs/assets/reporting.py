@@ -5,7 +5,6 @@ stored scores, so a per-customer rerun followed by a report refresh gives the sa
 full batch. Customers whose scoring never ran are skipped with a warning by the IO manager.
 """
 
-
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +28,15 @@ from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSet
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 EXPORT_NAME = "anomaly_scores"
+
+
+def require_scores(scores: pd.DataFrame) -> None:
+    """An export or report of nothing is a mistake in the order of runs, not an empty file."""
+    if scores.empty:
+        raise dg.Failure(
+            description="no stored anomaly_scores for any customer: run ingest_job, then "
+            "batch_job (or customer_job for some customers), before the export and the report"
+        )
 
 
 def output_dir(config: PipelineConfig, *parts: str) -> Path:
@@ -94,16 +102,21 @@ def anomaly_plots(
 
 @dg.asset(group_name="reporting", kinds={"parquet", "csv"}, backfill_policy=SINGLE_RUN)
 def scores_export(
-    context: AssetExecutionContext, anomaly_scores: pd.DataFrame, pipeline_settings: PipelineSettings
+    context: AssetExecutionContext,
+    anomaly_scores: pd.DataFrame,
+    pipeline_settings: PipelineSettings,
 ) -> dg.MaterializeResult:
     """Every customer's scores in one table for BI tools and notebooks, as Parquet (typed) and
     CSV (anything can read it), at ``<output.directory>/scores/anomaly_scores.{parquet,csv}``."""
     config = pipeline_settings.load()
+    require_scores(anomaly_scores)
     parquet_path, csv_path = export_paths(config)
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
     scores = anomaly_scores
     if len(scores):
-        scores = scores.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(drop=True)
+        scores = scores.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(
+            drop=True
+        )
     _atomic(parquet_path, lambda p: scores.to_parquet(p, index=False))
     _atomic(csv_path, lambda p: scores.to_csv(p, index=False))
     anomalies = scores[scores["is_anomaly"].astype(bool)] if len(scores) else scores
@@ -119,7 +132,14 @@ def scores_export(
             "latest_anomalies": md(
                 markdown_table(
                     anomalies.sort_values("timestamp", ascending=False)[
-                        ["customer_id", "timestamp", "cost", "expected_cost", "hybrid_score", "reasons"]
+                        [
+                            "customer_id",
+                            "timestamp",
+                            "cost",
+                            "expected_cost",
+                            "hybrid_score",
+                            "reasons",
+                        ]
                     ]
                     if len(anomalies)
                     else anomalies
@@ -145,12 +165,17 @@ def anomaly_report(
     from anomaly_pipelines.core.report import write_report
 
     config = pipeline_settings.load()
+    require_scores(anomaly_scores)
     directory = output_dir(config, "report")
     portfolio = plot_portfolio(
         anomaly_scores, anomaly_explanations, output_dir(config, "plots") / "portfolio.png"
     )
     plots_by_customer: dict[str, Path] = {}
-    key_to_id = {customer_key(str(c)): str(c) for c in anomaly_scores["customer_id"].unique()} if len(anomaly_scores) else {}
+    key_to_id = (
+        {customer_key(str(c)): str(c) for c in anomaly_scores["customer_id"].unique()}
+        if len(anomaly_scores)
+        else {}
+    )
     for key, path in anomaly_plots.items():
         if key in key_to_id and Path(path).is_file():
             plots_by_customer[key_to_id[key]] = Path(path)

@@ -5,7 +5,6 @@ Every customer-partitioned asset handles one key or many keys in one call
 backfill) passes them all, so a batch is one process doing vectorised work, not N runs.
 """
 
-
 from typing import Any
 
 import dagster as dg
@@ -43,7 +42,9 @@ def rows_for_partitions(
     kinds={"pandas"},
 )
 def customer_series(
-    context: AssetExecutionContext, validated_usage: pd.DataFrame, pipeline_settings: PipelineSettings
+    context: AssetExecutionContext,
+    validated_usage: pd.DataFrame,
+    pipeline_settings: PipelineSettings,
 ) -> dg.Output[pd.DataFrame]:
     """One evenly spaced cost series per customer: the models need a value at every step, and
     billing exports skip days. Gaps are filled by the configured policy and marked in
@@ -98,7 +99,9 @@ def customer_series(
     kinds={"numpy"},
 )
 def windowed_sequences(
-    context: AssetExecutionContext, customer_series: pd.DataFrame, pipeline_settings: PipelineSettings
+    context: AssetExecutionContext,
+    customer_series: pd.DataFrame,
+    pipeline_settings: PipelineSettings,
 ) -> dg.Output[dict[str, dict[str, Any]]]:
     """Each customer's chronological train/test split and its sliding windows.
 

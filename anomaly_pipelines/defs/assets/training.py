@@ -7,7 +7,6 @@ Python loop over small models. The three assets hold small references to what ML
 ``champion`` alias from.
 """
 
-
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,9 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 TRAINING_PLOT_CUSTOMERS = 20
 
 
-def training_plot(series: list[Any], fitted: Any, config: PipelineConfig, run_id: str) -> Path | None:
+def training_plot(
+    series: list[Any], fitted: Any, config: PipelineConfig, run_id: str
+) -> Path | None:
     """The freshly fitted models' scores over their own history, as one portfolio plot logged
     with the MLflow run: a reviewer comparing two trainings sees what each would have flagged."""
     if not fitted.calibrations:
@@ -36,10 +37,16 @@ def training_plot(series: list[Any], fitted: Any, config: PipelineConfig, run_id
     from anomaly_pipelines.core.plots import plot_portfolio
 
     scores = score_series(series, fitted, config)
-    incidents = find_incidents(scores, config.explain.max_gap_steps, severity_pct=config.explain.severity_pct)
+    incidents = find_incidents(
+        scores, config.explain.max_gap_steps, severity_pct=config.explain.severity_pct
+    )
     directory = Path(config.output.directory) / "plots" / "training"
     directory.mkdir(parents=True, exist_ok=True)
-    return plot_portfolio(scores, incidents, directory / f"training-{run_id[:8]}.png", top_n=TRAINING_PLOT_CUSTOMERS)
+    return plot_portfolio(
+        scores, incidents, directory / f"training-{run_id[:8]}.png", top_n=TRAINING_PLOT_CUSTOMERS
+    )
+
+
 MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
 
 
@@ -123,7 +130,9 @@ def trained_models(
         add_partition_metadata(
             context,
             {
-                key: {f"customer_{k}": v for k, v in ref.items() if v is not None and k != "component"}
+                key: {
+                    f"customer_{k}": v for k, v in ref.items() if v is not None and k != "component"
+                }
                 for key, ref in refs[name].items()
             },
             asset_key=name,
@@ -137,7 +146,11 @@ def trained_models(
             markdown_table(
                 pd.DataFrame(
                     [
-                        {"customer_id": c, "registered_name": record.registered_names.get(c), "version": v}
+                        {
+                            "customer_id": c,
+                            "registered_name": record.registered_names.get(c),
+                            "version": v,
+                        }
                         for c, v in sorted(record.model_versions.items())
                     ]
                 )

@@ -1,0 +1,1 @@
+"""Assets by stage: ingest, series, training, scoring, reporting (in graph order)."""
