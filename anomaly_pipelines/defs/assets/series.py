@@ -115,7 +115,9 @@ def windowed_sequences(
     out: dict[str, dict[str, Any]] = {}
     rows = []
     for series in frame_to_series(customer_series):
-        n_train = max(int(len(series) * config.training.train_fraction), 2)
+        # A customer with one or two days of data must not fail the batch: it is kept (and
+        # scored as "insufficient history" downstream) with all of its steps as training.
+        n_train = min(len(series), max(int(len(series) * config.training.train_fraction), 2))
         # Same sizing rule as the detector: never more than a quarter of the training steps.
         window = min(window_size(series.frequency, config.windows), max(n_train // 4, 2))
         scaler = Scaler.fit(series.values[:n_train], config.windows.scaler)
