@@ -124,7 +124,6 @@ def project_training(customers: int, days: int, subset: int, epochs: int) -> dic
 
 def prepare_champions(customers: int, days: int, store: str) -> dict[str, Any]:
     """Train (one epoch: the speed of scoring does not depend on model quality) and register."""
-    from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors
     from anomaly_pipelines.core.registry import ModelRegistry
     from anomaly_pipelines.core.series import regularize

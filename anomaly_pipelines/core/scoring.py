@@ -54,7 +54,7 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
         level = _past_median(values - offset, period)
         offset = _lagged_median(values - level, lags)
         expected = np.where(np.isnan(offset), short, level + offset)
-    first = values[..., :1] if n else np.zeros(values.shape[:-1] + (1,))
+    first = values[..., :1] if n else np.zeros((*values.shape[:-1], 1))
     return np.where(np.isnan(expected), first, expected)
 
 
@@ -67,7 +67,7 @@ def _nanmedian(values: np.ndarray) -> np.ndarray:
 def _past_median(values: np.ndarray, steps: int) -> np.ndarray:
     """Median of the previous ``steps`` values (the current one excluded); NaN until at least
     half of them exist, so early offsets are not measured against a one-value "level"."""
-    pad = np.full(values.shape[:-1] + (steps,), np.nan)
+    pad = np.full((*values.shape[:-1], steps), np.nan)
     windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, values], axis=-1), steps, axis=-1)
     windows = windows[..., : values.shape[-1], :]
     out = _nanmedian(windows)
@@ -77,7 +77,7 @@ def _past_median(values: np.ndarray, steps: int) -> np.ndarray:
 
 def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> np.ndarray:
     n = values.shape[-1]
-    lagged = np.full(values.shape + (len(lags),), np.nan)
+    lagged = np.full((*values.shape, len(lags)), np.nan)
     for j, lag in enumerate(lags):
         if lag < n:
             lagged[..., lag:, j] = values[..., : n - lag]
@@ -89,7 +89,7 @@ def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> n
 def trailing_mean(values: np.ndarray, span: int) -> np.ndarray:
     """Mean of the last ``span`` values including the current one (fewer at the start)."""
     n = values.shape[-1]
-    zero = np.zeros(values.shape[:-1] + (1,))
+    zero = np.zeros((*values.shape[:-1], 1))
     total = np.concatenate([zero, np.cumsum(values, axis=-1)], axis=-1)
     idx = np.arange(n)
     low = np.maximum(0, idx - span + 1)
