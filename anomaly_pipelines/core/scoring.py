@@ -14,7 +14,7 @@ The hybrid rule: each continuous signal is divided by its own threshold, learned
 training part of that series (a high quantile of its training scores), so 1.0 means "as unusual
 as the rarest training behaviour". The hybrid score is the mean of the two largest normalised
 signals: one detector alone must be twice as sure as two that agree. A step is an anomaly when
-the hybrid score reaches ``decision_threshold`` (1.0). ``reasons`` lists each signal at or above
+the hybrid score reaches ``decision_threshold`` (1.25). ``reasons`` lists each signal at or above
 its own threshold.
 """
 
