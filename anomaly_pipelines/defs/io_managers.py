@@ -81,15 +81,15 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, pd.DataFrame):
             target = stem.with_name(stem.name + PARQUET)
             try:
-                _atomic_write(target, lambda p: obj.to_parquet(p, index=False))
+                atomic_write(target, lambda p: obj.to_parquet(p, index=False))
             except (TypeError, ValueError, NotImplementedError):
                 # Arrow's errors subclass these; columns it cannot type (mixed Python objects)
                 # are still stored, as pickle.
                 target = stem.with_name(stem.name + PICKLE)
-                _atomic_write(target, lambda p: p.write_bytes(pickle.dumps(obj)))
+                atomic_write(target, lambda p: p.write_bytes(pickle.dumps(obj)))
         else:
             target = stem.with_name(stem.name + PICKLE)
-            _atomic_write(target, lambda p: p.write_bytes(pickle.dumps(obj)))
+            atomic_write(target, lambda p: p.write_bytes(pickle.dumps(obj)))
         # A stale file in the other format would shadow or confuse later loads.
         for suffix in (PARQUET, PICKLE):
             other = stem.with_name(stem.name + suffix)
@@ -134,7 +134,7 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
         return _combine(list(found.values()), context)
 
 
-def _atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
+def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
     """Write to a temporary file in the same directory, then rename: readers of a partition never
     see a half-written file while another run rewrites it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

@@ -5,8 +5,6 @@ stored scores, so a per-customer rerun followed by a report refresh gives the sa
 full batch. Customers whose scoring never ran are skipped with a warning by the IO manager.
 """
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.ids import customer_key
+from anomaly_pipelines.defs.io_managers import atomic_write
 from anomaly_pipelines.defs.metadata import (
     add_partition_metadata,
     image_markdown,
@@ -117,8 +116,8 @@ def scores_export(
         scores = scores.sort_values(["customer_id", "timestamp"], kind="stable").reset_index(
             drop=True
         )
-    _atomic(parquet_path, lambda p: scores.to_parquet(p, index=False))
-    _atomic(csv_path, lambda p: scores.to_csv(p, index=False))
+    atomic_write(parquet_path, lambda p: scores.to_parquet(p, index=False))
+    atomic_write(csv_path, lambda p: scores.to_csv(p, index=False))
     anomalies = scores[scores["is_anomaly"].astype(bool)] if len(scores) else scores
     return dg.MaterializeResult(
         metadata={
@@ -200,15 +199,3 @@ def anomaly_report(
         }
     )
 
-
-def _atomic(target: Path, write: Any) -> None:
-    """Readers (a BI tool polling the export) never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
