@@ -30,7 +30,7 @@ class SyntheticSourceConfig(_Section):
 
 
 class FocusSourceConfig(_Section):
-    """FinOps FOCUS (1.0 and later) exports; see docs/sources.md."""
+    """FinOps FOCUS (1.0 and later) exports; see the README section "Billing sources"."""
 
     # Whose series a row belongs to: a column (SubAccountId, BillingAccountId, ...) or
     # "tag:<key>" for a key of the JSON ``Tags`` column.
