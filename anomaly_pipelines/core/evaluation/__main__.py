@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from anomaly_pipelines.core.config import load_config
+from anomaly_pipelines.core.evaluation.cache import default_cache_dir
 from anomaly_pipelines.core.evaluation.datasets import DATASETS, project_root
 from anomaly_pipelines.core.evaluation.runner import (
     DEFAULT_DATASETS,
@@ -55,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nab-root", type=Path, default=None, help="a NAB checkout, for --datasets nab")
     parser.add_argument("--data-root", type=Path, default=None, help="shared data folder (default: ../shared/data)")
     parser.add_argument("--tolerance", type=int, default=EVENT_TOLERANCE, help="event tolerance in steps")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="reuse detector outputs while data, config and code are unchanged (default: %(default)s)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="run every detector afresh")
     args = parser.parse_args(argv)
     run_evaluation(
         args.datasets,
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root=args.data_root,
         nab_root=args.nab_root,
         out=args.out,
+        cache_dir=None if args.no_cache else args.cache_dir,
     )
     print(f"report written to {args.out}", file=sys.stderr)
     return 0

@@ -115,9 +115,12 @@ def robust_zscore(values: np.ndarray, config: PipelineConfig) -> BaselineResult:
 
 
 def _modified_z(value: float, history: np.ndarray) -> float:
-    median = np.median(history)
+    median = float(np.median(history))
     deviation = np.abs(history - median)
-    return float(_z_from(np.array([value]), np.array([median]), np.array([np.median(deviation)]), np.array([deviation.mean()]))[0])
+    z = _z_from(
+        np.array([value]), np.array([median]), np.array([np.median(deviation)]), np.array([deviation.mean()])
+    )
+    return float(z[0])
 
 
 def _z_from(value: np.ndarray, median: np.ndarray, mad: np.ndarray, mean_ad: np.ndarray) -> np.ndarray:

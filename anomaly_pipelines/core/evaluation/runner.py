@@ -19,9 +19,9 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ import pandas as pd
 from anomaly_pipelines.core import scoring
 from anomaly_pipelines.core.api import detect
 from anomaly_pipelines.core.config import PipelineConfig, as_config
-from anomaly_pipelines.core.evaluation import metrics
+from anomaly_pipelines.core.evaluation import cache, metrics
 from anomaly_pipelines.core.evaluation.baselines import BASELINES
 from anomaly_pipelines.core.evaluation.datasets import LabelledSeries, describe, load_dataset
 
@@ -212,14 +212,43 @@ def score_detection(
 # --- running -------------------------------------------------------------------------------------
 
 
+def _run_detector(
+    detector: str,
+    series: list[LabelledSeries],
+    config: PipelineConfig,
+    cache_dir: Path | None,
+    say: Callable[[str], None],
+) -> list[Detection]:
+    """Run one detector (the hybrid yields itself and its components), or reuse a cached run."""
+    key = cache.cache_key(detector, series, config) if cache_dir is not None else ""
+    if cache_dir is not None:
+        hit = cache.load(cache_dir, key)
+        if hit is not None:
+            detections = [Detection(**entry) for entry in hit]
+            detections[0].notes.append(f"cached result ({cache_dir / key}); times are from the run that made it")
+            return detections
+    if detector == "hybrid":
+        produced = run_hybrid(series, config)
+    else:
+        produced = [run_baseline(detector, series, config, say)]
+    if cache_dir is not None:
+        cache.save(cache_dir, key, [s.name for s in series], [asdict(d) for d in produced])
+    return produced
+
+
 def evaluate(
     datasets: dict[str, list[LabelledSeries]],
     config: PipelineConfig | None = None,
     detectors: list[str] | None = None,
     tolerance: int = EVENT_TOLERANCE,
     progress: Callable[[str], None] | None = None,
+    cache_dir: Path | None = None,
 ) -> pd.DataFrame:
-    """Every requested detector on every given data set; one row per (data set, detector)."""
+    """Every requested detector on every given data set; one row per (data set, detector).
+
+    With ``cache_dir``, each detector's output on each data set is stored there and reused
+    while the data, the configuration and the detector's code are unchanged (see ``cache``).
+    """
     cfg = as_config(config)
     wanted = list(detectors) if detectors is not None else list(DETECTORS)
     unknown = [d for d in wanted if d not in DETECTORS]
@@ -233,10 +262,7 @@ def evaluate(
         detections: list[Detection] = []
         for detector in wanted:
             say(f"[{name}] {detector} on {len(series)} series ...")
-            if detector == "hybrid":
-                produced = run_hybrid(series, cfg)
-            else:
-                produced = [run_baseline(detector, series, cfg, say)]
+            produced = _run_detector(detector, series, cfg, cache_dir, say)
             detections.extend(produced)
             say(f"[{name}] {detector} done in {produced[0].seconds or 0.0:.1f} s")
         for detection in detections:
@@ -261,13 +287,18 @@ def run_evaluation(
     nab_root: Path | None = None,
     out: Path | None = None,
     echo: bool = True,
+    cache_dir: Path | Literal["default"] | None = "default",
 ) -> pd.DataFrame:
     """Load the named data sets, run the detectors, print the report; return the figures.
 
     A data set whose files are absent (the shared Cloud Monitoring folder, say) is skipped with
     the reason in the report rather than failing the whole run. ``out`` also writes the report
-    as Markdown (the generated ``docs/evaluation.md``).
+    as Markdown (the generated ``docs/evaluation.md``). Detector outputs are cached in
+    ``cache_dir`` (by default ``cache.default_cache_dir()``; ``None`` turns the cache off), so
+    after a change to the detector only the hybrid runs again, and an interrupted run resumes.
     """
+    if cache_dir == "default":
+        cache_dir = cache.default_cache_dir()
     say = (lambda message: print(message, flush=True)) if echo else (lambda _message: None)
     started = time.perf_counter()
     loaded: dict[str, list[LabelledSeries]] = {}
@@ -278,7 +309,7 @@ def run_evaluation(
         except FileNotFoundError as exc:
             skipped[name] = str(exc)
             say(f"[{name}] skipped: {exc}")
-    result = evaluate(loaded, config, detectors, tolerance, progress=say)
+    result = evaluate(loaded, config, detectors, tolerance, progress=say, cache_dir=cache_dir)
     result.attrs["skipped"] = skipped
     result.attrs["quick"] = quick
     result.attrs["total_seconds"] = time.perf_counter() - started
