@@ -36,7 +36,9 @@ def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in usage.columns]
     if missing:
         raise ValueError(
-            f"detect(): input frame is missing column(s) {missing}; it has {list(usage.columns)}"
+            f"detect(): input frame is missing column(s) {missing}; it has {list(usage.columns)}. "
+            "Rename yours, e.g. usage.rename(columns={'account': 'customer_id', 'date': "
+            "'timestamp', 'amount': 'cost'})"
         )
     frame = usage[list(REQUIRED)].copy()
     frame["customer_id"] = frame["customer_id"].astype(str)

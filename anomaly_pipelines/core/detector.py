@@ -250,6 +250,15 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     cal.residual_sigma = scoring.robust_sigma(scaled, floor=floor)
 
 
+def training_layout(series: CustomerSeries, config: PipelineConfig) -> tuple[int, int]:
+    """(training steps, window size) of a series: the first ``train_fraction`` of its history
+    (at least 2 steps, at most all of them) and the configured window, never more than a
+    quarter of the training steps so a short series still yields several windows."""
+    n_train = min(len(series), max(int(len(series) * config.training.train_fraction), 2))
+    window = min(window_size(series.frequency, config.windows), max(n_train // 4, 2))
+    return n_train, window
+
+
 def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> FittedDetectors:
     """Train all three models per customer and learn every threshold from the training part."""
     fitted = FittedDetectors()
@@ -260,8 +269,7 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
                 f"insufficient history: {len(series)} steps, need {config.preprocess.min_history}"
             )
             continue
-        n_train = max(int(len(series) * config.training.train_fraction), 2)
-        window = min(window_size(series.frequency, config.windows), max(n_train // 4, 2))
+        n_train, window = training_layout(series, config)
         period = season_period(series.frequency)
         # A cycle is only used when training still has enough windows after the warm-up.
         if period and n_train - 2 * period < 4 * window:

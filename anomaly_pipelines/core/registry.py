@@ -247,16 +247,7 @@ class ModelRegistry:
         run_tags = {**_safe_mapping(tags or {}, "tag"), "project": PROJECT}
         model_versions: dict[str, str] = {}
         registered_names: dict[str, str] = {}
-        active = mlflow.active_run()
-        with _retry(
-            lambda: mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=run_name,
-                tags=run_tags,
-                nested=active is not None,
-            ),
-            "start run",
-        ) as run:
+        with _start_run(experiment_id, run_name, run_tags) as run:
             run_id = run.info.run_id
             _retry(lambda: mlflow.log_params(_training_params(config)), "log params")
             summary = fitted.training_summary()
@@ -704,16 +695,7 @@ class ModelRegistry:
         if missing:
             raise FileNotFoundError(f"log_report(): file(s) not found: {missing}")
         run_tags = {**_safe_mapping(tags or {}, "tag"), "project": PROJECT, "kind": "report"}
-        active = mlflow.active_run()
-        with _retry(
-            lambda: mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=run_name,
-                tags=run_tags,
-                nested=active is not None,
-            ),
-            "start run",
-        ) as run:
+        with _start_run(experiment_id, run_name, run_tags) as run:
             for path in paths:
                 _retry(
                     lambda path=path: mlflow.log_artifact(str(path), artifact_path="report"),
@@ -799,6 +781,15 @@ def _is_transient(exc: BaseException, extra: tuple[str, ...] = ()) -> bool:
         visited.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def _start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Any:
+    """A run in our experiment, nested when the caller (a Dagster op, a notebook) has one open."""
+    nested = mlflow.active_run() is not None
+    return _retry(
+        lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested),
+        "start run",
+    )
 
 
 def _retry(

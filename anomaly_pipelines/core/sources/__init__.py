@@ -39,6 +39,7 @@ __all__ = [
     "list_daily_partitions",
     "load_day",
     "load_usage",
+    "read_raw_rows",
     "stage_daily_file",
     "synthetic_loaded",
 ]
@@ -50,7 +51,7 @@ def load_usage(source: SourceConfig, preprocess: PreprocessConfig) -> LoadedUsag
     """Read and validate the configured source; raise ``SourceError`` when it cannot be used."""
     if source.kind == "synthetic":
         return _synthetic(source)
-    raw = _raw_rows(source)
+    raw = read_raw_rows(source)
     return validate_rows(raw, source, preprocess)
 
 
@@ -69,7 +70,8 @@ def load_day(
     return validate_rows(daily_rows(source, {day: Path(path)}), source, preprocess)
 
 
-def _raw_rows(source: SourceConfig) -> RawRows:
+def read_raw_rows(source: SourceConfig) -> RawRows:
+    """A file-based source as read (text values, reader rejections), before validation."""
     if source.kind == "daily_folder":
         return daily_rows(source, daily_files(source))
     return _FILE_READERS[source.kind](source, expand_paths(source.path))

@@ -15,7 +15,7 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
-from anomaly_pipelines.core.config import PipelineConfig, SourceConfig
+from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.defs.metadata import markdown_table, md
 from anomaly_pipelines.defs.partitions import CUSTOMERS, daily_partitions
@@ -26,16 +26,11 @@ def read_raw(config: PipelineConfig) -> Any:
     """The source as read, before validation: ``RawRows`` for files and folders. The synthetic
     generator produces typed rows that are valid by construction, so for it the load itself
     (``LoadedUsage``, the same one ``detect()`` callers get) is the raw stage."""
-    from anomaly_pipelines.core.sources import load_usage
-    from anomaly_pipelines.core.sources.daily import FORMAT_READERS, daily_files, daily_rows
-    from anomaly_pipelines.core.sources.reading import expand_paths
+    from anomaly_pipelines.core.sources import load_usage, read_raw_rows
 
-    source: SourceConfig = config.source
-    if source.kind == "synthetic":
-        return load_usage(source, config.preprocess)
-    if source.kind == "daily_folder":
-        return daily_rows(source, daily_files(source))
-    return FORMAT_READERS[source.kind](source, expand_paths(source.path))
+    if config.source.kind == "synthetic":
+        return load_usage(config.source, config.preprocess)
+    return read_raw_rows(config.source)
 
 
 def register_customers(context: AssetExecutionContext, customer_ids: pd.Series) -> list[str]:

@@ -14,7 +14,7 @@ from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.series import frame_to_series, regularize, series_to_frame
-from anomaly_pipelines.core.windows import Scaler, sliding_windows, window_size
+from anomaly_pipelines.core.windows import Scaler, sliding_windows
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions
 from anomaly_pipelines.defs.resources import PipelineSettings
@@ -111,15 +111,15 @@ def windowed_sequences(
     derives its exact model input (residual or scaled, ``windows.representation``) from the same
     split.
     """
+    # Imported here: the detector pulls in scikit-learn, which loading definitions must not.
+    from anomaly_pipelines.core.detector import training_layout
+
     config = pipeline_settings.load()
     out: dict[str, dict[str, Any]] = {}
     rows = []
     for series in frame_to_series(customer_series):
-        # A customer with one or two days of data must not fail the batch: it is kept (and
-        # scored as "insufficient history" downstream) with all of its steps as training.
-        n_train = min(len(series), max(int(len(series) * config.training.train_fraction), 2))
-        # Same sizing rule as the detector: never more than a quarter of the training steps.
-        window = min(window_size(series.frequency, config.windows), max(n_train // 4, 2))
+        # A customer with one or two days is kept (scored "insufficient history" downstream).
+        n_train, window = training_layout(series, config)
         scaler = Scaler.fit(series.values[:n_train], config.windows.scaler)
         scaled = scaler.transform(series.values)
         train_windows = sliding_windows(scaled[:n_train], window)
