@@ -166,6 +166,10 @@ class LSTMConfig(_Section):
     threshold_sigma: float = 1.5
     # Customers trained together in one stacked model (bounds memory; see models/lstm_autoencoder).
     customers_per_model: int = 512
+    # Longer histories train on every k-th window so each customer has at most this many: weeks
+    # of per-minute data give tens of thousands of near-identical overlapping windows, which
+    # cost epochs of time and teach nothing new. Two years of daily data stay whole.
+    max_training_windows: int = 2048
 
 
 class IsolationForestConfig(_Section):
@@ -205,14 +209,20 @@ class HybridConfig(_Section):
             "local_outlier_factor": 1.0,
         }
     )
-    # Chosen on the synthetic and Cloud Monitoring sets together (docs/evaluation.md): 1.25 cut
-    # false alarms by half on daily cost at a small loss of recall, and was neutral on metrics.
+    # A step is an anomaly when the mean of its two strongest normalised signals reaches this.
     decision_threshold: float = 1.25
+    # Each normalised signal counts at most this much in that mean, so no detector alerts alone:
+    # with 2.0 a second signal must reach at least half its own threshold. Without the cap, one
+    # over-confident window model raised most of the false alarms on cloud metrics.
+    signal_cap: float = 2.0
     # Cycles of history behind each expected value (weeks for daily data, days for sub-daily).
     seasonal_cycles: int = 4
-    # Values this many spreads from their expectation are replaced by it before the final
-    # expectation is computed, so incidents do not become the baseline (0 disables).
+    # Values this many spreads from their expectation are left out of the history the final
+    # expectation is computed from, so incidents do not become the baseline (0 disables).
     clean_history_z: float = 4.0
+    # Rounds of that cleaning: each round measures surprise against the previous round's cleaner
+    # expectation, so the tail of a runaway ramp is caught once its start no longer hides it.
+    clean_history_passes: int = 3
 
 
 class MlflowConfig(_Section):

@@ -62,7 +62,9 @@ class Calibration:
     residual_sigma: float
     # Median |value| of the training part: the spread grows with the level above it.
     typical_level: float
-    day_of_month_offsets: dict[int, float]
+    # Day-of-month effects seen in training; None: the series has no monthly calendar (sub-daily
+    # or too short), so no day-of-month effects are modelled at all.
+    day_of_month_offsets: dict[int, float] | None
     # signal -> (center, threshold), learned on the training part
     thresholds: dict[str, tuple[float, float]]
     lstm_notebook_threshold: float
@@ -129,18 +131,39 @@ def _warmup(cal: Calibration) -> int:
     return 2 * (cal.period or 0)
 
 
-def _seasonal(values: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration], config: PipelineConfig) -> np.ndarray:
-    """Seasonal expectation of a (customers, steps) block sharing one time grid and cycle."""
+def _seasonal(
+    values: np.ndarray,
+    timestamps: pd.DatetimeIndex,
+    cals: list[Calibration],
+    config: PipelineConfig,
+    fill: bool = True,
+    observed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Seasonal expectation of a (customers, steps) block sharing one time grid and cycle.
+
+    Day-of-month effects are measured on ``observed`` (the raw values; ``values`` may be a copy
+    with incidents removed, which would also remove the month-start charges being learned).
+    """
     cal = cals[0]
     expected = scoring.seasonal_expectation(
-        values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
+        values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3), fill=fill
     )
-    if any(c.day_of_month_offsets for c in cals):
-        table = np.zeros((len(cals), 32))
+    monthly = np.array([c.day_of_month_offsets is not None for c in cals])
+    if monthly.any():
+        prior = np.zeros((len(cals), 32))
         for row, c in enumerate(cals):
-            for day, offset in c.day_of_month_offsets.items():
-                table[row, day] = offset
-        expected = expected + table[:, np.asarray(timestamps.day)]
+            for day, offset in (c.day_of_month_offsets or {}).items():
+                prior[row, day] = offset
+        base = expected if observed is None else scoring.seasonal_expectation(
+            observed, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
+        )
+        residuals = (values if observed is None else observed) - base
+        # Before two cycles of history the weekly expectation is too rough to measure against.
+        warm_until = np.array([c.warm_until.value for c in cals])[:, None]
+        residuals = np.where(np.asarray(timestamps.asi8)[None, :] >= warm_until, residuals, np.nan)
+        sigma = np.array([c.residual_sigma for c in cals])[:, None]
+        offsets = scoring.recent_day_of_month_offsets(residuals, np.asarray(timestamps.day), sigma, prior)
+        expected = expected + np.where(monthly[:, None], offsets, 0.0)
     return expected
 
 
@@ -163,11 +186,13 @@ def _expectations(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Expected value and spread per step of each series, learned from cleaned history.
 
-    A first pass flags values far from their expectation (``clean_history_z`` spreads) and
-    replaces them by the expectation before the final pass, so an incident (a week-long runaway
-    ramp, say) does not become the baseline that its own end is then compared with. A lasting
-    change still becomes the new baseline: once the first pass has absorbed it (about half a
-    cycle), its values are no longer replaced.
+    Values far from their expectation (``clean_history_z`` spreads) are left out (NaN) and the
+    expectation is computed again from what remains, ``clean_history_passes`` times, so an
+    incident (a week-long runaway ramp, say) does not become the baseline that its own end is
+    then compared with. Replacing them by their expectation instead would keep the incident in
+    the history: that expectation had already drifted up with the ramp. A lasting change still
+    becomes the new baseline: once an expectation has absorbed it (about half a cycle), its
+    values are no longer surprising.
 
     Series on the same time grid with the same cycle are computed together as one 2-D block.
     """
@@ -186,12 +211,16 @@ def _expectations(
         spread = _spread(expected, block_cals)
         if limit > 0:
             warm_until = np.array([c.warm_until.value for c in block_cals])[:, None]
-            surprising = np.abs(values - expected) > limit * spread
-            # Early expectations are too rough to replace data with.
-            surprising &= np.asarray(timestamps.asi8)[None, :] >= warm_until
-            if surprising.any():
-                cleaned = np.where(surprising, expected, values)
-                expected = _seasonal(cleaned, timestamps, block_cals, config)
+            first = expected
+            for _ in range(config.hybrid.clean_history_passes):
+                surprising = np.abs(values - expected) > limit * spread
+                # Early expectations are too rough to replace data with.
+                surprising &= np.asarray(timestamps.asi8)[None, :] >= warm_until
+                if not surprising.any():
+                    break
+                cleaned = np.where(surprising, np.nan, values)
+                second = _seasonal(cleaned, timestamps, block_cals, config, fill=False, observed=values)
+                expected = np.where(np.isnan(second), first, second)
                 spread = _spread(expected, block_cals)
         for row, series in enumerate(members):
             out[series.customer_id] = (expected[row], spread[row])
@@ -241,7 +270,7 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     raw = _seasonal(series.values[None, :], series.timestamps, [cal], config)[0]
     train_res = (series.values - raw)[:n]
     cal.residual_sigma = scoring.robust_sigma(train_res, floor=floor)
-    if series.frequency >= pd.Timedelta(days=1) and n >= 90:
+    if series.frequency == pd.Timedelta(days=1) and n >= 90:
         cal.day_of_month_offsets = scoring.day_of_month_offsets(
             series.timestamps[:n], train_res, cal.residual_sigma
         )
@@ -284,7 +313,7 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
             train_end=series.timestamps[n_train - 1],
             residual_sigma=1.0,
             typical_level=float(np.median(np.abs(series.values[:n_train]))),
-            day_of_month_offsets={},
+            day_of_month_offsets=None,
             thresholds={},
             lstm_notebook_threshold=np.inf,
         )
@@ -450,6 +479,8 @@ def score_latest(
         # spread: 8 cycles of final expectations; each expectation pass: cycles + 2 more
         reach = 8 + 2 * (config.hybrid.seasonal_cycles + 2) + 1
         keep = reach * cycle + 2 * (cal.window if cal else 1) + steps
+        if cal and cal.day_of_month_offsets is not None:
+            keep += 4 * 31  # day-of-month effects look back three months
         tails.append(_tail(series, keep))
     return score_series(tails, fitted, config, newest=steps)
 
@@ -477,7 +508,7 @@ def _score_columns(
     confirmed = sig["z"] < -2.0
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     weights = {"decrease": 1.0, **config.hybrid.weights}
-    score = scoring.hybrid(normalised, weights)
+    score = scoring.hybrid(normalised, weights, config.hybrid.signal_cap)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & (
         config.decrease_rule.enabled
     )

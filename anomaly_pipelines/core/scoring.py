@@ -13,9 +13,10 @@ Signals (each "higher = more anomalous"):
 The hybrid rule: each continuous signal is divided by its own threshold, learned on the
 training part of that series (a high quantile of its training scores), so 1.0 means "as unusual
 as the rarest training behaviour". The hybrid score is the mean of the two largest normalised
-signals: one detector alone must be twice as sure as two that agree. A step is an anomaly when
-the hybrid score reaches ``decision_threshold`` (1.25). ``reasons`` lists each signal at or above
-its own threshold.
+signals, each capped at ``signal_cap`` (2.0). A step is an anomaly when the hybrid score reaches
+``decision_threshold`` (1.25): so two detectors must agree, one at least at its threshold, the
+other at least at half of it; however sure, one detector alone never alerts. ``reasons`` lists
+each signal at or above its own threshold.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import warnings
 import numpy as np
 import pandas as pd
 
+MEDIAN_SAMPLE = 256
 MODEL_SIGNALS = ("lstm", "isolation_forest", "local_outlier_factor")
 SIGNALS = ("residual", *MODEL_SIGNALS, "decrease")
 
 
-def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fallback: int) -> np.ndarray:
+def seasonal_expectation(
+    values: np.ndarray, period: int | None, cycles: int, fallback: int, fill: bool = True
+) -> np.ndarray:
     """Expected value of each step from the past only: a robust level plus a seasonal offset.
 
     The offset of a phase (Saturday, 14:05, ...) is the median, over the previous ``cycles``
@@ -40,7 +44,9 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
     the first one) the median of the previous ``fallback`` steps is used.
 
     ``values`` may be one series or a 2-D array of equally long series (time on the last axis),
-    so thousands of customers are computed in one vectorised pass.
+    so thousands of customers are computed in one vectorised pass. NaN values are unknown (an
+    incident removed from history): they are skipped, and when a whole cycle is missing the level
+    comes from the last four cycles. Steps with no usable history are NaN unless ``fill``.
     """
     values = np.asarray(values, dtype=float)
     n = values.shape[-1]
@@ -52,8 +58,11 @@ def seasonal_expectation(values: np.ndarray, period: int | None, cycles: int, fa
         rough_level = _past_median(values, 2 * period)
         offset = np.nan_to_num(_lagged_median(values - rough_level, lags), nan=0.0)
         level = _past_median(values - offset, period)
+        level = np.where(np.isnan(level), _past_median(values - offset, 4 * period, period // 2), level)
         offset = _lagged_median(values - level, lags)
         expected = np.where(np.isnan(offset), short, level + offset)
+    if not fill:
+        return expected
     first = values[..., :1] if n else np.zeros((*values.shape[:-1], 1))
     return np.where(np.isnan(expected), first, expected)
 
@@ -64,14 +73,21 @@ def _nanmedian(values: np.ndarray) -> np.ndarray:
         return np.nanmedian(values, axis=-1)
 
 
-def _past_median(values: np.ndarray, steps: int) -> np.ndarray:
+def _past_median(values: np.ndarray, steps: int, min_count: int | None = None) -> np.ndarray:
     """Median of the previous ``steps`` values (the current one excluded); NaN until at least
-    half of them exist, so early offsets are not measured against a one-value "level"."""
+    ``min_count`` (default: half) of them are known, so early offsets are not measured against
+    a one-value "level"."""
     pad = np.full((*values.shape[:-1], steps), np.nan)
     windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, values], axis=-1), steps, axis=-1)
-    windows = windows[..., : values.shape[-1], :]
+    # A long cycle (a day of minutes) is summarised by an evenly spaced sample of at most
+    # MEDIAN_SAMPLE values: the same level for a fraction of the cost.
+    stride = -(-steps // MEDIAN_SAMPLE)
+    windows = windows[..., : values.shape[-1], ::-1][..., ::stride]
+    steps = windows.shape[-1]
+    min_count = None if min_count is None else -(-min_count // stride)
     out = _nanmedian(windows)
-    out[np.sum(~np.isnan(windows), axis=-1) < max(steps // 2, 1)] = np.nan
+    needed = max(steps // 2 if min_count is None else min_count, 1)
+    out[np.sum(~np.isnan(windows), axis=-1) < needed] = np.nan
     return out
 
 
@@ -125,6 +141,33 @@ def day_of_month_offsets(
     return offsets
 
 
+def recent_day_of_month_offsets(
+    residuals: np.ndarray, days: np.ndarray, sigma: np.ndarray, prior: np.ndarray, occurrences: int = 3
+) -> np.ndarray:
+    """Day-of-month effect at every step, from that day's residuals in the last few months.
+
+    Month-start invoices change size (a bigger commitment, a level shift that scales them), so a
+    fixed offset learned once goes stale. The offset of the 1st of a month is the median of the
+    residuals of the previous ``occurrences`` 1sts, kept only when beyond three spreads: two
+    recent months agreeing make a recurring charge, one odd month does not. Until a day has
+    ``occurrences`` measured earlier occurrences, ``prior`` (learned on training) is used.
+
+    ``residuals`` is (series, steps) against the weekly expectation, ``days`` the day of month
+    of each step, ``sigma`` (series, 1) the residual spread, ``prior`` (series, 32) by day.
+    """
+    out = prior[:, days].astype(float)
+    for day in np.unique(days):
+        idx = np.flatnonzero(days == day)
+        lagged = np.full((residuals.shape[0], len(idx), occurrences), np.nan)
+        for j in range(1, min(occurrences, len(idx) - 1) + 1):
+            lagged[:, j:, j - 1] = residuals[:, idx[:-j]]
+        median = _nanmedian(lagged)
+        recent = np.where(np.abs(median) > 3 * sigma, median, 0.0)
+        known = np.sum(~np.isnan(lagged), axis=-1) == occurrences
+        out[:, idx] = np.where(known, recent, out[:, idx])
+    return out
+
+
 def decrease_rate(values: np.ndarray) -> np.ndarray:
     """Step-over-step relative change; undefined (NaN) where the previous value is zero."""
     values = np.asarray(values, dtype=float)
@@ -165,12 +208,13 @@ def normalise(scores: np.ndarray, center: float, threshold: float) -> np.ndarray
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1e3)
 
 
-def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    """Mean of the two largest weighted normalised signals (see module docstring)."""
+def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float], cap: float = np.inf) -> np.ndarray:
+    """Mean of the two largest weighted normalised signals, each capped at ``cap`` (see module
+    docstring)."""
     names = [name for name in normalised if weights.get(name, 1.0) > 0]
     if not names:
         raise ValueError("hybrid needs at least one signal with a positive weight")
-    stacked = np.vstack([normalised[name] * weights.get(name, 1.0) for name in names])
+    stacked = np.minimum(np.vstack([normalised[name] * weights.get(name, 1.0) for name in names]), cap)
     if len(names) == 1:
         return stacked[0]
     top2 = -np.sort(-stacked, axis=0)[:2]

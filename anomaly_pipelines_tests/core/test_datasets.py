@@ -42,12 +42,13 @@ def test_label_usage_sums_rows_per_day_and_labels_incident_days() -> None:
             "end": [days[3]],
         }
     )
-    series = {s.name: s for s in datasets.label_usage(usage, incidents)}
+    series = {s.name: s for s in datasets.label_usage(usage, incidents, monthly_charges=("a",))}
     a, b = series["a"], series["b"]
     assert a.values.tolist() == [3.0, 3.0, 10.0, 10.0, 3.0]
     assert a.labels.tolist() == [False, False, True, True, False]
     assert a.kinds.tolist() == ["", "", "spike", "spike", ""]
     assert not b.labels.any()
+    assert a.recurring.tolist() == [True, False, False, False, False] and not b.recurring.any()
     assert str(a.frame["timestamp"].dt.tz) == "UTC"
 
 
@@ -66,6 +67,9 @@ def test_synthetic_benchmark_labels_every_incident_and_includes_credits() -> Non
     assert events == len(data.incidents) > 0
     kinds = {k for s in series for k in s.kinds if k}
     assert kinds == set(data.incidents["kind"])
+    # Month-start charges are marked on exactly the customers the generator billed them to.
+    billed = {s.name for s in series if s.recurring.any()}
+    assert billed == set(data.monthly_charges) and billed
     credits = data.usage[data.usage["charge_category"] == "Credit"]
     assert len(credits) > 0 and (credits["cost"] < 0).all()
     # The daily value is net of credits.

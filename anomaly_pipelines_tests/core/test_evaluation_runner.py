@@ -57,6 +57,19 @@ def test_score_detection_sums_counts_over_series() -> None:
     scores = np.r_[detection.scores["a"], detection.scores["b"]]
     assert row["auc_pr"] == pytest.approx(metrics.auc_pr(labels, scores))
     assert row["seconds"] == 1.5 and row["steps"] == 14
+    assert "recurring_flagged" not in row  # no recurring charges marked
+
+
+def test_score_detection_counts_flagged_recurring_charges() -> None:
+    frame = _series("a", [0, 1, 0, 0, 0, 0]).frame.assign(recurring=[True, True, False, True, False, True])
+    series = LabelledSeries("a", "hand", frame)
+    flags = np.array([1, 1, 0, 0, 0, 1], bool)
+    row = runner.score_detection([series], runner.Detection("d", {"a": flags}, {"a": np.zeros(6)}, None))
+    # Step 1 is labelled, so it is not a normal charge: 2 of the 3 normal charges are flagged.
+    assert row["recurring_steps"] == 3
+    assert row["recurring_flagged"] == pytest.approx(2 / 3)
+    report = runner.render_markdown(pd.DataFrame([{"dataset": "hand", **row}]))
+    assert "Normal recurring charges flagged (hand)" in report and "| d | 66.7% |" in report
 
 
 def test_evaluate_runs_every_detector_and_component(tiny: list[LabelledSeries], tmp_path: Path) -> None:

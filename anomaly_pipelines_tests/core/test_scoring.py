@@ -47,6 +47,41 @@ def test_hybrid_is_mean_of_two_largest() -> None:
     assert scoring.hybrid(sig, {"c": 0.0}).tolist() == [1.0, 0.5]
 
 
+def test_capped_hybrid_needs_a_second_signal() -> None:
+    # One detector 50x over its threshold and nothing else: capped at 2, the mean is 1 < 1.25.
+    alone = {"lstm": np.array([50.0, 50.0]), "residual": np.array([0.0, 0.6])}
+    assert scoring.hybrid(alone, {}, cap=2.0).tolist() == [1.0, 1.3]
+    assert scoring.hybrid(alone, {}).tolist() == [25.0, 25.3]
+
+
+def test_seasonal_expectation_skips_removed_values_and_bridges_a_missing_cycle() -> None:
+    week = np.array([10, 10, 10, 10, 10, 2, 2], dtype=float)
+    values = np.tile(week, 8) * 1.0
+    values[28:35] = np.nan  # a whole week removed from history (an incident)
+    expected = scoring.seasonal_expectation(values, period=7, cycles=4, fallback=7, fill=False)
+    # The week after the hole still gets weekday 10 and weekend 2, from the weeks before it.
+    np.testing.assert_allclose(expected[35:42], week)
+    # Nothing known before the first step: NaN without fill, the first value with it.
+    assert np.isnan(expected[0])
+    assert scoring.seasonal_expectation(values, 7, 4, 7)[0] == 10.0
+
+
+def test_recent_day_of_month_offsets_follow_a_changed_charge() -> None:
+    days = np.tile(np.arange(1, 31), 6)  # six 30-day months
+    residuals = np.zeros((1, days.size))
+    charge = np.array([50.0, 50.0, 50.0, 100.0, 100.0, 100.0])  # the invoice doubles in month 4
+    residuals[0, days == 1] = charge
+    residuals[0, (days == 15)] = [0.0, 80.0, 0.0, 0.0, 0.0, 0.0]  # one odd month is not a pattern
+    prior = np.zeros((1, 32))
+    prior[0, 1] = 50.0
+    out = scoring.recent_day_of_month_offsets(residuals, days, np.array([[1.0]]), prior)
+    firsts = out[0, days == 1]
+    # Months 1-3: the training prior; then the median of the last three 1sts, which follows
+    # the bigger invoice as soon as two of them have seen it (month 6).
+    assert firsts.tolist() == [50.0, 50.0, 50.0, 50.0, 50.0, 100.0]
+    assert not out[0, days == 15].any()
+
+
 def test_day_of_month_offsets_need_consistency() -> None:
     ts = pd.date_range("2024-01-01", periods=180, freq="D", tz="UTC")
     res = np.zeros(180)

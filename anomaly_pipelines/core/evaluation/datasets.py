@@ -44,7 +44,8 @@ class LabelledSeries:
     """One labelled series.
 
     ``frame`` has ``timestamp`` (UTC, increasing, unique), ``value`` (finite float) and ``label``
-    (bool); it may have ``kind`` (the incident type of labelled steps, "" elsewhere). ``windows``
+    (bool); it may have ``kind`` (the incident type of labelled steps, "" elsewhere) and
+    ``recurring`` (normal recurring charges, such as month-start invoices). ``windows``
     are NAB anomaly windows as (first, last) timestamps when the source defines them (NAB does);
     otherwise they are derived from the labels by NAB's rule.
     """
@@ -70,6 +71,12 @@ class LabelledSeries:
     @property
     def values(self) -> np.ndarray:
         return self.frame["value"].to_numpy(dtype=float)
+
+    @property
+    def recurring(self) -> np.ndarray | None:
+        """Steps of known-normal recurring charges (month-start invoices), where the source
+        marks them."""
+        return self.frame["recurring"].to_numpy(dtype=bool) if "recurring" in self.frame.columns else None
 
     @property
     def kinds(self) -> np.ndarray | None:
@@ -115,11 +122,20 @@ def synthetic_benchmark(quick: bool = False, seed: int = SYNTHETIC_SEED) -> list
         with_incidents=True,
         credit_rate=SYNTHETIC_CREDIT_RATE,
     )
-    return label_usage(data.usage, data.incidents, dataset="synthetic")
+    return label_usage(data.usage, data.incidents, dataset="synthetic", monthly_charges=data.monthly_charges)
 
 
-def label_usage(usage: pd.DataFrame, incidents: pd.DataFrame, dataset: str = "synthetic") -> list[LabelledSeries]:
-    """Aggregate long usage rows per customer and day and label them from incident intervals."""
+def label_usage(
+    usage: pd.DataFrame,
+    incidents: pd.DataFrame,
+    dataset: str = "synthetic",
+    monthly_charges: tuple[str, ...] = (),
+) -> list[LabelledSeries]:
+    """Aggregate long usage rows per customer and day and label them from incident intervals.
+
+    The first of each month of the ``monthly_charges`` customers is marked ``recurring``: a
+    normal charge, where every alert is a false alarm worth counting on its own.
+    """
     daily = usage.groupby(["customer_id", "timestamp"], as_index=False)["cost"].sum()
     out = []
     for customer_id, group in daily.groupby("customer_id", sort=True):
@@ -134,6 +150,7 @@ def label_usage(usage: pd.DataFrame, incidents: pd.DataFrame, dataset: str = "sy
         frame = pd.DataFrame(
             {"timestamp": ts, "value": group["cost"].to_numpy(dtype=float), "label": label, "kind": kind}
         )
+        frame["recurring"] = np.asarray(ts.day == 1) & (customer_id in monthly_charges)
         out.append(LabelledSeries(str(customer_id), dataset, frame, source="core.sources.synthetic"))
     return out
 

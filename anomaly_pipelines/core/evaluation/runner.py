@@ -170,12 +170,17 @@ def score_detection(
     exact, tolerant = metrics.EventCounts(), metrics.EventCounts()
     points, nab = metrics.PointCounts(), metrics.NabScore()
     kinds: dict[str, metrics.EventCounts] = {}
+    recurring = recurring_flagged = 0
     for s in series:
         labels, flags = s.labels, detection.flags[s.name]
         exact += metrics.event_counts(labels, flags, 0)
         tolerant += metrics.event_counts(labels, flags, tolerance)
         points += metrics.point_counts(labels, flags)
         nab += metrics.nab_score(flags, s.nab_window_positions())
+        if s.recurring is not None:
+            normal = s.recurring & ~labels
+            recurring += int(normal.sum())
+            recurring_flagged += int((normal & flags).sum())
         if s.kinds is not None:
             for kind in sorted({k for k in s.kinds[labels] if k}):
                 counts = metrics.event_counts(labels & (s.kinds == kind), flags, 0)
@@ -206,6 +211,9 @@ def score_detection(
     }
     for kind, counts in kinds.items():
         row[f"recall[{kind}]"] = counts.recall
+    if recurring:
+        row["recurring_steps"] = recurring
+        row["recurring_flagged"] = recurring_flagged / recurring
     return row
 
 
@@ -435,6 +443,18 @@ def render_markdown(result: pd.DataFrame) -> str:
             header = ["Detector", *[c[len("recall[") : -1] for c in kind_cols]]
             kind_rows = [[r["detector"], *[_cell(r[c], "{:.2f}") for c in kind_cols]] for _, r in group.iterrows()]
             lines += _markdown_table(header, kind_rows)
+        if "recurring_flagged" in group.columns and group["recurring_flagged"].notna().any():
+            steps = int(group["recurring_steps"].max())
+            lines += [
+                "",
+                f"Normal recurring charges flagged ({name}): share of the {steps:,} unlabelled "
+                "month-start days of customers billed a first-of-month charge that each detector flagged.",
+                "",
+            ]
+            lines += _markdown_table(
+                ["Detector", "Flagged"],
+                [[r["detector"], _cell(r["recurring_flagged"], "{:.1%}")] for _, r in group.iterrows()],
+            )
         lines.append("")
     for name, reason in result.attrs.get("skipped", {}).items():
         lines += [f"## {name}", "", f"Skipped: {reason}", ""]

@@ -199,6 +199,7 @@ def train_autoencoders(
 
     train_sets, val_sets = [], []
     for w in windows:
+        w = w[:: -(-len(w) // config.max_training_windows)] if len(w) > config.max_training_windows else w
         n_val = int(len(w) * config.validation_fraction) if len(w) >= 10 else 0
         train_sets.append(w[: len(w) - n_val])
         val_sets.append(w[len(w) - n_val :] if n_val else w[-max(1, len(w) // 5) :])

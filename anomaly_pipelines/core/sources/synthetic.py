@@ -23,6 +23,8 @@ INCIDENT_KINDS = ("spike", "drop", "level_shift", "runaway_ramp", "weekend_left_
 class SyntheticData:
     usage: pd.DataFrame  # customer_id, timestamp, service, region, charge_category, cost
     incidents: pd.DataFrame  # customer_id, kind, service, start, end (inclusive days)
+    # Customers billed a recurring first-of-month charge (normal: measures false alarms on it).
+    monthly_charges: tuple[str, ...] = ()
 
 
 def generate_usage(
@@ -53,6 +55,7 @@ def generate_usage(
     dates = pd.date_range(start, periods=days, freq="D", tz="UTC")
     rows: list[pd.DataFrame] = []
     incidents: list[dict[str, object]] = []
+    monthly_charges: list[str] = []
     t = np.arange(days)
     for c in range(customers):
         customer_id = f"customer-{c + 1:03d}"
@@ -75,6 +78,7 @@ def generate_usage(
             monthly = base * float(rng.uniform(0.6, 1.5))
             first = np.asarray(dates.day) == 1
             service_costs[services[0]] = service_costs[services[0]] + np.where(first, monthly, 0.0)
+            monthly_charges.append(customer_id)
         if with_incidents and c < customers - quiet_customers:
             n_inc = int(rng.integers(incidents_per_customer[0], incidents_per_customer[1] + 1))
             taken = np.zeros(days, dtype=bool)
@@ -124,7 +128,7 @@ def generate_usage(
             )
     usage = pd.concat(rows, ignore_index=True).sort_values(["customer_id", "timestamp", "service"])
     inc = pd.DataFrame(incidents, columns=["customer_id", "kind", "service", "start", "end"])
-    return SyntheticData(usage.reset_index(drop=True), inc)
+    return SyntheticData(usage.reset_index(drop=True), inc, tuple(monthly_charges))
 
 
 def _credit(
