@@ -476,11 +476,15 @@ def score_latest(
     for series in series_list:
         cal = fitted.calibrations.get(series.customer_id)
         cycle = (cal.period or cal.window) if cal else 1
-        # spread: 8 cycles of final expectations; each expectation pass: cycles + 2 more
-        reach = 8 + 2 * (config.hybrid.seasonal_cycles + 2) + 1
+        # spread: 8 cycles of final expectations; each expectation pass (the raw one and every
+        # cleaning pass): cycles + 2 more
+        passes = config.hybrid.clean_history_passes + 1
+        reach = 8 + passes * (config.hybrid.seasonal_cycles + 2) + 1
         keep = reach * cycle + 2 * (cal.window if cal else 1) + steps
         if cal and cal.day_of_month_offsets is not None:
-            keep += 4 * 31  # day-of-month effects look back three months
+            # a day-of-month effect: that day in the last three months, each against its own
+            # weekly expectation
+            keep += 3 * 31 + (config.hybrid.seasonal_cycles + 2) * cycle
         tails.append(_tail(series, keep))
     return score_series(tails, fitted, config, newest=steps)
 

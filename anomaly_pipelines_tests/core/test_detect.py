@@ -112,8 +112,8 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
     from anomaly_pipelines.core.series import regularize
 
-    usage = pd.concat([_daily("a", 400, 1), _daily("b", 400, 2)], ignore_index=True)
-    usage.loc[399, "cost"] *= 3  # the newest day of "a" is a spike
+    usage = pd.concat([_daily("a", 500, 1), _daily("b", 500, 2)], ignore_index=True)
+    usage.loc[499, "cost"] *= 3  # the newest day of "a" is a spike
     # "b" is billed on the 1st, and the invoice grows: day-of-month effects follow recent months
     first = (usage.customer_id == "b") & (usage.timestamp.dt.day == 1)
     usage.loc[first, "cost"] += np.where(usage.loc[first, "timestamp"] < pd.Timestamp("2024-10-01", tz="UTC"), 80.0, 160.0)
@@ -124,6 +124,7 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     full = score_series(series, fitted, config)
     # the grown invoice is expected once three months have shown it
     assert not full[(full.customer_id == "b") & (full.timestamp >= "2025-01-01")]["is_anomaly"].any()
+    assert len(full) > 2 * 400  # longer than the tail daily scoring reads
     full = full.groupby("customer_id").tail(3).reset_index(drop=True)
     latest = score_latest(series, fitted, config, steps=3)
     # float32 inference differs in the last bits with the batch shape (oneDNN), hence rtol
