@@ -103,8 +103,12 @@ _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)*")
 # Tag or param keys that look like credentials are never sent to MLflow.
 _SECRET_KEY = re.compile(r"key|token|secret|passw|credential|auth", re.IGNORECASE)
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
-# Backoff jitter only decorrelates processes that collided; seeded so a run is reproducible.
-_JITTER = random.Random(os.getpid())
+# Backoff jitter decorrelates processes that collided on the store, so it must differ between
+# processes (forked ones included): it is not a result and needs no seed.
+_JITTER = random.SystemRandom()
+# MLflow's alias rule: word characters and '-'; "latest" and "v<number>" are reserved.
+_ALIAS = re.compile(r"[\w-]{1,255}")
+_RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
 
 
 @dataclass
@@ -155,6 +159,11 @@ class ModelRegistry:
                 f"mlflow.model_prefix {config.model_prefix!r} is not a valid model-name prefix: "
                 "use letters, digits, '_', '-' and '.'-separated parts"
             )
+        if not _ALIAS.fullmatch(config.alias) or _RESERVED_ALIAS.fullmatch(config.alias):
+            raise ValueError(
+                f"mlflow.alias {config.alias!r} is not a usable MLflow alias: use letters, digits, "
+                "'_' and '-', and not the reserved 'latest' or 'v<number>'"
+            )
         self.config = config
         self.tracking_uri = _resolve_tracking_uri(config.tracking_uri)
         self.artifact_uri = _resolve_artifact_uri(config.artifact_location)
@@ -186,6 +195,7 @@ class ModelRegistry:
 
     def experiment_id(self) -> str:
         """The experiment's id, created with ``artifact_location`` when it does not exist."""
+        self._activate()  # every run starts here: MLflow's fluent API must point at our store
         if self._experiment is not None:
             return self._experiment
         client = self._client()
@@ -207,7 +217,8 @@ class ModelRegistry:
                     raise
         if experiment.lifecycle_stage != "active":
             raise ValueError(
-                f"MLflow experiment {name!r} in {self.tracking_uri} is deleted; restore it or set "
+                f"MLflow experiment {name!r} in {_without_credentials(self.tracking_uri)} is deleted; "
+                "restore it or set "
                 "mlflow.experiment to another name"
             )
         if experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):
@@ -610,12 +621,21 @@ class ModelRegistry:
         for cid, version in champions.items():
             by_source.setdefault(version.source, []).append((cid, version))
         for source, members in by_source.items():
-            model = self._cached(("keras", source), lambda source=source: _load_keras(source))
+            # One broken champion (a deleted run, a missing artifact) must not stop the others.
+            try:
+                model = self._cached(("keras", source), lambda source=source: _load_keras(source))
+            except (MlflowException, OSError) as exc:
+                for cid, version in members:
+                    fitted.skipped[cid] = f"champion version {version.version} of {version.name} is unusable: {exc}"
+                continue
             layer_ids = set(_layer(model).customer_ids)
             loaded: list[str] = []
             losses: list[tuple[float, float, int]] = []
             for cid, version in members:
-                problem, run = self._run_artifacts(version)
+                try:
+                    problem, run = self._run_artifacts(version)
+                except (MlflowException, OSError) as exc:
+                    problem, run = str(exc), None
                 if run is not None:
                     problem = problem or _missing_parts(cid, layer_ids, run)
                 if problem or run is None:
@@ -671,13 +691,16 @@ class ModelRegistry:
     def _load_summary(self, run_id: str) -> pd.DataFrame:
         with tempfile.TemporaryDirectory(prefix="anomaly-pipelines-sum-") as tmp:
             try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=SUMMARY_PARQUET,
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
+                path = _retry(
+                    lambda: mlflow.artifacts.download_artifacts(
+                        run_id=run_id,
+                        artifact_path=SUMMARY_PARQUET,
+                        dst_path=tmp,
+                        tracking_uri=self.tracking_uri,
+                    ),
+                    "download training summary",
                 )
-            except (MlflowException, OSError):
+            except (MlflowException, OSError):  # runs logged before the summary existed
                 return pd.DataFrame(columns=["customer_id", "train_loss", "val_loss", "epochs"])
             return pd.read_parquet(path)
 
@@ -783,20 +806,46 @@ def _is_transient(exc: BaseException, extra: tuple[str, ...] = ()) -> bool:
     return False
 
 
-def _start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Any:
-    """A run in our experiment, nested when the caller (a Dagster op, a notebook) has one open."""
+def _without_credentials(uri: str) -> str:
+    """``uri`` fit for messages and logs: user and password removed from its address."""
+    parsed = urlparse(uri)
+    if parsed.username is None and parsed.password is None:
+        return uri
+    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+
+
+@contextlib.contextmanager
+def _start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
+    """A run in our experiment, nested when the caller (a Dagster op, a notebook) has one open.
+
+    Ending it is retried like every other write: ``mlflow.end_run`` takes the run off MLflow's
+    stack and then writes its end without retrying, which on a busy store would fail the whole
+    training after its versions were registered and leave the run RUNNING.
+    """
     nested = mlflow.active_run() is not None
-    return _retry(
+    run = _retry(
         lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested),
         "start run",
     )
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            _retry(lambda: MlflowClient().set_terminated(run.info.run_id, status), "end run")
 
 
 def _retry(
     action: Callable[[], T], what: str, attempts: int = 12, extra: tuple[str, ...] = ()
 ) -> T:
     """Run ``action``, retrying with exponential backoff while SQLite reports a lock. Other
-    errors are raised at once; so is the last lock error after about a minute in total."""
+    errors are raised at once; so is the last lock error, after about a minute of backoff plus
+    the store's own busy timeout on each attempt."""
     delay = 0.05
     for attempt in range(attempts):
         try:

@@ -398,7 +398,7 @@ def _canonical_spelling(values: pd.Series) -> pd.Series:
         "key"
     )
     mapping = dict(zip(best["key"], best["value"], strict=True))
-    return values.str.casefold().map(mapping).astype("str")
+    return values.str.casefold().map(mapping).astype("str").where(values.notna())
 
 
 def parse_timestamps(
@@ -473,7 +473,12 @@ def _parse_iso(unique: pd.Index, is_iso: np.ndarray, timezone: str) -> pd.Series
     parts = unique.str.extract(_ISO)
     has_time = parts["time"].notna().to_numpy() & is_iso
     has_zone = parts["zone"].notna().to_numpy() & is_iso
-    text = pd.Series(unique, index=unique).str.replace(r"\s*UTC$", "+00:00", regex=True)
+    text = (
+        pd.Series(unique, index=unique)
+        .str.replace(r"\s*UTC$", "+00:00", regex=True)
+        .str.replace(r"z$", "Z", regex=True)  # the pattern accepts both; pandas only "Z"
+        .str.replace(r"(?<=:\d\d),(?=\d)", ".", regex=True)  # ISO's decimal comma
+    )
     zoned = is_iso & has_zone
     if zoned.any():
         parsed = pd.to_datetime(text[zoned], format="ISO8601", utc=True, errors="coerce")

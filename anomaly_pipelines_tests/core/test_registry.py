@@ -31,7 +31,14 @@ from anomaly_pipelines.core.detector import (
     score_series,
 )
 from anomaly_pipelines.core.models.lstm_autoencoder import LAYER_NAME
-from anomaly_pipelines.core.registry import NO_CHAMPION, ModelRegistry, TrainingRecord, clear_cache
+from anomaly_pipelines.core.registry import (
+    CALIBRATIONS_PICKLE,
+    NO_CHAMPION,
+    ModelRegistry,
+    TrainingRecord,
+    _without_credentials,
+    clear_cache,
+)
 from anomaly_pipelines.core.series import CustomerSeries, regularize
 from anomaly_pipelines.core.sources.synthetic import generate_usage
 from anomaly_pipelines_tests.core import registry_worker
@@ -291,6 +298,10 @@ def test_champions_score_like_the_fitted_models(
 def test_bad_settings_and_requests_fail_with_clear_errors(logged: Logged, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"mlflow\.model_prefix"):
         ModelRegistry(MlflowConfig(model_prefix="bad'prefix"))
+    # MLflow reserves these; reading them would silently find no champion for anyone.
+    for alias in ("latest", "v3", "has space", ""):
+        with pytest.raises(ValueError, match=r"mlflow\.alias"):
+            ModelRegistry(MlflowConfig(alias=alias))
     with pytest.raises(ValueError, match=r"customer-001.*'99'"):
         logged.registry.set_alias("customer-001", "99")
     assert logged.registry.champion_version("customer-001") == "1"
@@ -310,6 +321,26 @@ def test_a_training_without_trained_customers_logs_a_run_but_registers_nothing(
     assert run.info.status == "FINISHED"
     assert run.data.metrics["n_customers"] == 0 and run.data.metrics["n_skipped"] == 1
     assert logged.registry.versions("tiny") == []
+
+
+def test_a_broken_champion_is_skipped_not_fatal(
+    trained: Trained, tmp_path: Path, blank: Path
+) -> None:
+    config = _config(trained.config, tmp_path, blank)
+    registry = ModelRegistry(config.mlflow)
+    registry.log_training(trained.fitted_a, config, run_name="to-break")
+    for path in (tmp_path / "artifacts").rglob(CALIBRATIONS_PICKLE):
+        path.unlink()  # e.g. an artifact store cleaned up by hand
+    loaded = registry.load_champions(CUSTOMERS)
+    assert not loaded.calibrations
+    assert sorted(loaded.skipped) == CUSTOMERS
+    assert all("is unusable" in reason for reason in loaded.skipped.values())
+
+
+def test_store_addresses_in_messages_carry_no_credentials() -> None:
+    assert _without_credentials("postgresql://user:pass@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+    assert _without_credentials("https://token@mlflow.example/") == "https://mlflow.example/"
+    assert _without_credentials("sqlite:///.mlflow/mlflow.db") == "sqlite:///.mlflow/mlflow.db"
 
 
 def test_default_store_is_created_under_the_working_directory(

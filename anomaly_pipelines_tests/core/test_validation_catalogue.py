@@ -601,3 +601,20 @@ def test_gzip_truncated_mid_stream_names_the_line(tmp_path: Path) -> None:
         SourceError, match=r"input\.csv\.gz: compressed data is truncated or corrupt after line \d+"
     ):
         load_usage(config.source, config.preprocess)
+
+
+def test_iso_variants_the_pattern_accepts_are_parsed() -> None:
+    from anomaly_pipelines.core.validation import parse_timestamps
+
+    parsed, fmt = parse_timestamps(
+        pd.Series(["2024-01-05T10:00:00z", "2024-01-05T10:00:00,5Z", "2024-01-05 10:00:00 UTC"]),
+        None,
+        "UTC",
+        "usage.csv",
+    )
+    assert fmt == "ISO 8601" and parsed.notna().all()
+    assert parsed.tolist() == [
+        pd.Timestamp("2024-01-05T10:00:00", tz="UTC"),
+        pd.Timestamp("2024-01-05T10:00:00.5", tz="UTC"),
+        pd.Timestamp("2024-01-05T10:00:00", tz="UTC"),
+    ]

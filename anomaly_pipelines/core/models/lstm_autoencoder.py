@@ -164,9 +164,6 @@ class AutoencoderFit:
     val_loss: np.ndarray
     epochs: np.ndarray
 
-    def slot(self, customer_id: str) -> int:
-        return self.customer_ids.index(customer_id)
-
 
 def _pad(windows: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
     """Stack ragged per-customer window sets into (max_n, customers, window) plus a mask."""
