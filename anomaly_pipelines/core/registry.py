@@ -674,32 +674,24 @@ class ModelRegistry:
         )
         return "", run
 
+    def _download(self, run_id: str, artifact_path: str, dst: str) -> str:
+        return _retry(
+            lambda: mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact_path, dst_path=dst, tracking_uri=self.tracking_uri
+            ),
+            f"download {artifact_path}",
+        )
+
     def _load_calibrations(self, run_id: str) -> dict[str, Calibration]:
         with tempfile.TemporaryDirectory(prefix="anomaly-pipelines-cal-") as tmp:
-            path = _retry(
-                lambda: mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=CALIBRATIONS_PICKLE,
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
-                ),
-                "download calibrations",
-            )
+            path = self._download(run_id, CALIBRATIONS_PICKLE, tmp)
             with open(path, "rb") as handle:
                 return pickle.load(handle)
 
     def _load_summary(self, run_id: str) -> pd.DataFrame:
         with tempfile.TemporaryDirectory(prefix="anomaly-pipelines-sum-") as tmp:
             try:
-                path = _retry(
-                    lambda: mlflow.artifacts.download_artifacts(
-                        run_id=run_id,
-                        artifact_path=SUMMARY_PARQUET,
-                        dst_path=tmp,
-                        tracking_uri=self.tracking_uri,
-                    ),
-                    "download training summary",
-                )
+                path = self._download(run_id, SUMMARY_PARQUET, tmp)
             except (MlflowException, OSError):  # runs logged before the summary existed
                 return pd.DataFrame(columns=["customer_id", "train_loss", "val_loss", "epochs"])
             return pd.read_parquet(path)
