@@ -132,39 +132,36 @@ def _warmup(cal: Calibration) -> int:
 
 
 def _seasonal(
-    values: np.ndarray,
-    timestamps: pd.DatetimeIndex,
-    cals: list[Calibration],
-    config: PipelineConfig,
-    fill: bool = True,
-    observed: np.ndarray | None = None,
+    values: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration], config: PipelineConfig, fill: bool = True
 ) -> np.ndarray:
-    """Seasonal expectation of a (customers, steps) block sharing one time grid and cycle.
-
-    Day-of-month effects are measured on ``observed`` (the raw values; ``values`` may be a copy
-    with incidents removed, which would also remove the month-start charges being learned).
-    """
+    """Seasonal (weekly or daily) expectation of a (customers, steps) block sharing one time grid
+    and cycle."""
     cal = cals[0]
-    expected = scoring.seasonal_expectation(
+    return scoring.seasonal_expectation(
         values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3), fill=fill
     )
-    monthly = np.array([c.day_of_month_offsets is not None for c in cals])
-    if monthly.any():
-        prior = np.zeros((len(cals), 32))
-        for row, c in enumerate(cals):
-            for day, offset in (c.day_of_month_offsets or {}).items():
-                prior[row, day] = offset
-        base = expected if observed is None else scoring.seasonal_expectation(
-            observed, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3)
-        )
-        residuals = (values if observed is None else observed) - base
-        # Before two cycles of history the weekly expectation is too rough to measure against.
-        warm_until = np.array([c.warm_until.value for c in cals])[:, None]
-        residuals = np.where(np.asarray(timestamps.asi8)[None, :] >= warm_until, residuals, np.nan)
-        sigma = np.array([c.residual_sigma for c in cals])[:, None]
-        offsets = scoring.recent_day_of_month_offsets(residuals, np.asarray(timestamps.day), sigma, prior)
-        expected = expected + np.where(monthly[:, None], offsets, 0.0)
-    return expected
+
+
+def _monthly(values: np.ndarray, seasonal: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
+    """Day-of-month effect per step (zero for series without a monthly calendar), measured on
+    the raw values against their seasonal expectation: cleaned history would have lost the
+    very month-start charges being learned."""
+    # Only daily steps have a day-of-month effect (models logged before the None convention
+    # carry {} on sub-daily series too).
+    daily = len(timestamps) > 1 and timestamps[1] - timestamps[0] == pd.Timedelta(days=1)
+    monthly = np.array([daily and c.day_of_month_offsets is not None for c in cals])
+    if not monthly.any():
+        return np.zeros_like(values)
+    prior = np.zeros((len(cals), 32))
+    for row, c in enumerate(cals):
+        for day, offset in (c.day_of_month_offsets or {}).items():
+            prior[row, day] = offset
+    # Before two cycles of history the seasonal expectation is too rough to measure against.
+    warm_until = np.array([c.warm_until.value for c in cals])[:, None]
+    residuals = np.where(np.asarray(timestamps.asi8)[None, :] >= warm_until, values - seasonal, np.nan)
+    sigma = np.array([c.residual_sigma for c in cals])[:, None]
+    offsets = scoring.recent_day_of_month_offsets(residuals, np.asarray(timestamps.day), sigma, prior)
+    return np.where(monthly[:, None], offsets, 0.0)
 
 
 def _spread(expected: np.ndarray, cals: list[Calibration]) -> np.ndarray:
@@ -207,7 +204,9 @@ def _expectations(
         block_cals = [cals[s.customer_id] for s in members]
         timestamps = members[0].timestamps
         values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
-        expected = _seasonal(values, timestamps, block_cals, config)
+        seasonal = _seasonal(values, timestamps, block_cals, config)
+        monthly = _monthly(values, seasonal, timestamps, block_cals)
+        expected = seasonal + monthly
         spread = _spread(expected, block_cals)
         if limit > 0:
             warm_until = np.array([c.warm_until.value for c in block_cals])[:, None]
@@ -219,7 +218,7 @@ def _expectations(
                 if not surprising.any():
                     break
                 cleaned = np.where(surprising, np.nan, values)
-                second = _seasonal(cleaned, timestamps, block_cals, config, fill=False, observed=values)
+                second = _seasonal(cleaned, timestamps, block_cals, config, fill=False) + monthly
                 expected = np.where(np.isnan(second), first, second)
                 spread = _spread(expected, block_cals)
         for row, series in enumerate(members):
