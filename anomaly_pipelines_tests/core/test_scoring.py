@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -94,3 +96,15 @@ def test_day_of_month_offsets_need_consistency() -> None:
 def test_reasons_lists_signals_at_threshold() -> None:
     out = scoring.reasons({"lstm": np.array([1.0, 0.2]), "residual": np.array([3.0, 0.0])}, {"decrease": np.array([False, True])})
     assert out == ["lstm,residual", "decrease"]
+
+
+def test_fast_nan_median_matches_numpy() -> None:
+    rng = np.random.default_rng(3)
+    for width in (1, 2, 3, 4, 7, 256):
+        values = rng.normal(size=(5, 40, width))
+        values[rng.random(values.shape) < 0.3] = np.nan
+        values[0, 0] = np.nan  # a slice with nothing known
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(values, axis=-1)
+        np.testing.assert_array_equal(scoring._nanmedian(values), expected)
