@@ -803,7 +803,7 @@ def _without_credentials(uri: str) -> str:
     parsed = urlparse(uri)
     if parsed.username is None and parsed.password is None:
         return uri
-    return parsed._replace(netloc=parsed.hostname + (f":{parsed.port}" if parsed.port else "")).geturl()
+    return parsed._replace(netloc=(parsed.hostname or "") + (f":{parsed.port}" if parsed.port else "")).geturl()
 
 
 @contextlib.contextmanager
