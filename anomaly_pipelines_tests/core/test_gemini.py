@@ -29,6 +29,7 @@ from anomaly_pipelines.core.explain import (
     make_explainer,
     root_causes,
 )
+from anomaly_pipelines.core.explain import gemini as gemini_module
 
 KEY = "AIzaTEST-secret-key-0123456789abcdef"
 MODEL = "gemini-2.5-flash"
@@ -92,6 +93,14 @@ class FakeGemini:
                     return self._send(
                         code, {"error": {"code": code, "message": message, "status": status}}
                     )
+                if kind == "throttle":  # a real 429: the wait in a header or in RetryInfo
+                    where, seconds = arg
+                    detail = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{seconds}s"}
+                    error = {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}
+                    if where == "body":
+                        error["details"] = [detail]
+                    headers = {"Retry-After": str(seconds)} if where == "header" else {}
+                    return self._raw(429, json.dumps({"error": error}).encode("utf-8"), headers)
                 if kind == "text":
                     return self._send(200, _envelope(arg, route["model"]))
                 prompt = body["contents"][0]["parts"][0]["text"]
@@ -102,11 +111,13 @@ class FakeGemini:
             def _send(self, code: int, payload: dict[str, Any]) -> None:
                 self._raw(code, json.dumps(payload).encode("utf-8"))
 
-            def _raw(self, code: int, data: bytes) -> None:
+            def _raw(self, code: int, data: bytes, headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json; charset=UTF-8")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
@@ -238,6 +249,20 @@ def test_transient_status_then_success_is_retried(server: FakeGemini, status: in
     assert result.explainer == "gemini" and result.fallback_reason == ""
     assert len(server.requests) == 2
     assert explainer.usage()["calls"] == 2 and explainer.usage()["retries"] == 1
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_the_servers_retry_delay_is_obeyed(
+    server: FakeGemini, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    monkeypatch.setattr(gemini_module.time, "sleep", waits.append)  # record, don't wait
+    server.script = [("throttle", (where, 7)), ("throttle", (where, 99))]
+    explainer = _explainer(server, backoff_seconds=0.01, max_backoff_seconds=30.0)
+    result = explainer.explain(_facts())
+    assert result.explainer == "gemini" and len(server.requests) == 3
+    # 7 s as asked; 99 s is more than our longest backoff, so that is used instead
+    assert waits == [7.0, 30.0]
 
 
 def test_repeated_500s_end_in_the_offline_fallback(server: FakeGemini) -> None:

@@ -13,6 +13,7 @@ The API key lives only in the client; every recorded reason is scrubbed of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -80,6 +81,26 @@ def _status_code(exc: BaseException) -> int | None:
 
     if isinstance(exc, errors.APIError):
         return int(exc.code) if exc.code is not None else None
+    return None
+
+
+def _server_delay(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait before retrying: a ``Retry-After`` header, or the
+    ``RetryInfo`` detail Google puts in a 429 body (``"retryDelay": "17s"``)."""
+    from google.genai import errors
+
+    if not isinstance(exc, errors.APIError):
+        return None
+    headers = getattr(exc.response, "headers", None)
+    header = headers.get("retry-after") if headers is not None else None
+    if header is not None:
+        with contextlib.suppress(ValueError):  # the HTTP-date form is not worth parsing here
+            return max(float(header), 0.0)
+    error = exc.details.get("error", {}) if isinstance(exc.details, dict) else {}
+    for detail in error.get("details", []) if isinstance(error, dict) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("RetryInfo"):
+            with contextlib.suppress(ValueError):
+                return max(float(str(detail.get("retryDelay", "")).rstrip("s")), 0.0)
     return None
 
 
@@ -254,14 +275,16 @@ class GeminiExplainer:
                         f"gave up after {attempt + 1} attempt(s): {self._scrub(_describe(exc))}"
                     ) from exc
                 self._retries += 1
+                # A server that says how long to wait is obeyed (up to our own longest backoff).
+                wait = min(max(delay, _server_delay(exc) or 0.0), self.max_backoff_seconds)
                 logger.info(
                     "Gemini request for incident %s failed (%s); retry %d in %.2fs",
                     facts.incident_id,
                     self._scrub(_describe(exc)),
                     attempt + 1,
-                    delay,
+                    wait,
                 )
-                time.sleep(delay)
+                time.sleep(wait)
                 delay = min(delay * 2, self.max_backoff_seconds)
                 continue
             return _answer_text(response)
