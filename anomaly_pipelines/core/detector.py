@@ -142,6 +142,13 @@ def _seasonal(
     )
 
 
+def _warmed_up(timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
+    """(customers, steps): the step has two cycles of history before it. Compared in one time
+    unit, since pandas 3 keeps microseconds from many readers."""
+    ts = np.asarray(timestamps.as_unit("ns").asi8)
+    return ts[None, :] >= np.array([c.warm_until.as_unit("ns").value for c in cals])[:, None]
+
+
 def _monthly(values: np.ndarray, seasonal: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
     """Day-of-month effect per step (zero for series without a monthly calendar), measured on
     the raw values against their seasonal expectation: cleaned history would have lost the
@@ -157,8 +164,7 @@ def _monthly(values: np.ndarray, seasonal: np.ndarray, timestamps: pd.DatetimeIn
         for day, offset in (c.day_of_month_offsets or {}).items():
             prior[row, day] = offset
     # Before two cycles of history the seasonal expectation is too rough to measure against.
-    warm_until = np.array([c.warm_until.value for c in cals])[:, None]
-    residuals = np.where(np.asarray(timestamps.asi8)[None, :] >= warm_until, values - seasonal, np.nan)
+    residuals = np.where(_warmed_up(timestamps, cals), values - seasonal, np.nan)
     sigma = np.array([c.residual_sigma for c in cals])[:, None]
     offsets = scoring.recent_day_of_month_offsets(residuals, np.asarray(timestamps.day), sigma, prior)
     return np.where(monthly[:, None], offsets, 0.0)
@@ -209,12 +215,12 @@ def _expectations(
         expected = seasonal + monthly
         spread = _spread(expected, block_cals)
         if limit > 0:
-            warm_until = np.array([c.warm_until.value for c in block_cals])[:, None]
+            warmed_up = _warmed_up(timestamps, block_cals)
             first = expected
             for _ in range(config.hybrid.clean_history_passes):
                 surprising = np.abs(values - expected) > limit * spread
                 # Early expectations are too rough to replace data with.
-                surprising &= np.asarray(timestamps.asi8)[None, :] >= warm_until
+                surprising &= warmed_up
                 if not surprising.any():
                     break
                 cleaned = np.where(surprising, np.nan, values)

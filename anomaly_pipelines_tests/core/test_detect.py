@@ -130,3 +130,21 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     # float32 inference differs in the last bits with the batch shape (oneDNN), hence rtol
     pd.testing.assert_frame_equal(latest, full, check_exact=False, rtol=2e-3)
     assert latest.loc[latest.customer_id == "a", "is_anomaly"].iloc[-1]
+
+
+def test_microsecond_timestamps_score_like_nanoseconds() -> None:
+    # pandas 3 readers often keep microseconds; the warm-up and cleaning masks must not care.
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    usage = _daily("a", 300, 1)
+    usage.loc[250:259, "cost"] += np.linspace(30, 300, 10)  # a runaway ramp, cleaned from history
+    config = PipelineConfig().merged(FAST)
+    series = regularize(usage)[0]
+    fitted = fit_detectors([series], config)
+    micro = CustomerSeries(series.customer_id, series.timestamps.as_unit("us"), series.values, series.filled, series.frequency)
+    expected = score_series([series], fitted, config)
+    actual = score_series([micro], fitted, config)
+    np.testing.assert_allclose(actual["expected_cost"], expected["expected_cost"])
+    assert actual["is_anomaly"].tolist() == expected["is_anomaly"].tolist()
