@@ -46,15 +46,11 @@ class CustomerSeries:
 
 
 def infer_frequency(timestamps: pd.Series | pd.DatetimeIndex) -> pd.Timedelta | None:
-    """Most common positive step; the median would be fooled by runs of missing samples."""
-    ts = pd.DatetimeIndex(timestamps).sort_values().unique()
-    if len(ts) < 2:
-        return None
-    steps = pd.Series(ts[1:] - ts[:-1])
-    steps = steps[steps > pd.Timedelta(0)]
-    if steps.empty:
-        return None
-    return pd.Timedelta(steps.mode().iloc[0])
+    """Most common positive step (ties: the smaller); the median would be fooled by runs of
+    missing samples. None with fewer than two distinct timestamps."""
+    ts = np.sort(pd.DatetimeIndex(timestamps).as_unit("ns").asi8)
+    step = _common_steps(np.zeros(len(ts), dtype=np.int64), ts, 1)[0]
+    return pd.Timedelta(int(step), unit="ns") if step else None
 
 
 def regularize(
@@ -80,7 +76,11 @@ def regularize(
     customers, first = np.unique(data["customer_id"].to_numpy(), return_index=True)
     code = np.searchsorted(customers, data["customer_id"].to_numpy())
     ts = data["timestamp"].to_numpy()
-    freq = _frequencies(code, ts, len(customers), config.frequency)
+    if config.frequency:
+        freq = np.full(len(customers), pd.Timedelta(config.frequency).value, dtype=np.int64)
+    else:  # a customer with a single timestamp gets a day
+        freq = _common_steps(code, ts, len(customers))
+        freq[freq == 0] = pd.Timedelta(days=1).value
     origin = ts[first]
     step = freq[code]
     grid = origin[code] + ((ts - origin[code]) // step) * step
@@ -119,19 +119,15 @@ def regularize(
     return out
 
 
-def _frequencies(code: np.ndarray, ts: np.ndarray, customers: int, fixed: str | None) -> np.ndarray:
-    """Step per customer in ns: the configured one, else the most common positive step (a day
-    when a customer has a single timestamp)."""
-    day = pd.Timedelta(days=1).value
-    if fixed:
-        return np.full(customers, pd.Timedelta(fixed).value, dtype=np.int64)
+def _common_steps(code: np.ndarray, ts: np.ndarray, customers: int) -> np.ndarray:
+    """Most common positive step per customer in ns (ties: the smaller; 0 when there is none)
+    from timestamps sorted within each customer code."""
     same = code[1:] == code[:-1]
     steps = pd.DataFrame({"code": code[1:][same], "step": (ts[1:] - ts[:-1])[same]})
     steps = steps[steps["step"] > 0]
     counts = steps.value_counts().reset_index(name="n")
-    # most common step per customer; ties go to the smaller step
     counts = counts.sort_values(["code", "n", "step"], ascending=[True, False, True]).drop_duplicates("code")
-    out = np.full(customers, day, dtype=np.int64)
+    out = np.zeros(customers, dtype=np.int64)
     out[counts["code"].to_numpy()] = counts["step"].to_numpy()
     return out
 
