@@ -303,14 +303,15 @@ class PipelineConfig(_Section):
         """Return a copy with a nested dict of overrides applied (deep merge)."""
         if not overrides:
             return self
-        return PipelineConfig.model_validate(_deep_merge(self.model_dump(), overrides))
+        return PipelineConfig.model_validate(deep_merge(self.model_dump(), overrides))
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` applied key by key; nested dicts are merged, not replaced."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -9,29 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 
-
-def pipeline_config(workdir: Path, customers: int, days: int, epochs: int | None = None) -> Path:
-    """A pipeline YAML for ``customers`` x ``days`` of demo data, every output under ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "source": {"kind": "synthetic", "synthetic": {"customers": customers, "days": days}},
-        "mlflow": {
-            "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
-            "artifact_location": str(workdir / "mlflow-artifacts"),
-        },
-        "output": {
-            "directory": str(workdir / "outputs"),
-            "staging_directory": str(workdir / "staging"),
-        },
-        "explain": {"cache_dir": str(workdir / "explain-cache")},
-    }
-    if epochs is not None:
-        config["lstm"] = {"epochs": epochs}
-    path = workdir / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
+from anomaly_pipelines.defs.settings import write_isolated_config
 
 
 def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
@@ -50,7 +29,10 @@ def run_batch_pipeline(
     """End-to-end seconds, per-asset seconds, and what came out."""
     from anomaly_pipelines.cli import run_demo
 
-    config_path = pipeline_config(Path(workdir), customers, days, epochs)
+    overrides: dict[str, Any] = {"source": {"kind": "synthetic", "synthetic": {"customers": customers, "days": days}}}
+    if epochs is not None:
+        overrides["lstm"] = {"epochs": epochs}
+    config_path = write_isolated_config(Path(workdir), overrides)
     home = Path(workdir) / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home)) as instance:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from anomaly_pipelines.core.config import PipelineConfig, load_config
+from anomaly_pipelines.core.config import PipelineConfig, deep_merge, load_config
 
 CONFIG_ENV = "ANOMALY_PIPELINES_CONFIG"
 DEFAULT_CONFIG_PATH = "configs/pipeline.yaml"
@@ -78,6 +78,27 @@ SECTION_TITLES = {
     "mlflow": "MLflow store and registry; scoring loads models:/<model_prefix>.<customer>@<alias>.",
     "output": "Files: scores export, report and plots; stored asset values under <directory>/storage.",
 }
+
+
+def write_isolated_config(workdir: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """A pipeline YAML under ``workdir`` that sends everything a run writes (stored assets,
+    MLflow store, staging, explanation cache) there too, plus ``overrides``: for benchmarks and
+    tests that must not touch the checkout's ``data/`` and ``.mlflow/``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {
+        "mlflow": {
+            "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+            "artifact_location": str(workdir / "mlflow-artifacts"),
+        },
+        "output": {
+            "directory": str(workdir / "outputs"),
+            "staging_directory": str(workdir / "staging"),
+        },
+        "explain": {"cache_dir": str(workdir / "explain-cache")},
+    }
+    path = workdir / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(config, overrides or {})), encoding="utf-8")
+    return path
 
 
 def reference_yaml() -> str:
