@@ -15,7 +15,10 @@ REQUIRED = ("customer_id", "timestamp", "cost")
 
 
 def detect(
-    usage: pd.DataFrame, config: PipelineConfig | dict[str, Any] | str | Path | None = None
+    usage: pd.DataFrame,
+    config: PipelineConfig | dict[str, Any] | str | Path | None = None,
+    *,
+    online: bool = False,
 ) -> pd.DataFrame:
     """Score every customer's series in ``usage`` and return one row per customer and timestamp.
 
@@ -23,12 +26,18 @@ def detect(
     ignored). Each series' frequency is inferred, so daily, hourly and 5-minute data all work.
     Series too short to model come back with ``is_anomaly`` False and the reason in ``reasons``.
     Gaps are filled to fit the models but only timestamps present in the input are returned.
+
+    ``online=True`` scores every step from data up to and including it only (models fitted on
+    the training part as usual): each row is what the scheduled daily run would have reported
+    that day, which is how quality should be judged. The default, retrospective, lets the window
+    models use windows that reach a few steps past a step, which localises anomalies better in
+    hindsight.
     """
     cfg = as_config(config)
     frame = _coerce(usage)
     series = regularize(frame, cfg.preprocess)
     fitted = fit_detectors(series, cfg)
-    scores = score_series(series, fitted, cfg)
+    scores = score_series(series, fitted, cfg, online=online)
     return scores[~scores["is_filled"].astype(bool)].drop(columns="is_filled").reset_index(drop=True)
 
 

@@ -244,18 +244,25 @@ def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
     return np.clip(np.nan_to_num(rate / config.decrease_rule.threshold, nan=0.0), 0.0, 1e3)
 
 
-def _window_signal(values: np.ndarray, n: int, window: int, first_start: int = 0) -> np.ndarray:
-    """Per-step score from per-window scores: the minimum over all windows covering the step.
+def _window_signal(
+    values: np.ndarray, n: int, window: int, first_start: int = 0, online: bool = True
+) -> np.ndarray:
+    """Per-step score from per-window scores. ``values[i]`` is the window starting at step
+    ``first_start + i``.
 
-    Attributing a window's score to its last step makes every anomaly echo for a whole window
-    length afterwards (each later window still contains it). Taking the least anomalous window
-    that covers a step localises the anomaly: only steps inside every high-scoring window stay
-    high. The newest steps are covered by fewer windows, the newest by one, as online scoring
-    must be. ``values[i]`` is the window starting at step ``first_start + i``; steps whose
-    covering windows were not all scored are left NaN (except at the series' end).
+    Online (what the daily run can know): a step gets the score of the window ending on it.
+    Retrospective: the minimum over all windows covering the step. Attributing a window's score
+    to its last step makes every anomaly echo for a window length afterwards (each later window
+    still contains it); the least anomalous covering window localises it, but needs windows that
+    reach into the step's future. The newest steps are covered by fewer windows, the newest by
+    one. Steps whose covering windows were not all scored are left NaN (except at the end).
     """
     out = np.full(n, np.nan)
     if len(values) == 0:
+        return out
+    if online:
+        end = first_start + window - 1
+        out[end : end + len(values)] = values[: max(n - end, 0)]
         return out
     padded = np.r_[values, np.full(window - 1, np.inf)]
     covered = pd.Series(padded).rolling(window, min_periods=1).min().to_numpy().copy()
@@ -370,8 +377,9 @@ def _signals(
     fitted: FittedDetectors,
     config: PipelineConfig,
     newest: int | None = None,
+    online: bool = True,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Raw signals per customer for every step of each series.
+    """Raw signals per customer for every step of each series (see ``score_series``).
 
     With ``newest``, the window models only score the windows covering the newest ``newest``
     steps (the daily run); other steps get NaN for those signals.
@@ -412,9 +420,9 @@ def _signals(
             "expected": expected,
             "z": z,
             "residual": np.abs(z),
-            "lstm": _window_signal(lstm_errors[cid], n, cal.window, start),
-            "isolation_forest": _window_signal(forest_scores[cid], n, cal.window, start),
-            "local_outlier_factor": _window_signal(lof_scores[cid], n, cal.window, start),
+            "lstm": _window_signal(lstm_errors[cid], n, cal.window, start, online),
+            "isolation_forest": _window_signal(forest_scores[cid], n, cal.window, start, online),
+            "local_outlier_factor": _window_signal(lof_scores[cid], n, cal.window, start, online),
             "decrease_rate": scoring.decrease_rate(series.values),
         }
     return out
@@ -425,11 +433,17 @@ def score_series(
     fitted: FittedDetectors,
     config: PipelineConfig,
     newest: int | None = None,
+    online: bool = False,
 ) -> pd.DataFrame:
     """Score every step of every series (or only the ``newest`` steps of each); customers
-    without a model come back unscored with the reason."""
+    without a model come back unscored with the reason.
+
+    ``online``: every step is scored from data up to and including it only, exactly what a daily
+    run on that step would have reported. Otherwise (retrospective) a window model's score at a
+    step may use windows reaching into its future (see ``_window_signal``).
+    """
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
-    signals = _signals(known, fitted, config, newest)
+    signals = _signals(known, fitted, config, newest, online)
     parts: list[dict[str, Any]] = []
     for series in series_list:
         if series.customer_id in fitted.calibrations:
@@ -470,12 +484,13 @@ def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
 def score_latest(
     series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, steps: int = 1
 ) -> pd.DataFrame:
-    """Score only the newest ``steps`` of each series (the daily run).
+    """Score only the newest ``steps`` of each series (the daily run), online.
 
     Every signal at a step depends on a bounded stretch of history (the expectation on a few
     cycles per pass, the spread on eight, a window model on one window), so only that tail is
     processed:
-    the result equals the last rows of ``score_series`` at a fraction of the cost.
+    the result equals the last rows of ``score_series(..., online=True)`` at a fraction of the
+    cost.
     """
     tails = []
     for series in series_list:
@@ -491,7 +506,7 @@ def score_latest(
             # weekly expectation
             keep += 3 * 31 + (config.hybrid.seasonal_cycles + 2) * cycle
         tails.append(_tail(series, keep))
-    return score_series(tails, fitted, config, newest=steps)
+    return score_series(tails, fitted, config, newest=steps, online=True)
 
 
 def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:

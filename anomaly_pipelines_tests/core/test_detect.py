@@ -121,7 +121,7 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     series = regularize(usage)
     fitted = fit_detectors(series, config)
     assert fitted.calibrations["b"].day_of_month_offsets  # learned on training
-    full = score_series(series, fitted, config)
+    full = score_series(series, fitted, config, online=True)
     # the grown invoice is expected once three months have shown it
     assert not full[(full.customer_id == "b") & (full.timestamp >= "2025-01-01")]["is_anomaly"].any()
     assert len(full) > 2 * 400  # longer than the tail daily scoring reads
@@ -130,6 +130,37 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     # float32 inference differs in the last bits with the batch shape (oneDNN), hence rtol
     pd.testing.assert_frame_equal(latest, full, check_exact=False, rtol=2e-3)
     assert latest.loc[latest.customer_id == "a", "is_anomaly"].iloc[-1]
+
+
+def test_online_rows_equal_the_daily_run_on_history_cut_at_that_step() -> None:
+    """``online=True`` reports at each step exactly what the daily run reported that day."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    usage = pd.concat([_daily("a", 420, 1), _daily("b", 420, 2)], ignore_index=True)
+    usage.loc[380:383, "cost"] *= 2.5  # an incident in "a"'s test part
+    usage.loc[420 + 150, "cost"] *= 0.2  # a drop in "b"'s training part
+    config = PipelineConfig().merged(FAST)
+    series = regularize(usage)
+    fitted = fit_detectors(series, config)
+    online = score_series(series, fitted, config, online=True)
+    retro = score_series(series, fitted, config)
+    for step in (150, 151, 300, 380, 381, 383, 386, 419):
+        cut = [
+            CustomerSeries(s.customer_id, s.timestamps[: step + 1], s.values[: step + 1], s.filled[: step + 1], s.frequency)
+            for s in series
+        ]
+        daily = score_latest(cut, fitted, config).set_index("customer_id")
+        for cid in ("a", "b"):
+            row = online[(online.customer_id == cid)].iloc[step]
+            assert row["timestamp"] == daily.loc[cid, "timestamp"]
+            for column in ("hybrid_score", "expected_cost", "lstm_error", "isolation_forest_score"):
+                assert row[column] == pytest.approx(daily.loc[cid, column], rel=2e-3, abs=1e-9), (cid, step, column)
+            assert row["is_anomaly"] == daily.loc[cid, "is_anomaly"], (cid, step)
+    # the incident is reported online, and hindsight differs from what the day could know
+    assert online[(online.customer_id == "a")].iloc[380:384]["is_anomaly"].any()
+    assert not np.allclose(online["lstm_error"].fillna(0), retro["lstm_error"].fillna(0))
 
 
 def test_microsecond_timestamps_score_like_nanoseconds() -> None:
