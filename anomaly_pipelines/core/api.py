@@ -9,7 +9,7 @@ import pandas as pd
 
 from anomaly_pipelines.core.config import PipelineConfig, as_config
 from anomaly_pipelines.core.detector import fit_detectors, score_series
-from anomaly_pipelines.core.series import regularize
+from anomaly_pipelines.core.series import CustomerSeries, regularize
 
 REQUIRED = ("customer_id", "timestamp", "cost")
 
@@ -34,10 +34,18 @@ def detect(
     hindsight.
     """
     cfg = as_config(config)
-    frame = _coerce(usage)
-    series = regularize(frame, cfg.preprocess)
+    series = usage_series(usage, cfg)
     fitted = fit_detectors(series, cfg)
-    scores = score_series(series, fitted, cfg, online=online)
+    return input_rows(score_series(series, fitted, cfg, online=online))
+
+
+def usage_series(usage: pd.DataFrame, config: PipelineConfig) -> list[CustomerSeries]:
+    """``detect()``'s input checks and regularisation: one regular series per customer."""
+    return regularize(_coerce(usage), config.preprocess)
+
+
+def input_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scores of the timestamps present in the input (gaps were filled only to fit the models)."""
     return scores[~scores["is_filled"].astype(bool)].drop(columns="is_filled").reset_index(drop=True)
 
 

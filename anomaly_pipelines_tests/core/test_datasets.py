@@ -255,3 +255,40 @@ def test_load_dataset_by_name(tmp_path: Path) -> None:
         datasets.load_dataset("nab")
     with pytest.raises(ValueError, match="unknown data set 'kaggle'"):
         datasets.load_dataset("kaggle")
+
+
+def test_nab_dev_is_split_by_subset(tmp_path: Path) -> None:
+    """NAB's subsets differ in kind, so each is its own data set in the report."""
+    windows = {
+        "realKnownCause/machine.csv": [["2014-04-01 05:00:00", "2014-04-01 07:00:00"]],
+        "artificialNoAnomaly/flat.csv": [],
+    }
+    _nab_tree(tmp_path / "shared" / "nab-dev", windows)
+    loaded = datasets.load_datasets("nab-dev", data_root=tmp_path / "shared")
+    assert {k: [s.name for s in v] for k, v in loaded.items()} == {
+        "nab-dev/artificialNoAnomaly": ["artificialNoAnomaly/flat"],
+        "nab-dev/realKnownCause": ["realKnownCause/machine"],
+    }
+    assert all(s.dataset == "nab-dev" for v in loaded.values() for s in v)
+    assert list(datasets.load_datasets("synthetic", quick=True)) == ["synthetic"]
+    with pytest.raises(FileNotFoundError, match="not a NAB checkout"):
+        datasets.load_datasets("nab-dev", data_root=tmp_path / "absent")
+
+
+@pytest.mark.skipif(not (SHARED.parent / "nab-dev").is_dir(), reason="shared nab-dev data not present (../shared/data/nab-dev)")
+def test_shared_nab_dev_loads_its_four_subsets() -> None:
+    loaded = datasets.load_datasets("nab-dev", data_root=SHARED.parent)
+    assert {k: len(v) for k, v in loaded.items()} == {
+        "nab-dev/artificialNoAnomaly": 5,
+        "nab-dev/artificialWithAnomaly": 6,
+        "nab-dev/realAdExchange": 6,
+        "nab-dev/realTweets": 10,
+    }
+    assert not any(s.labels.any() for s in loaded["nab-dev/artificialNoAnomaly"])
+
+
+def test_portfolio_benchmark_labels_its_incidents() -> None:
+    series = datasets.portfolio_benchmark(quick=True)
+    assert len(series) == datasets.PORTFOLIO_QUICK["customers"]
+    assert sum(len(datasets.metrics.segments(s.labels)) for s in series) > 0
+    assert all(s.dataset == "portfolio" for s in series)

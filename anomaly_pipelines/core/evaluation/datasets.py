@@ -26,7 +26,7 @@ import pandas as pd
 from anomaly_pipelines.core.evaluation import metrics
 from anomaly_pipelines.core.sources.synthetic import generate_usage
 
-DATASETS = ("synthetic", "cloud-monitoring", "nab")
+DATASETS = ("synthetic", "portfolio", "cloud-monitoring", "nab-dev", "nab")
 
 # The synthetic benchmark is fixed so numbers are comparable between runs and commits.
 SYNTHETIC_SEED = 2024
@@ -123,6 +123,22 @@ def synthetic_benchmark(quick: bool = False, seed: int = SYNTHETIC_SEED) -> list
         credit_rate=SYNTHETIC_CREDIT_RATE,
     )
     return label_usage(data.usage, data.incidents, dataset="synthetic", monthly_charges=data.monthly_charges)
+
+
+PORTFOLIO_SEED = 11
+PORTFOLIO_FULL = {"customers": 40, "days": 730}
+PORTFOLIO_QUICK = {"customers": 10, "days": 400}
+
+
+def portfolio_benchmark(quick: bool = False, seed: int = PORTFOLIO_SEED) -> list[LabelledSeries]:
+    """Daily cost from the second, independent generator (``cost_portfolio``): other
+    seasonality, heavy-tailed noise, holidays, price changes, accounts that start late or go
+    quiet for weeks. The detector was not designed on it, so it checks the synthetic figures."""
+    from anomaly_pipelines.core.evaluation.cost_portfolio import generate_portfolio
+
+    size = PORTFOLIO_QUICK if quick else PORTFOLIO_FULL
+    data = generate_portfolio(customers=size["customers"], days=size["days"], seed=seed)
+    return label_usage(data.usage, data.incidents, dataset="portfolio", monthly_charges=data.monthly_charges)
 
 
 def label_usage(
@@ -293,8 +309,9 @@ def _first_per_group(files: Iterable[Path], per_group: int) -> list[Path]:
 # --- NAB -----------------------------------------------------------------------------------------
 
 
-def nab_corpus(root: Path, quick: bool = False) -> list[LabelledSeries]:
-    """The NAB corpus as checked out from github.com/numenta/NAB.
+def nab_corpus(root: Path, quick: bool = False, dataset: str = "nab") -> list[LabelledSeries]:
+    """The NAB corpus as checked out from github.com/numenta/NAB, or a part of it in NAB's
+    layout (the shared ``nab-dev`` folder).
 
     Reads ``data/<subset>/<name>.csv`` (``timestamp,value``) and the anomaly windows of
     ``labels/combined_windows.json`` (``{"<subset>/<name>.csv": [[start, end], ...]}``). A step is
@@ -306,7 +323,8 @@ def nab_corpus(root: Path, quick: bool = False) -> list[LabelledSeries]:
     data_dir = root / "data"
     if not windows_path.is_file() or not data_dir.is_dir():
         raise FileNotFoundError(
-            f"{root} is not a NAB checkout: expected {data_dir}/<subset>/<name>.csv and {windows_path}"
+            f"{root} is not a NAB checkout (or a part of one in NAB's layout): expected "
+            f"{data_dir}/<subset>/<name>.csv and {windows_path}"
         )
     try:
         labelled = json.loads(windows_path.read_text(encoding="utf-8"))
@@ -335,7 +353,7 @@ def nab_corpus(root: Path, quick: bool = False) -> list[LabelledSeries]:
         if quick:
             frame = _cut_quick(frame, QUICK_MAX_STEPS)
         name = key.removesuffix(".csv")
-        out.append(LabelledSeries(name, "nab", frame, windows=tuple(windows), source=str(path)))
+        out.append(LabelledSeries(name, dataset, frame, windows=tuple(windows), source=str(path)))
     return out
 
 
@@ -367,14 +385,34 @@ def load_dataset(
     """Load a data set by name (see ``DATASETS``)."""
     if name == "synthetic":
         return synthetic_benchmark(quick=quick)
+    if name == "portfolio":
+        return portfolio_benchmark(quick=quick)
     if name == "cloud-monitoring":
         root = (Path(data_root) if data_root else shared_data_root()) / "cloud-monitoring"
         return cloud_monitoring(root, quick=quick)
+    if name == "nab-dev":
+        root = (Path(data_root) if data_root else shared_data_root()) / "nab-dev"
+        return nab_corpus(root, quick=quick, dataset="nab-dev")
     if name == "nab":
         if nab_root is None:
             raise ValueError("the nab data set needs the path of a NAB checkout (nab_root / --nab-root)")
         return nab_corpus(Path(nab_root), quick=quick)
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+
+
+def load_datasets(
+    name: str, quick: bool = False, *, data_root: Path | None = None, nab_root: Path | None = None
+) -> dict[str, list[LabelledSeries]]:
+    """A data set by name, NAB corpora split by subset (``nab-dev/realTweets``, ...): NAB's
+    subsets differ in kind (real tweets, ad prices, artificial series without any anomaly), so
+    one pooled figure would hide the subset where the detector fails."""
+    series = load_dataset(name, quick, data_root=data_root, nab_root=nab_root)
+    if name not in ("nab", "nab-dev"):
+        return {name: series}
+    out: dict[str, list[LabelledSeries]] = {}
+    for s in series:
+        out.setdefault(f"{name}/{s.name.split('/')[0]}", []).append(s)
+    return out
 
 
 def describe(series: list[LabelledSeries]) -> dict[str, object]:
