@@ -201,6 +201,14 @@ class HybridConfig(_Section):
     component_quantile: float = 0.95
     threshold_reach: float = 2.0
     residual_min_z: float = 4.0
+    # Training steps in runs of at least this many steps beyond ``clean_history_z`` spreads (an
+    # incident nobody labelled) are left out when thresholds are learned (0 keeps them all).
+    threshold_exclude_run: int = 3
+    # Each signal's threshold is at least the score its own training exceeds this often per month
+    # (peaks-over-threshold tail fit above the ``tail_quantile`` quantile; 0 disables): what makes
+    # thresholds follow the frequency and noise of a series.
+    alarm_budget_per_month: float = 0.75
+    tail_quantile: float = 0.98
     weights: dict[str, float] = Field(
         default_factory=lambda: {
             "residual": 1.0,
@@ -211,10 +219,21 @@ class HybridConfig(_Section):
     )
     # A step is an anomaly when the mean of its two strongest normalised signals reaches this.
     decision_threshold: float = 1.25
+    # Sub-daily series: the residual alone at this multiple of its threshold is an anomaly too
+    # (0: always two detectors). Daily series always need two.
+    residual_alone: float = 1.0
+    # A run of flags starting within this long after an earlier flag is the same incident
+    # flaring up again: reported as ``is_repeat``, not as a new anomaly. The longer of
+    # ``quiet_windows`` windows and ``quiet_period`` (a pandas duration).
+    quiet_windows: int = 2
+    quiet_period: str = "1D"
     # Each normalised signal counts at most this much in that mean, so no detector alerts alone:
     # with 2.0 a second signal must reach at least half its own threshold. Without the cap, one
     # over-confident window model raised most of the false alarms on cloud metrics.
     signal_cap: float = 2.0
+    # Daily series: a deviation repeating the same date's deviation a year ago is expected
+    # (holidays, quarter ends; see ``detector._annual_recurrence``).
+    annual_recurrence: bool = True
     # Cycles of history behind each expected value (weeks for daily data, days for sub-daily).
     seasonal_cycles: int = 4
     # Values this many spreads from their expectation are left out of the history the final

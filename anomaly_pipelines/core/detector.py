@@ -18,9 +18,12 @@ from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.models.outlier import (
     CustomerOutlierModels,
+    anomaly_score,
     fit_isolation_forest,
     fit_local_outlier_factor,
     pooled,
+    window_detector,
+    window_features,
 )
 from anomaly_pipelines.core.series import CustomerSeries
 from anomaly_pipelines.core.windows import Scaler, season_period, sliding_windows, window_size
@@ -32,6 +35,7 @@ SCORE_COLUMNS = [
     "expected_cost",
     "hybrid_score",
     "is_anomaly",
+    "is_repeat",
     "residual_score",
     "lstm_error",
     "lstm_threshold",
@@ -131,6 +135,13 @@ def _warmup(cal: Calibration) -> int:
     return 2 * (cal.period or 0)
 
 
+def _in_warmup(series: CustomerSeries, cal: Calibration) -> np.ndarray:
+    """Steps neither flagged nor trained on: before two cycles of history, and the first window
+    after them, whose windows still hold warm-up steps. Timestamps, not positions, so a tail of
+    the series (daily scoring) agrees with the full one."""
+    return np.asarray(series.timestamps < cal.warm_until + (cal.window - 1) * series.frequency)
+
+
 def _seasonal(
     values: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration], config: PipelineConfig, fill: bool = True
 ) -> np.ndarray:
@@ -225,11 +236,54 @@ def _expectations(
                     break
                 cleaned = np.where(surprising, np.nan, values)
                 second = _seasonal(cleaned, timestamps, block_cals, config, fill=False) + monthly
-                expected = np.where(np.isnan(second), first, second)
+                # Inside an incident longer than a cycle the cleaned history has nothing left:
+                # keep expecting what was expected before it (the raw expectation would be the
+                # incident itself, and the days after it would look like a collapse).
+                expected = scoring.forward_fill(second)
+                expected = np.where(np.isnan(expected), first, expected)
                 spread = _spread(expected, block_cals)
+        if config.hybrid.annual_recurrence:
+            expected = _annual_recurrence(values, expected, spread, timestamps, block_cals)
         for row, series in enumerate(members):
             out[series.customer_id] = (expected[row], spread[row])
     return out
+
+
+def _annual_recurrence(
+    values: np.ndarray,
+    expected: np.ndarray,
+    spread: np.ndarray,
+    timestamps: pd.DatetimeIndex,
+    cals: list[Calibration],
+) -> np.ndarray:
+    """Daily series: a deviation that repeats the same calendar date's deviation a year ago is
+    expected (public holidays, year-end freezes, quarter-end batches).
+
+    Neither the weekly cycle nor the day of the month knows these dates, and a year of history
+    holds each one once: projecting last year's deviation onto every future occurrence would
+    also project last year's incidents onto this year's ordinary days. So a date's deviation is
+    only explained when it matches: last year that date was beyond three spreads, and today
+    deviates the same way by between half and twice the same share of the expectation. A
+    normal day after last year's incident is then still normal, and an incident on last year's
+    holiday (the other way, or far larger) still stands out.
+    """
+    daily = len(timestamps) > 1 and timestamps[1] - timestamps[0] == pd.Timedelta(days=1)
+    if not daily:
+        return expected
+    year_ago = timestamps.get_indexer(timestamps - pd.DateOffset(years=1))
+    if (year_ago < 0).all():
+        return expected
+    deviation = np.where(_warmed_up(timestamps, cals), values - expected, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(np.abs(expected) > 1e-12, deviation / np.abs(expected), np.nan)
+        beyond = np.abs(deviation) > 3 * spread
+    pad = np.full((len(cals), 1), np.nan)
+    last_share = np.concatenate([share, pad], axis=1)[:, year_ago]
+    last_beyond = np.concatenate([beyond, pad.astype(bool)], axis=1)[:, year_ago]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = share / last_share
+    matched = last_beyond & (ratio >= 0.5) & (ratio <= 2.0)
+    return np.where(matched, expected + np.abs(expected) * np.nan_to_num(last_share, nan=0.0), expected)
 
 
 def _expectation(
@@ -238,9 +292,13 @@ def _expectation(
     return _expectations([series], {series.customer_id: cal}, config)[series.customer_id]
 
 
+def _decrease_applies(frequency: pd.Timedelta, config: PipelineConfig) -> bool:
+    """The decrease rule is a daily-cost rule: a 5-minute CPU or request series drops 30% from
+    one step to the next all the time, a day's spend does not."""
+    return config.decrease_rule.enabled and frequency >= pd.Timedelta(days=1)
+
+
 def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
-    if not config.decrease_rule.enabled:
-        return np.zeros_like(rate)
     return np.clip(np.nan_to_num(rate / config.decrease_rule.threshold, nan=0.0), 0.0, 1e3)
 
 
@@ -291,6 +349,85 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     cal.residual_sigma = scoring.robust_sigma(scaled, floor=floor)
 
 
+def _learn_thresholds(
+    cal: Calibration, sig: dict[str, np.ndarray], series: CustomerSeries, config: PipelineConfig
+) -> None:
+    """Each signal's (center, threshold) from its online scores on the training part.
+
+    Training history holds the incidents nobody labelled. One-step outliers barely move the
+    robust rule (``scoring.learn_threshold``), but a fortnight-long incident is a tenth of a
+    year's steps and lifts every upper quantile to its own size, after which nothing smaller is
+    ever flagged. So runs of at least ``threshold_exclude_run`` steps beyond ``clean_history_z``
+    spreads (and the windows touching them) are left out first. The threshold is then raised,
+    never lowered, to the tail quantile that keeps the signal's own exceedances within
+    ``alarm_budget_per_month`` (``scoring.tail_quantile``, peaks over threshold): a heavy-tailed
+    5-minute series crosses a fixed number of spreads thousands of times more often per month
+    than a daily one does, and the budget is what follows the frequency.
+    """
+    point, window = _threshold_masks(series, cal, sig["z"], config)
+    for name in ("residual", *scoring.MODEL_SIGNALS):
+        minimum = config.hybrid.residual_min_z if name == "residual" else 0.0
+        center, threshold = _threshold(sig[name][: cal.train_size][point if name == "residual" else window], series.frequency, config, minimum)
+        cal.thresholds[name] = (0.0 if name == "residual" else center, threshold)
+
+
+def _threshold_masks(
+    series: CustomerSeries, cal: Calibration, z: np.ndarray, config: PipelineConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training steps a point signal (and a window signal) learns its threshold from: past the
+    warm-up, outside long runs of surprising steps (and windows touching them)."""
+    n = cal.train_size
+    usable = ~_in_warmup(series, cal)[:n] & (np.arange(n) >= cal.window - 1)
+    excluded = np.zeros(n, dtype=bool)
+    if config.hybrid.threshold_exclude_run > 0 and config.hybrid.clean_history_z > 0:
+        surprising = np.abs(np.nan_to_num(z[:n], nan=0.0)) > config.hybrid.clean_history_z
+        excluded = scoring.long_runs(surprising, config.hybrid.threshold_exclude_run)
+    return usable & ~excluded, usable & ~scoring.trailing_any(excluded, cal.window)
+
+
+def _threshold(
+    scores: np.ndarray, frequency: pd.Timedelta, config: PipelineConfig, minimum: float
+) -> tuple[float, float]:
+    hybrid = config.hybrid
+    center, threshold = scoring.learn_threshold(scores, hybrid.component_quantile, hybrid.threshold_reach, minimum)
+    if hybrid.alarm_budget_per_month > 0:
+        p = hybrid.alarm_budget_per_month / (pd.Timedelta(days=30.44) / frequency)
+        threshold = max(threshold, scoring.tail_quantile(scores, p, hybrid.tail_quantile))
+    return center, threshold
+
+
+def window_detector_scores(
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, name: str
+) -> dict[str, np.ndarray]:
+    """Online score of any PyOD window detector (``outlier.WINDOW_DETECTORS``), fitted and
+    thresholded exactly as the hybrid's own window models are (pooled training windows of each
+    cohort; thresholds from each series' clean training scores), normalised so 1.0 is its
+    threshold and zero in the warm-up: what the evaluation compares window detectors with."""
+    known = [s for s in series_list if s.customer_id in fitted.calibrations]
+    expectations = _expectations(known, fitted.calibrations, config)
+    cohorts: dict[int, list[CustomerSeries]] = defaultdict(list)
+    for series in known:
+        cohorts[fitted.calibrations[series.customer_id].window].append(series)
+    seed = config.training.seed
+    out: dict[str, np.ndarray] = {}
+    for window, members in cohorts.items():
+        inputs = {s.customer_id: _model_input(s, fitted.calibrations[s.customer_id], config, expectations[s.customer_id]) for s in members}
+        train = [
+            sliding_windows(inputs[s.customer_id][_warmup(cal) : cal.train_size], window)
+            for s in members
+            for cal in [fitted.calibrations[s.customer_id]]
+        ]
+        model = window_detector(name, seed).fit(window_features(pooled(train, config.isolation_forest.max_training_windows, seed)))
+        for series in members:
+            cid, cal = series.customer_id, fitted.calibrations[series.customer_id]
+            score = _window_signal(anomaly_score(model, sliding_windows(inputs[cid], window)), len(series), window)
+            expected, spread = expectations[cid]
+            _, usable = _threshold_masks(series, cal, (series.values - expected) / spread, config)
+            center, threshold = _threshold(score[: cal.train_size][usable], series.frequency, config, 0.0)
+            out[cid] = np.where(_in_warmup(series, cal), 0.0, scoring.normalise(score, center, threshold))
+    return out
+
+
 def training_layout(series: CustomerSeries, config: PipelineConfig) -> tuple[int, int]:
     """(training steps, window size) of a series: the first ``train_fraction`` of its history
     (at least 2 steps, at most all of them) and the configured window, never more than a
@@ -304,6 +441,7 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
     """Train all three models per customer and learn every threshold from the training part."""
     fitted = FittedDetectors()
     prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray]]] = defaultdict(list)
+    fitted_series: dict[str, CustomerSeries] = {}
     for series in series_list:
         if len(series) < config.preprocess.min_history:
             fitted.skipped[series.customer_id] = (
@@ -330,6 +468,7 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
             lstm_notebook_threshold=np.inf,
         )
         _calibrate_expectation(series, cal, config)
+        fitted_series[series.customer_id] = series
         windows = sliding_windows(_model_input(series, cal, config)[_warmup(cal) : n_train], window)
         prepared[window].append((series, cal, windows))
 
@@ -352,16 +491,10 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
 
     # Thresholds come from the training part's own scores, series by series.
     signals = _signals([s for group in prepared.values() for s, _, _ in group], fitted, config)
-    q, reach = config.hybrid.component_quantile, config.hybrid.threshold_reach
     for cid, sig in signals.items():
         cal = fitted.calibrations[cid]
+        _learn_thresholds(cal, sig, fitted_series[cid], config)
         n = cal.train_size
-        cal.thresholds["residual"] = (
-            0.0,
-            scoring.learn_threshold(sig["residual"][:n], q, reach, config.hybrid.residual_min_z)[1],
-        )
-        for name in scoring.MODEL_SIGNALS:
-            cal.thresholds[name] = scoring.learn_threshold(sig[name][:n], q, reach)
         train_err = sig["lstm"][:n]
         train_err = train_err[np.isfinite(train_err)]
         cal.lstm_notebook_threshold = (
@@ -473,10 +606,10 @@ def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     for name in ("customer_id", "reasons", "split", "status"):
         frame[name] = frame[name].astype(str)
-    for name in ("is_anomaly", "lstm_flag", "decrease_flag", "is_filled"):
+    flags = ("is_anomaly", "is_repeat", "lstm_flag", "decrease_flag", "is_filled")
+    for name in flags:
         frame[name] = frame[name].astype(bool)
-    for name in set(SCORE_COLUMNS) - {"customer_id", "timestamp", "reasons", "split", "status",
-                                      "is_anomaly", "lstm_flag", "decrease_flag", "is_filled"}:
+    for name in set(SCORE_COLUMNS) - {"customer_id", "timestamp", "reasons", "split", "status", *flags}:
         frame[name] = frame[name].astype(float)
     return frame
 
@@ -501,10 +634,14 @@ def score_latest(
         passes = config.hybrid.clean_history_passes + 1
         reach = 8 + passes * (config.hybrid.seasonal_cycles + 2) + 1
         keep = reach * cycle + 2 * (cal.window if cal else 1) + steps
+        if cal:
+            keep += quiet_steps(series.frequency, cal.window, config)  # earlier flags: repeats
         if cal and cal.day_of_month_offsets is not None:
             # a day-of-month effect: that day in the last three months, each against its own
             # weekly expectation
             keep += 3 * 31 + (config.hybrid.seasonal_cycles + 2) * cycle
+        if cal and series.frequency == pd.Timedelta(days=1) and config.hybrid.annual_recurrence:
+            keep += 366  # the same date a year ago
         tails.append(_tail(series, keep))
     return score_series(tails, fitted, config, newest=steps, online=True)
 
@@ -529,16 +666,23 @@ def _score_columns(
     }
     # A drop only counts when the value is also well below what this weekday/hour usually is:
     # a weekend dip or the day after a month-start invoice is a drop, but not a surprise.
-    confirmed = sig["z"] < -2.0
+    applies = _decrease_applies(series.frequency, config)
+    confirmed = (sig["z"] < -2.0) & applies
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     weights = {"decrease": 1.0, **config.hybrid.weights}
     score = scoring.hybrid(normalised, weights, config.hybrid.signal_cap)
-    decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & (
-        config.decrease_rule.enabled
-    )
+    alone = config.hybrid.residual_alone
+    if alone > 0 and series.frequency < pd.Timedelta(days=1):
+        # Sub-daily: the residual's threshold is an extreme tail quantile fitted on thousands of
+        # training steps, trustworthy alone; a daily one (a month's budget is 3% of the days)
+        # still needs a second detector to agree.
+        score = np.maximum(score, normalised["residual"] * config.hybrid.decision_threshold / alone)
+    decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     n = len(series)
     # Timestamps, not positions, so a tail of the series (daily scoring) matches the full one.
-    warm = np.asarray(series.timestamps < cal.warm_until) | (np.arange(n) < cal.window - 1)
+    warm = _in_warmup(series, cal) | (np.arange(n) < cal.window - 1)
+    flagged = (score >= config.hybrid.decision_threshold) & ~warm
+    repeat = scoring.repeats(flagged, quiet_steps(series.frequency, cal.window, config))
     fired = {k: v for k, v in normalised.items() if k != "decrease"}
     return {
         "customer_id": series.customer_id,
@@ -546,7 +690,8 @@ def _score_columns(
         "cost": series.values,
         "expected_cost": sig["expected"],
         "hybrid_score": score,
-        "is_anomaly": (score >= config.hybrid.decision_threshold) & ~warm,
+        "is_anomaly": flagged & ~repeat,
+        "is_repeat": repeat,
         "residual_score": sig["residual"],
         "lstm_error": sig["lstm"],
         "lstm_threshold": cal.lstm_notebook_threshold,
@@ -562,6 +707,14 @@ def _score_columns(
     }
 
 
+def quiet_steps(frequency: pd.Timedelta, window: int, config: PipelineConfig) -> int:
+    """Steps after a flag in which a new run of flags is a repeat of the same incident, not a
+    new alarm: ``hybrid.quiet_windows`` windows, and at least ``hybrid.quiet_period``."""
+    hybrid = config.hybrid
+    period = int(pd.Timedelta(hybrid.quiet_period) / frequency) if frequency > pd.Timedelta(0) else 0
+    return max(hybrid.quiet_windows * window, period)
+
+
 def _unscored_columns(series: CustomerSeries, reason: str) -> dict[str, Any]:
     n = len(series)
     nan = np.full(n, np.nan)
@@ -573,6 +726,7 @@ def _unscored_columns(series: CustomerSeries, reason: str) -> dict[str, Any]:
         "expected_cost": nan,
         "hybrid_score": np.zeros(n),
         "is_anomaly": false,
+        "is_repeat": false,
         "residual_score": nan,
         "lstm_error": nan,
         "lstm_threshold": nan,

@@ -179,3 +179,69 @@ def test_microsecond_timestamps_score_like_nanoseconds() -> None:
     actual = score_series([micro], fitted, config)
     np.testing.assert_allclose(actual["expected_cost"], expected["expected_cost"])
     assert actual["is_anomaly"].tolist() == expected["is_anomaly"].tolist()
+
+
+def test_a_holiday_dip_that_recurs_a_year_later_is_expected_and_a_past_incident_is_not() -> None:
+    usage = _daily("a", 760, 5)  # 2024-01-01 .. 2026-01-29
+    ts = usage["timestamp"]
+    holiday = (ts.dt.month == 12) & (ts.dt.day == 25)
+    usage.loc[holiday, "cost"] *= 0.4  # Christmas: a dip every year
+    incident = ts == pd.Timestamp("2024-06-12", tz="UTC")
+    usage.loc[incident, "cost"] *= 4  # once only
+    scores = detect(usage, FAST, online=True).set_index("timestamp")
+    assert scores.loc[pd.Timestamp("2024-12-25", tz="UTC"), "is_anomaly"]  # first time: surprising
+    second = scores.loc[pd.Timestamp("2025-12-25", tz="UTC")]
+    assert not second["is_anomaly"] and abs(second["cost"] - second["expected_cost"]) < 0.15 * second["cost"]
+    # last year's one-off spike is not expected again on its date
+    later = scores.loc[pd.Timestamp("2025-06-12", tz="UTC")]
+    assert abs(later["expected_cost"] - later["cost"]) < 0.15 * later["cost"]
+    without = detect(usage, {**FAST, "hybrid": {"annual_recurrence": False}}, online=True).set_index("timestamp")
+    assert without.loc[pd.Timestamp("2025-12-25", tz="UTC"), "is_anomaly"]
+
+
+def test_the_decrease_rule_is_a_daily_rule() -> None:
+    rng = np.random.default_rng(6)
+    ts = pd.date_range("2024-03-01", periods=288 * 6, freq="5min", tz="UTC")
+    # a request rate that halves and doubles from one 5-minute step to the next all day
+    values = np.where(np.arange(len(ts)) % 2 == 0, 100.0, 50.0) * (1 + rng.normal(0, 0.02, len(ts)))
+    scores = detect(pd.DataFrame({"customer_id": "api", "timestamp": ts, "cost": values}), FAST, online=True)
+    assert not scores["decrease_flag"].any()
+    assert not scores["reasons"].str.contains("decrease").any()
+
+
+def test_thresholds_are_learned_without_a_long_training_incident() -> None:
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors
+    from anomaly_pipelines.core.series import regularize
+
+    clean = _daily("a", 400, 7)
+    dirty = clean.assign(customer_id="b")
+    dirty.loc[150:163, "cost"] *= 2.0  # a fortnight-long unlabelled incident inside training
+    fitted = fit_detectors(regularize(pd.concat([clean, dirty], ignore_index=True)), PipelineConfig().merged(FAST))
+    t_clean = fitted.calibrations["a"].thresholds["residual"][1]
+    t_dirty = fitted.calibrations["b"].thresholds["residual"][1]
+    assert t_dirty < 1.5 * t_clean, (t_dirty, t_clean)
+    kept = PipelineConfig().merged({**FAST, "hybrid": {"threshold_exclude_run": 0}})
+    t_kept = fit_detectors(regularize(dirty), kept).calibrations["b"].thresholds["residual"][1]
+    assert t_kept > 2 * t_clean  # what the incident did to the threshold before
+
+
+def test_window_detectors_are_pyod_models_behind_one_interface() -> None:
+    from anomaly_pipelines.core.config import IsolationForestConfig, LocalOutlierFactorConfig
+    from anomaly_pipelines.core.models import outlier
+
+    rng = np.random.default_rng(8)
+    train = rng.normal(size=(400, 7))
+    odd = np.full((1, 7), 6.0)
+    models = {
+        "isolation_forest": outlier.fit_isolation_forest(train, IsolationForestConfig(), 1),
+        "local_outlier_factor": outlier.fit_local_outlier_factor(train, LocalOutlierFactorConfig()),
+    }
+    for name in ("ecod", "copod", "hbos", "knn"):
+        models[name] = outlier.window_detector(name, 1).fit(outlier.window_features(train))
+    for name, model in models.items():
+        assert type(model).__module__.startswith("pyod.models"), name
+        normal = outlier.anomaly_score(model, train[:50])
+        assert outlier.anomaly_score(model, odd)[0] > np.quantile(normal, 0.9), name
+    with pytest.raises(ValueError, match="unknown window detector"):
+        outlier.window_detector("prophet", 1)

@@ -2,6 +2,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from anomaly_pipelines.core import scoring
 
@@ -108,3 +109,56 @@ def test_fast_nan_median_matches_numpy() -> None:
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(values, axis=-1)
         np.testing.assert_array_equal(scoring._nanmedian(values), expected)
+
+
+def test_tail_quantile_extrapolates_a_heavy_tail() -> None:
+    rng = np.random.default_rng(1)
+    scores = np.abs(rng.standard_t(3, 20_000))
+    # |t3| exceeds 28.0 with probability 1e-4 (scipy.stats.t.ppf(1 - 5e-5, 3))
+    assert scoring.tail_quantile(scores, 1e-4) == pytest.approx(28.0, rel=0.25)
+    # not in the tail: the empirical quantile
+    assert scoring.tail_quantile(scores, 0.05) == pytest.approx(np.quantile(scores, 0.95))
+    # far beyond the data, yet finite and above every score
+    assert np.max(scores) < scoring.tail_quantile(scores, 1e-6) < 1e3
+    # a light tail (Gaussian) extrapolates far lower than the heavy one
+    light = np.abs(rng.normal(size=20_000))
+    assert scoring.tail_quantile(light, 1e-4) == pytest.approx(3.89, rel=0.15)
+    assert scoring.tail_quantile(np.array([]), 1e-3) == -np.inf
+    assert scoring.tail_quantile(np.ones(30), 1e-3) == 1.0  # no excess: the largest score
+
+
+def test_long_runs_and_trailing_any() -> None:
+    mask = np.array([1, 0, 1, 1, 1, 0, 1, 1, 0, 0], bool)
+    assert scoring.long_runs(mask, 3).astype(int).tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert scoring.long_runs(mask, 2).astype(int).tolist() == [0, 0, 1, 1, 1, 0, 1, 1, 0, 0]
+    marked = np.array([0, 1, 0, 0, 0, 0], bool)
+    assert scoring.trailing_any(marked, 3).astype(int).tolist() == [0, 1, 1, 1, 0, 0]
+
+
+def test_forward_fill_per_row() -> None:
+    values = np.array([[np.nan, 1.0, np.nan, 3.0, np.nan], [2.0, np.nan, np.nan, np.nan, 5.0]])
+    filled = scoring.forward_fill(values)
+    np.testing.assert_array_equal(filled[0, 1:], [1.0, 1.0, 3.0, 3.0])
+    assert np.isnan(filled[0, 0])
+    np.testing.assert_array_equal(filled[1], [2.0, 2.0, 2.0, 2.0, 5.0])
+
+
+def test_robust_sigma_of_a_mostly_flat_series_comes_from_its_bursts() -> None:
+    residuals = np.zeros(1000)
+    residuals[::50] = 10.0  # an idle metric with regular bursts: MAD is 0
+    sigma = scoring.robust_sigma(residuals, floor=1e-9)
+    assert sigma == pytest.approx(np.mean(np.abs(residuals)) * 1.2533)
+    assert scoring.robust_sigma(np.random.default_rng(0).normal(size=5000), 1e-9) == pytest.approx(1.0, rel=0.05)
+
+
+def test_repeats_are_runs_starting_soon_after_an_earlier_flag() -> None:
+    flags = np.array([0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0], bool)
+    # with a quiet period of 4: the run at 5 starts 3 steps after step 2 (a repeat); the run at
+    # 11 starts 6 steps after step 5 (new)
+    assert scoring.repeats(flags, 4).astype(int).tolist() == [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    # with 6, step 5 is a repeat and so is the run at 11 (step 5 lies within 6 before it)
+    assert np.flatnonzero(scoring.repeats(flags, 6)).tolist() == [5, 11, 12]
+    assert not scoring.repeats(flags, 0).any()
+    # decided by earlier steps only: cutting the future off changes nothing before the cut
+    for cut in range(1, len(flags)):
+        assert scoring.repeats(flags[:cut], 6).tolist() == scoring.repeats(flags, 6)[:cut].tolist()

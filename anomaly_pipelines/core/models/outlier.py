@@ -8,20 +8,51 @@ customer would cost ~2 MB and ~3 ms per scoring call each, which rules out scori
 customers a day; a cohort model scores all its customers in one vectorised call. A per-customer
 run is a cohort of one, i.e. the per-customer model of the notebook.
 
-LOF runs in novelty mode, so later windows are scored against training behaviour, not against
-each other. Scores are flipped so that higher means more anomalous, like every other signal.
+Every window detector is a PyOD model behind PyOD's one interface (``fit`` on training windows,
+``decision_function``: higher is more anomalous, like every other signal): IsolationForest and
+LOF are the hybrid's two votes, and any other PyOD detector can be built by name
+(``window_detector``) and compared in the evaluation. LOF runs in novelty mode, so later windows
+are scored against training behaviour, not against each other.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import IsolationForest
-from sklearn.neighbors import LocalOutlierFactor
 
 from anomaly_pipelines.core.config import IsolationForestConfig, LocalOutlierFactorConfig
+
+# PyOD's own contamination only sets its ``threshold_``, which nothing here uses: thresholds are
+# learned per customer on its own training scores.
+_CONTAMINATION = 0.1
+# Window detectors by name: the hybrid's two, and the others the evaluation compares them with.
+# Imported on first use: some PyOD modules pull in numba and matplotlib.
+WINDOW_DETECTORS: dict[str, str] = {
+    "isolation_forest": "pyod.models.iforest:IForest",
+    "local_outlier_factor": "pyod.models.lof:LOF",
+    "ecod": "pyod.models.ecod:ECOD",
+    "copod": "pyod.models.copod:COPOD",
+    "hbos": "pyod.models.hbos:HBOS",
+    "knn": "pyod.models.knn:KNN",
+}
+
+
+def _pyod(name: str) -> Any:
+    try:
+        module, cls = WINDOW_DETECTORS[name].split(":")
+    except KeyError:
+        raise ValueError(f"unknown window detector {name!r}; known: {', '.join(WINDOW_DETECTORS)}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def window_detector(name: str, seed: int) -> Any:
+    """An unfitted PyOD detector with its defaults (seeded where it draws random numbers)."""
+    cls = _pyod(name)
+    return cls(random_state=seed) if name == "isolation_forest" else cls(contamination=_CONTAMINATION)
 
 
 def window_features(windows: np.ndarray) -> np.ndarray:
@@ -40,26 +71,28 @@ def pooled(windows: list[np.ndarray], limit: int, seed: int) -> np.ndarray:
     return stacked
 
 
-def fit_isolation_forest(windows: np.ndarray, config: IsolationForestConfig, seed: int) -> IsolationForest:
-    model = IsolationForest(
+def fit_isolation_forest(windows: np.ndarray, config: IsolationForestConfig, seed: int) -> Any:
+    contamination = _CONTAMINATION if config.contamination == "auto" else config.contamination
+    model = _pyod("isolation_forest")(
         n_estimators=config.n_estimators,
         max_samples=config.max_samples,
-        contamination=config.contamination,
+        contamination=contamination,
         random_state=seed,
     )
     return model.fit(window_features(windows))
 
 
-def fit_local_outlier_factor(windows: np.ndarray, config: LocalOutlierFactorConfig) -> LocalOutlierFactor:
+def fit_local_outlier_factor(windows: np.ndarray, config: LocalOutlierFactorConfig) -> Any:
     features = window_features(windows)
     neighbours = max(1, min(config.n_neighbors, len(features) - 1))
-    return LocalOutlierFactor(n_neighbors=neighbours, novelty=True, algorithm=config.algorithm).fit(features)
+    model = _pyod("local_outlier_factor")(n_neighbors=neighbours, algorithm=config.algorithm, novelty=True, contamination=_CONTAMINATION)
+    return model.fit(features)
 
 
-def anomaly_score(model: IsolationForest | LocalOutlierFactor, windows: np.ndarray) -> np.ndarray:
+def anomaly_score(model: Any, windows: np.ndarray) -> np.ndarray:
     if len(windows) == 0:
         return np.empty(0)
-    return -model.score_samples(window_features(windows))
+    return np.asarray(model.decision_function(window_features(windows)), dtype=float)
 
 
 @dataclass
