@@ -26,6 +26,12 @@ from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.evaluation.datasets import LabelledSeries
 
 CORE = Path(__file__).resolve().parents[1]
+DETECTION_MODULES = ("api.py", "detector.py", "scoring.py", "series.py", "windows.py", "ids.py")
+# The configuration sections detection reads; the others (sources, explanations, alerts, ...)
+# cannot change a detector's output.
+DETECTION_SETTINGS = {
+    "preprocess", "windows", "training", "lstm", "isolation_forest", "local_outlier_factor", "decrease_rule", "hybrid",
+}
 
 
 def default_cache_dir() -> Path:
@@ -35,10 +41,11 @@ def default_cache_dir() -> Path:
 
 
 def source_files(detector: str) -> list[Path]:
-    """The code a detector's output depends on: for the hybrid, all of ``core`` except the
-    evaluation package; for a baseline, the baselines module and what it imports from core."""
+    """The code a detector's output depends on: for the hybrid, the detection modules of
+    ``core`` (not the explanations, alerts or registry beside them); for a baseline, the
+    baselines module and what it imports from core."""
     if detector == "hybrid":
-        return sorted(p for p in CORE.rglob("*.py") if "evaluation" not in p.relative_to(CORE).parts)
+        return sorted([*(CORE / name for name in DETECTION_MODULES), *(CORE / "models").glob("*.py")])
     return [
         CORE / "evaluation" / "baselines.py",
         CORE / "windows.py",
@@ -49,7 +56,7 @@ def source_files(detector: str) -> list[Path]:
 def cache_key(detector: str, series: Iterable[LabelledSeries], config: PipelineConfig) -> str:
     digest = hashlib.sha256()
     digest.update(detector.encode())
-    digest.update(config.model_dump_json().encode())
+    digest.update(config.model_dump_json(include=DETECTION_SETTINGS).encode())
     for path in source_files(detector):
         digest.update(path.relative_to(CORE).as_posix().encode())
         digest.update(path.read_bytes())
