@@ -74,6 +74,22 @@ def record_feedback(
     return row
 
 
+def give_feedback(
+    incident_id: str,
+    label: str,
+    note: str = "",
+    *,
+    config: Any = None,
+    author: str | None = None,
+) -> dict[str, Any]:
+    """``anomaly-pipelines feedback`` from Python: ``config`` is anything ``as_config`` takes
+    (a PipelineConfig, a dict of overrides, a YAML path; None: the defaults)."""
+    from anomaly_pipelines.core.config import as_config
+
+    store = OperationsStore.for_config(as_config(config))
+    return record_feedback(store, incident_id, label, note, author=author)
+
+
 def latest_labels(feedback: pd.DataFrame) -> pd.DataFrame:
     """One row per incident: its most recent judgement (people change their minds)."""
     if feedback.empty:
