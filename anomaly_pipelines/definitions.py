@@ -12,8 +12,8 @@ from typing import Any
 
 import dagster as dg
 
-from anomaly_pipelines.defs import checks, sensors
-from anomaly_pipelines.defs.assets import ingest, reporting, scoring, series, training
+from anomaly_pipelines.defs import checks, operations_checks, sensors
+from anomaly_pipelines.defs.assets import alerts, ingest, reporting, scoring, series, training
 from anomaly_pipelines.defs.io_managers import PartitionedStorageIOManager
 from anomaly_pipelines.defs.jobs import (
     batch_job,
@@ -50,8 +50,8 @@ def build_definitions(
         )
     )
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, series, training, scoring, reporting]),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        assets=dg.load_assets_from_modules([ingest, series, training, scoring, reporting, alerts]),
+        asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
         jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job],
         schedules=[daily_scoring_schedule],
         sensors=[sensors.daily_files_sensor],

@@ -31,6 +31,8 @@ CHAIN = [
     ("anomaly_plots", "anomaly_report"),
     ("daily_usage", "daily_scores"),
     ("customer_series", "daily_scores"),
+    ("daily_scores", "daily_alerts"),
+    ("daily_usage", "daily_alerts"),
 ]
 
 

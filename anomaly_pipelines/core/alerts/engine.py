@@ -271,13 +271,16 @@ def process_day(
     *,
     day_has_data: bool = True,
     plots: Mapping[str, str] | None = None,
+    last_seen: Mapping[str, pd.Timestamp] | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> AlertRunSummary:
     """Record and send the notices of day ``as_of`` (see the module docstring).
 
     ``incidents``: rows of ``explain_incidents`` over the recent daily scores; ``last_scored``:
     each customer's newest scored timestamp (its absence of news is the no-data signal);
-    ``plots``: customer id -> plot path or URL. Returns counts; never raises for a delivery.
+    ``plots``: customer id -> plot path or URL; ``last_seen``: each customer's newest data
+    (default: ``last_scored``), which decides the no-data notices. Returns counts; never raises
+    for a delivery.
     """
     from anomaly_pipelines.core.feedback import suppression_reason
 
@@ -351,7 +354,7 @@ def process_day(
                 add(sub, f"{sub.name}|{iid}|ended", message, "suppressed" if reason else "pending")
 
     as_of_day = pd.Timestamp(as_of, tz="UTC")
-    for cid, newest in sorted(last_scored.items()):
+    for cid, newest in sorted((last_seen if last_seen is not None else last_scored).items()):
         newest_day = pd.Timestamp(newest).tz_convert("UTC").normalize()
         if (as_of_day - newest_day).days < alerts.no_data_after_days:
             continue

@@ -1,0 +1,140 @@
+"""The daily loop through a real Dagster instance: billing files arrive one day at a time, the
+daily job scores each day and sends alerts to a loopback webhook, a person marks an incident
+``not-anomaly`` from the CLI, and its repeat is not alerted.
+
+One trained history (ingest + batch training, 2 epochs), then one daily run per simulated day.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_pipelines import cli
+from anomaly_pipelines.core.alerts import OperationsStore
+from anomaly_pipelines.core.alerts.store import dispose_engines
+from anomaly_pipelines.definitions import build_definitions
+from anomaly_pipelines.defs.settings import read_config
+from anomaly_pipelines_tests.defs.conftest import write_config
+from anomaly_pipelines_tests.loopback import webhook_server
+
+START = pd.Timestamp("2024-01-01")
+HISTORY_DAYS = 112
+CUSTOMERS = ("acme", "globex", "initech")
+# acme spends 5x its usual on these days (offsets from START): one 3-day incident, a repeat.
+SPIKES = {116: 5.0, 117: 5.0, 118: 5.0, 124: 5.0}
+MISSING = 127  # no file arrives that day
+LAST = 129
+
+
+def _cost(customer: int, day: int) -> float:
+    rng = np.random.default_rng(1000 * customer + day)
+    weekly = 1.0 + 0.25 * (pd.Timestamp(START + pd.Timedelta(days=day)).weekday() < 5)
+    return round(100.0 * (customer + 1) * weekly * (1 + 0.03 * rng.standard_normal()), 2)
+
+
+def _write_day(folder: Path, day: int) -> None:
+    date = (START + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
+    costs = [
+        _cost(i, day) * (SPIKES.get(day, 1.0) if c == "acme" else 1.0)
+        for i, c in enumerate(CUSTOMERS)
+    ]
+    pd.DataFrame({"customer_id": CUSTOMERS, "Date": date, "TotalCost": costs}).to_csv(
+        folder / f"usage_{date}.csv", index=False
+    )
+
+
+@pytest.fixture(autouse=True)
+def _engines() -> Any:
+    yield
+    dispose_engines()
+
+
+def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "billing"
+    folder.mkdir()
+    for day in range(HISTORY_DAYS):
+        _write_day(folder, day)
+    with webhook_server() as hook:
+        monkeypatch.setenv("LOOP_HOOK_URL", hook.url)
+        config_path = write_config(
+            tmp_path,
+            {
+                "source": {"kind": "daily_folder", "path": str(folder)},
+                "preprocess": {"min_history": 28},
+                "alerts": {
+                    "subscriptions": [
+                        {"name": "finops", "channel": "webhook", "url_env": "LOOP_HOOK_URL"}
+                    ],
+                    "backoff_seconds": 0.01,
+                },
+            },
+        )
+        config = read_config(str(config_path))
+        defs = build_definitions(config_path=str(config_path))
+        job = defs.resolve_job_def("daily_scoring_job")
+        with dg.instance_for_test() as instance:
+            cli.run_demo(str(config_path), instance=instance, log_level="WARNING")
+
+            def run(day: int) -> dg.ExecuteInProcessResult:
+                key = (START + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
+                result = job.execute_in_process(instance=instance, partition_key=key)
+                assert result.success
+                return result
+
+            checks: dict[int, dict[str, bool]] = {}
+            for day in range(HISTORY_DAYS, LAST + 1):
+                if day != MISSING:
+                    _write_day(folder, day)
+                result = run(day)
+                checks[day] = {
+                    e.check_name: e.passed
+                    for e in result.get_asset_check_evaluations()
+                }
+                if day == 117:  # a re-run of the same day sends nothing again
+                    before = len(hook.requests)
+                    run(day)
+                    assert len(hook.requests) == before
+                if day == 121:
+                    incident = next(b for b in hook.bodies if b["kind"] == "opened")
+                    assert (
+                        cli.main(
+                            [
+                                "feedback",
+                                incident["incident_id"],
+                                "not-anomaly",
+                                "--note",
+                                "load test",
+                                "--config-file",
+                                str(config_path),
+                            ]
+                        )
+                        == 0
+                    )
+
+        acme = [(b["kind"], b["as_of"]) for b in hook.bodies if b.get("customer_id") == "acme"]
+        first = [b for b in hook.bodies if b.get("incident_id") == "acme-20240426T0000"]
+        assert [b["kind"] for b in first] == ["opened", "update", "update", "ended"], acme
+        assert first[0]["as_of"] == "2024-04-26" and first[-1]["as_of"] == "2024-04-30"
+        assert first[2]["subject"].startswith("[critical] acme: day 3, +$")
+        assert Path(first[0]["plot"]).is_file()
+        # The repeat on 2024-05-04 was recorded as suppressed, not sent.
+        store = OperationsStore.for_config(config)
+        suppressed = store.deliveries(statuses=("suppressed",))
+        assert set(suppressed["incident_id"]) == {"acme-20240504T0000"}
+        assert not any(b.get("incident_id") == "acme-20240504T0000" for b in hook.bodies)
+        # The missing file was reported once, and its day's check failed (a warning).
+        missing = [b for b in hook.bodies if b["kind"] == "missing_file"]
+        assert [b["as_of"] for b in missing] == ["2024-05-07"]
+        assert checks[MISSING]["daily_data_arrived"] is False
+        assert checks[MISSING - 1]["daily_data_arrived"] is True
+        assert all(c["daily_alerts_delivered"] for c in checks.values())
+        # No other customer was alerted: the quiet series stayed quiet.
+        assert {b.get("customer_id") for b in hook.bodies} <= {"acme", None}
