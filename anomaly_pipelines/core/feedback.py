@@ -13,14 +13,17 @@ Stored in the operations store with who and when. It acts in three places:
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from anomaly_pipelines.core.alerts.store import OperationsStore, now_text
+from anomaly_pipelines.core.series import CustomerSeries
 
 LABELS = ("accurate", "not-anomaly", "planned")
 SUPPRESSING = ("not-anomaly", "planned")
@@ -161,34 +164,44 @@ def training_normal_days(store: OperationsStore) -> dict[str, list[pd.Timestamp]
     return _days(store.incidents(), ids)
 
 
-def exclude_from_training(series_frame: pd.DataFrame, store: OperationsStore) -> pd.DataFrame:
-    """``series_frame`` (customer_id, timestamp, cost, is_filled) with the days of ``accurate``
-    incidents replaced by the customer's median cost of the same weekday over the preceding 4
-    weeks and marked ``is_filled``, so training sees a normal value there, not the incident."""
+def exclude_from_training(
+    series: list[CustomerSeries], store: OperationsStore
+) -> tuple[list[CustomerSeries], dict[str, int]]:
+    """``series`` with the steps of incidents marked ``accurate`` replaced by the median of the
+    same phase one to four weeks earlier (steps not excluded themselves) and marked ``filled``,
+    so training learns the customer's normal level there, not the incident. Returns the new
+    series and, per customer, how many steps were replaced. Apply before fitting, never to
+    what is scored."""
     exclusions = training_exclusions(store)
-    if not exclusions or series_frame.empty:
-        return series_frame
-    frame = series_frame.copy()
-    for cid, stamps in exclusions.items():
-        mask_customer = frame["customer_id"].astype(str) == cid
-        if not mask_customer.any():
+    if not exclusions:
+        return series, {}
+    out: list[CustomerSeries] = []
+    replaced: dict[str, int] = {}
+    for s in series:
+        days = exclusions.get(s.customer_id)
+        if not days:
+            out.append(s)
             continue
-        days = pd.DatetimeIndex(stamps).normalize()
-        ts = pd.DatetimeIndex(frame.loc[mask_customer, "timestamp"])
-        hit = ts.normalize().isin(days)
+        stamps = s.timestamps
+        hit = np.asarray(stamps.normalize().isin(pd.DatetimeIndex(days).normalize()))
         if not hit.any():
+            out.append(s)
             continue
-        values = frame.loc[mask_customer, "cost"].to_numpy(dtype=float).copy()
-        for position in [i for i, h in enumerate(hit) if h]:
-            lags = [ts[position] - pd.Timedelta(days=7 * k) for k in range(1, 5)]
-            past = [values[i] for i, t in enumerate(ts) if t in lags and not hit[i]]
+        values = s.values.astype(float).copy()
+        position = {t: i for i, t in enumerate(stamps)}
+        for i in np.flatnonzero(hit):
+            past = [
+                values[j]
+                for k in range(1, 5)
+                if (j := position.get(stamps[i] - pd.Timedelta(days=7 * k))) is not None
+                and not hit[j]
+            ]
             if past:
-                values[position] = float(pd.Series(past).median())
-        index = frame.index[mask_customer]
-        frame.loc[index, "cost"] = values
-        if "is_filled" in frame.columns:
-            frame.loc[index[hit], "is_filled"] = True
-    return frame
+                values[i] = float(np.median(past))
+        filled = s.filled.copy() | hit
+        replaced[s.customer_id] = int(hit.sum())
+        out.append(dataclasses.replace(s, values=values, filled=filled))
+    return out, replaced
 
 
 def precision_over_time(store: OperationsStore, freq: str = "W") -> pd.DataFrame:

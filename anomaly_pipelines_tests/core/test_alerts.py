@@ -395,3 +395,47 @@ def test_send_test_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         with pytest.raises(KeyError, match="known: ops"):
             send_test(config, "nope", store)
         assert list(store.deliveries()["status"]) == ["sent"]
+
+
+def test_accurate_incidents_are_replaced_by_the_usual_level_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from anomaly_pipelines.core.feedback import exclude_from_training
+    from anomaly_pipelines.core.series import CustomerSeries
+
+    monkeypatch.delenv("TEST_HOOK_URL", raising=False)
+    config = _config(tmp_path, [])
+    store = OperationsStore.for_config(config)
+    # Weekdays cost their index (Mon=0 ... Sun=6) x 10; days 29 and 30 spike.
+    stamps = pd.date_range(START, periods=35, freq="D", tz="UTC")
+    values = np.array([10.0 * t.weekday() + 1 for t in stamps])
+    spiked = values.copy()
+    spiked[[29, 30]] = 999.0
+    scores = pd.DataFrame(
+        {
+            "customer_id": "acme",
+            "timestamp": stamps,
+            "cost": spiked,
+            "expected_cost": values,
+            "hybrid_score": [3.0 if i in (29, 30) else 0.1 for i in range(35)],
+            "is_anomaly": [i in (29, 30) for i in range(35)],
+        }
+    )
+    incidents = explain_incidents(scores, None, config.explain)
+    process_day(config, store, "2024-04-04", incidents, {"acme": stamps[-1]}, sleep=lambda s: None)
+    series = CustomerSeries(
+        "acme", pd.DatetimeIndex(stamps), spiked, np.zeros(35, bool), pd.Timedelta(days=1)
+    )
+    other = CustomerSeries(
+        "globex", pd.DatetimeIndex(stamps), spiked, np.zeros(35, bool), pd.Timedelta(days=1)
+    )
+    same, replaced = exclude_from_training([series, other], store)
+    assert replaced == {} and same[0] is series  # no feedback yet: nothing changes
+    record_feedback(store, "acme-20240330T0000", "accurate")
+    (cleaned, untouched), replaced = exclude_from_training([series, other], store)
+    assert replaced == {"acme": 2}
+    np.testing.assert_array_equal(cleaned.values, values)  # the usual level of those weekdays
+    assert list(np.flatnonzero(cleaned.filled)) == [29, 30]
+    assert untouched is other and series.values[29] == 999.0  # inputs are not modified

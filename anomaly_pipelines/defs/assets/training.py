@@ -50,6 +50,23 @@ def training_plot(
 MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
 
 
+def _without_confirmed_incidents(
+    context: AssetExecutionContext, series: list[Any], config: PipelineConfig
+) -> list[Any]:
+    """Days of incidents people marked ``accurate`` are real anomalies: keep them out of what
+    the models learn as normal (``core.feedback.exclude_from_training``)."""
+    from anomaly_pipelines.core.alerts import OperationsStore
+    from anomaly_pipelines.core.feedback import exclude_from_training
+
+    series, replaced = exclude_from_training(series, OperationsStore.for_config(config))
+    if replaced:
+        context.log.info(
+            f"feedback: {sum(replaced.values())} step(s) of incidents marked accurate replaced "
+            f"by their usual level before training, for {len(replaced)} customer(s)"
+        )
+    return series
+
+
 @dg.multi_asset(
     outs={
         "lstm_autoencoder": dg.AssetOut(
@@ -82,6 +99,7 @@ def trained_models(
     config = pipeline_settings.load()
     keys = list(context.partition_keys)
     series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
+    series = _without_confirmed_incidents(context, series, config)
     started = time.perf_counter()
     fitted = fit_detectors(series, config)
     training_seconds = time.perf_counter() - started
