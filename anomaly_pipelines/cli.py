@@ -231,6 +231,14 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--subscription", default=None)
     listing.add_argument("--limit", type=int, default=50, help="newest N rows (0: all)")
     listing.add_argument("--config-file", default="", help=CONFIG_HELP)
+    models = sub.add_parser("models", help="the MLflow champion alias of a customer")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    rollback = models_sub.add_parser(
+        "rollback", help="move the champion alias back to the previous champion (or --to-version)"
+    )
+    rollback.add_argument("customer", help="customer id as in the data")
+    rollback.add_argument("--to-version", default=None, help="this version instead")
+    rollback.add_argument("--config-file", default="", help=CONFIG_HELP)
     return parser
 
 
@@ -297,6 +305,23 @@ def run_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_models(args: argparse.Namespace) -> int:
+    from anomaly_pipelines.core.promotion import rollback
+    from anomaly_pipelines.core.registry import ModelRegistry
+
+    registry = ModelRegistry(_load_config(args.config_file).mlflow)
+    try:
+        old, new = rollback(registry, args.customer, args.to_version)
+    except ValueError as exc:
+        print(f"anomaly-pipelines models rollback: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.customer}: {registry.config.alias} moved from "
+        f"{'v' + old if old else '(no champion)'} to v{new}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["evaluate"]:
@@ -317,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_feedback(args)
     if args.command == "alerts":
         return run_alerts(args)
+    if args.command == "models":
+        return run_models(args)
     return 2
 
 

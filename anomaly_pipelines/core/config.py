@@ -350,6 +350,26 @@ class FeedbackConfig(_Section):
     suppress_days: int = 14
 
 
+class DriftConfig(_Section):
+    """Drift measures, retraining of drifted or stale customers, champion/challenger promotion."""
+
+    # Newest scored days compared with the training part of the same customer.
+    recent_days: int = 28
+    # KS distance between the recent and the training |residual z| distributions above which a
+    # customer has drifted (0: identical, 1: disjoint).
+    max_residual_ks: float = 0.5
+    # Share of recent days flagged above which a customer has drifted (alert budget).
+    alert_budget: float = 0.1
+    # A champion older than this many days is stale and is retrained.
+    max_model_age_days: int = 90
+    # A retrained model is a challenger: it takes the alias only when its cost on the newest
+    # holdout_days (flagged days not confirmed accurate + 2 x confirmed days missed) is at most
+    # the champion's plus promotion_tolerance. False: every new version becomes champion.
+    gate_promotion: bool = True
+    holdout_days: int = 28
+    promotion_tolerance: float = 0.0
+
+
 class PipelineConfig(_Section):
     source: SourceConfig = Field(default_factory=SourceConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
@@ -366,6 +386,7 @@ class PipelineConfig(_Section):
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def merged(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """Return a copy with a nested dict of overrides applied (deep merge)."""
