@@ -359,7 +359,7 @@ class DriftConfig(_Section):
     # customer has drifted (0: identical, 1: disjoint).
     max_residual_ks: float = 0.5
     # Share of recent days flagged above which a customer has drifted (alert budget).
-    alert_budget: float = 0.1
+    alert_budget: float = 0.25
     # A champion older than this many days is stale and is retrained.
     max_model_age_days: int = 90
     # A retrained model is a challenger: it takes the alias only when its cost on the newest

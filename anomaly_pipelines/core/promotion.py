@@ -171,3 +171,15 @@ def rollback(
     registry.set_alias(customer_id, str(target))
     client.set_model_version_tag(name, str(target), "rolled_back_from", current or "(none)")
     return current, str(target)
+
+
+def champion_registered_at(
+    registry: ModelRegistry, customer_ids: list[str]
+) -> dict[str, pd.Timestamp]:
+    """When each customer's champion version was registered (its model age for drift)."""
+    versions = registry._resolve(registry._client(), customer_ids)
+    return {
+        cid: pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC")
+        for cid, mv in versions.items()
+        if mv.creation_timestamp is not None
+    }

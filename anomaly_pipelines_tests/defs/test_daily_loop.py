@@ -94,10 +94,7 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
                 if day != MISSING:
                     _write_day(folder, day)
                 result = run(day)
-                checks[day] = {
-                    e.check_name: e.passed
-                    for e in result.get_asset_check_evaluations()
-                }
+                checks[day] = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
                 if day == 117:  # a re-run of the same day sends nothing again
                     before = len(hook.requests)
                     run(day)
@@ -119,6 +116,23 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
                         == 0
                     )
 
+            # Drift of every customer against its champion, then the retrain sensor's requests.
+            drift = defs.resolve_job_def("drift_job").execute_in_process(instance=instance)
+            measures = drift.output_for_node("model_drift")
+            assert sorted(measures["customer_id"]) == list(CUSTOMERS)
+            assert measures["residual_ks"].notna().all() and (measures["model_age_days"] < 1).all()
+            sensor = defs.resolve_sensor_def("retrain_sensor")
+            with dg.partition_loading_context(dynamic_partitions_store=instance):
+                tick = sensor.evaluate_tick(
+                    dg.build_sensor_context(
+                        instance=instance, repository_def=defs.get_repository_def()
+                    )
+                )
+            expected = sorted(
+                measures.loc[measures["drifted"] | measures["stale"], "partition_key"]
+            )
+            assert sorted(r.partition_key for r in tick.run_requests or []) == expected
+
         acme = [(b["kind"], b["as_of"]) for b in hook.bodies if b.get("customer_id") == "acme"]
         first = [b for b in hook.bodies if b.get("incident_id") == "acme-20240426T0000"]
         assert [b["kind"] for b in first] == ["opened", "update", "update", "ended"], acme
@@ -138,3 +152,38 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
         assert all(c["daily_alerts_delivered"] for c in checks.values())
         # No other customer was alerted: the quiet series stayed quiet.
         assert {b.get("customer_id") for b in hook.bodies} <= {"acme", None}
+
+
+def test_retrain_sensor_requests_each_listed_customer_once_per_drift_measurement() -> None:
+    from anomaly_pipelines.defs.assets.drift import RETRAIN_KEYS
+
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("retrain_sensor")
+    with dg.instance_for_test() as instance:
+
+        def tick() -> Any:
+            # The daemon evaluates sensors with the instance as the dynamic-partition store.
+            with dg.partition_loading_context(dynamic_partitions_store=instance):
+                return sensor.evaluate_tick(
+                    dg.build_sensor_context(
+                        instance=instance, repository_def=defs.get_repository_def()
+                    )
+                )
+
+        assert "not been materialized" in (tick().skip_message or "")
+        instance.add_dynamic_partitions("customers", ["acme", "globex"])
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "model_drift", metadata={RETRAIN_KEYS: dg.MetadataValue.json(["acme", "gone"])}
+            )
+        )
+        first = tick()
+        # "gone" is no longer a customer partition: nothing to train.
+        assert [r.partition_key for r in first.run_requests] == ["acme"]
+        assert first.run_requests[0].run_key == tick().run_requests[0].run_key  # same measurement
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                "model_drift", metadata={RETRAIN_KEYS: dg.MetadataValue.json([])}
+            )
+        )
+        assert "no drifted" in (tick().skip_message or "")
