@@ -231,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--subscription", default=None)
     listing.add_argument("--limit", type=int, default=50, help="newest N rows (0: all)")
     listing.add_argument("--config-file", default="", help=CONFIG_HELP)
+    stats = alerts_sub.add_parser(
+        "stats", help="totals: incidents, alerts by kind and status, feedback, precision by week"
+    )
+    stats.add_argument("--config-file", default="", help=CONFIG_HELP)
     models = sub.add_parser("models", help="the MLflow champion alias of a customer")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     rollback = models_sub.add_parser(
@@ -288,6 +292,9 @@ def run_alerts(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.alerts_command == "stats":
+        print(format_alert_stats(store))
+        return 0
     rows = store.deliveries(
         subscription=args.subscription, statuses=(args.status,) if args.status else None
     )
@@ -303,6 +310,35 @@ def run_alerts(args: argparse.Namespace) -> int:
             f"{row['incident_id'] or row['customer_id'] or '-'}  {row['subject']}{error}"
         )
     return 0
+
+
+def format_alert_stats(store: Any) -> str:
+    """What the loop did so far, from the operations store."""
+    from anomaly_pipelines.core.feedback import latest_labels, precision_over_time
+
+    incidents = store.incidents()
+    deliveries = store.deliveries()
+    feedback = latest_labels(store.feedback())
+    lines = [f"incidents seen: {len(incidents)}"]
+    if len(deliveries):
+        table = deliveries.groupby(["kind", "status"]).size().unstack(fill_value=0)
+        lines += ["notices by kind and status:", table.to_string()]
+    else:
+        lines.append("no notices recorded")
+    if len(feedback):
+        lines.append(
+            "feedback (latest per incident): "
+            + ", ".join(f"{k} {v}" for k, v in feedback["label"].value_counts().sort_index().items())
+        )
+        precision = precision_over_time(store)
+        lines += ["precision from feedback (accurate / marked) by week of incident start:"]
+        lines += [
+            f"  {r.period}: {r.accurate}/{r.marked} = {r.precision:.0%}"
+            for r in precision.itertuples()
+        ]
+    else:
+        lines.append("no feedback yet")
+    return "\n".join(lines)
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -98,6 +98,12 @@ def test_alerts_test_list_and_feedback_commands(
             ("accurate", "cy", ""),
         ]
 
+    assert cli.main(["alerts", "stats", *args]) == 0
+    stats = capsys.readouterr().out
+    assert "incidents seen: 1" in stats
+    assert "feedback (latest per incident): accurate 1" in stats
+    assert ": 1/1 = 100%" in stats
+
     # With the receiver gone the test command reports the failure and exits 1.
     assert cli.main(["alerts", "test", "--subscription", "ops", *args]) == 1
     assert "could not deliver to ops" in capsys.readouterr().err
