@@ -439,3 +439,38 @@ def test_accurate_incidents_are_replaced_by_the_usual_level_before_training(
     np.testing.assert_array_equal(cleaned.values, values)  # the usual level of those weekdays
     assert list(np.flatnonzero(cleaned.filled)) == [29, 30]
     assert untouched is other and series.values[29] == 999.0  # inputs are not modified
+
+
+def test_concurrent_runs_of_the_same_day_send_each_alert_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from anomaly_pipelines.core.alerts import flush
+
+    with webhook_server() as hook:
+        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
+        config = _config(tmp_path, [_hook()], max_attempts=1)
+        store = OperationsStore.for_config(config)
+        scores = _scores(12, {3: 2000.0, 7: 1900.0})
+        hook.default_status = 503  # everything fails first: 4 notices wait as "failed"
+        for day in range(12):
+            _run_day(config, store, scores, day)
+        failed = store.deliveries(statuses=("failed",))
+        assert len(failed) == 4 and not hook.requests
+        first_attempts = hook.attempts
+        hook.default_status = 200
+        hook.script = [("sleep", 0.2)] * 4  # a slow receiver: the three runs overlap
+        runs = [
+            threading.Thread(
+                target=flush, args=(config, store, "2024-03-12"), kwargs={"sleep": lambda s: None}
+            )
+            for _ in range(3)
+        ]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        assert sorted(b["kind"] for b in hook.bodies) == ["ended", "ended", "opened", "opened"]
+        assert hook.attempts == first_attempts + 4  # one send per notice, not one per run
+        assert set(store.deliveries()["status"]) == {"sent"}

@@ -16,6 +16,7 @@ retried with backoff, recorded, and tried again by later runs.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import json
 import logging
@@ -36,6 +37,7 @@ from anomaly_pipelines.core.ids import customer_key
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = ("pending", "failed")
+SENDING_TIMEOUT_MINUTES = 30
 
 
 @dataclass
@@ -402,6 +404,10 @@ def flush(
     digests that are due. Rows of subscriptions no longer configured are left alone."""
     summary = summary or AlertRunSummary(as_of=as_of)
     alerts = config.alerts
+    # A row left "sending" this long ago belongs to a run that died mid-delivery.
+    stale_before = (
+        dt.datetime.now(dt.UTC) - dt.timedelta(minutes=SENDING_TIMEOUT_MINUTES)
+    ).isoformat(timespec="microseconds")
     for sub in alerts.subscriptions:
         if sub.frequency != "immediate":
             queued = store.deliveries(subscription=sub.name, statuses=("queued",))
@@ -430,12 +436,14 @@ def flush(
                 ):
                     store.set_digest(list(queued["key"]), digest_key)
             summary.queued += len(store.deliveries(subscription=sub.name, statuses=("queued",)))
-        due = store.deliveries(subscription=sub.name, statuses=RETRY_STATUSES)
+        due = store.deliveries(subscription=sub.name, statuses=(*RETRY_STATUSES, "sending"))
         for _, row in due.iterrows():
             if sub.frequency != "immediate" and row["kind"] != "digest":
                 continue
             if int(row["attempts"]) >= alerts.max_total_attempts:
                 continue
+            if not store.claim(row["key"], RETRY_STATUSES, stale_before):
+                continue  # another run is sending it right now
             result = _deliver(sub, row["payload"], config, sleep)
             attempts = int(row["attempts"]) + result.attempts
             if result.ok:

@@ -230,6 +230,25 @@ class OperationsStore:
                 deliveries_table.update().where(deliveries_table.c.key == key).values(**values)
             )
 
+    def claim(self, key: str, statuses: tuple[str, ...], stale_before: str) -> bool:
+        """Mark a row ``sending`` if it is in ``statuses`` (or was left ``sending`` before
+        ``stale_before`` by a run that died): True for exactly one of several concurrent runs,
+        so two runs of the same day (a backfill, a retry) never both send it."""
+        with self._begin() as conn:
+            result = conn.execute(
+                deliveries_table.update()
+                .where(deliveries_table.c.key == key)
+                .where(
+                    deliveries_table.c.status.in_(statuses)
+                    | (
+                        (deliveries_table.c.status == "sending")
+                        & (deliveries_table.c.updated_at < stale_before)
+                    )
+                )
+                .values(status="sending", updated_at=now_text())
+            )
+            return result.rowcount == 1
+
     def set_digest(self, keys: list[str], digest_key: str) -> None:
         if not keys:
             return
