@@ -65,7 +65,7 @@ def build_definitions(
         asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
         jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job, drift_job],
         schedules=[daily_scoring_schedule],
-        sensors=[sensors.daily_files_sensor, sensors.retrain_sensor],
+        sensors=[sensors.daily_files_sensor, sensors.retrain_sensor, sensors.new_customer_sensor],
         resources={
             "pipeline_settings": settings,
             "mlflow_registry": MlflowRegistryResource(),

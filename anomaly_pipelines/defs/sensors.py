@@ -71,3 +71,35 @@ def retrain_sensor(context: SensorEvaluationContext) -> Iterator[dg.RunRequest |
             partition_key=key,
             tags={"anomaly_pipelines/reason": "drift"},
         )
+
+
+@dg.sensor(
+    job_name="customer_job",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Trains each customer partition that has never been trained.",
+)
+def new_customer_sensor(
+    context: SensorEvaluationContext,
+) -> Iterator[dg.RunRequest | dg.SkipReason]:
+    """Customers are registered as partitions by ``validated_usage`` and by the daily ingest
+    (``daily_usage``); a partition without any ``lstm_autoencoder`` materialization gets a
+    ``customer_job`` run. Training reads the customer's rows from ``validated_usage``, so the key
+    includes that asset's newest materialization: a customer first seen in a daily file is
+    requested again once the next ingest has its rows, not before."""
+    registered = context.instance.get_dynamic_partitions("customers")
+    trained = context.instance.get_materialized_partitions(dg.AssetKey("lstm_autoencoder"))
+    new = [k for k in registered if k not in trained]
+    if not new:
+        yield dg.SkipReason("every customer partition has been trained")
+        return
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("validated_usage"))
+    if event is None:
+        yield dg.SkipReason("validated_usage has not been materialized: run ingest_job first")
+        return
+    for key in new:
+        yield dg.RunRequest(
+            run_key=f"onboard-{key}-{event.timestamp:.3f}",
+            partition_key=key,
+            tags={"anomaly_pipelines/reason": "new customer"},
+        )

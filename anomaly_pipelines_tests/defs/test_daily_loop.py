@@ -187,3 +187,31 @@ def test_retrain_sensor_requests_each_listed_customer_once_per_drift_measurement
             )
         )
         assert "no drifted" in (tick().skip_message or "")
+
+
+def test_new_customer_sensor_trains_partitions_never_trained() -> None:
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("new_customer_sensor")
+    with dg.instance_for_test() as instance:
+
+        def tick() -> Any:
+            with dg.partition_loading_context(dynamic_partitions_store=instance):
+                return sensor.evaluate_tick(
+                    dg.build_sensor_context(
+                        instance=instance, repository_def=defs.get_repository_def()
+                    )
+                )
+
+        assert "every customer" in (tick().skip_message or "")
+        instance.add_dynamic_partitions("customers", ["acme", "globex"])
+        assert "run ingest_job first" in (tick().skip_message or "")
+        instance.report_runless_asset_event(dg.AssetMaterialization("validated_usage"))
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("lstm_autoencoder", partition="acme")
+        )
+        first = tick()
+        assert [r.partition_key for r in first.run_requests] == ["globex"]
+        assert first.run_requests[0].run_key == tick().run_requests[0].run_key
+        # A new ingest (new rows) makes a new request for a customer still untrained.
+        instance.report_runless_asset_event(dg.AssetMaterialization("validated_usage"))
+        assert tick().run_requests[0].run_key != first.run_requests[0].run_key
