@@ -14,10 +14,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from anomaly_pipelines import cli
 from anomaly_pipelines.core.alerts import OperationsStore
 from anomaly_pipelines.core.alerts.store import dispose_engines
+from anomaly_pipelines.core.registry import ModelRegistry
 from anomaly_pipelines.definitions import build_definitions
 from anomaly_pipelines.defs.settings import read_config
 from anomaly_pipelines_tests.defs.conftest import write_config
@@ -28,6 +30,8 @@ HISTORY_DAYS = 112
 CUSTOMERS = ("acme", "globex", "initech")
 # acme spends 5x its usual on these days (offsets from START): one 3-day incident, a repeat.
 SPIKES = {116: 5.0, 117: 5.0, 118: 5.0, 124: 5.0}
+# initech moves to a new steady level (a migrated workload): drift, then a retrain.
+SHIFT_FROM, SHIFT = 118, 1.8
 MISSING = 127  # no file arrives that day
 LAST = 129
 
@@ -40,10 +44,12 @@ def _cost(customer: int, day: int) -> float:
 
 def _write_day(folder: Path, day: int) -> None:
     date = (START + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
-    costs = [
-        _cost(i, day) * (SPIKES.get(day, 1.0) if c == "acme" else 1.0)
-        for i, c in enumerate(CUSTOMERS)
-    ]
+    factor = {
+        "acme": SPIKES.get(day, 1.0),
+        "globex": 1.0,
+        "initech": SHIFT if day >= SHIFT_FROM else 1.0,
+    }
+    costs = [_cost(i, day) * factor[c] for i, c in enumerate(CUSTOMERS)]
     pd.DataFrame({"customer_id": CUSTOMERS, "Date": date, "TotalCost": costs}).to_csv(
         folder / f"usage_{date}.csv", index=False
     )
@@ -132,6 +138,26 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
                 measures.loc[measures["drifted"] | measures["stale"], "partition_key"]
             )
             assert sorted(r.partition_key for r in tick.run_requests or []) == expected
+            # The level shift drifted; the steady customer did not.
+            drifted = measures.set_index("customer_id")["drifted"]
+            assert drifted["initech"] and not drifted["globex"], measures.to_dict("records")
+            # The requested retrain (after an ingest that reads the new files) registers a
+            # challenger, and the gate's decision is recorded in MLflow and followed by the alias.
+            defs.resolve_job_def("ingest_job").execute_in_process(instance=instance)
+            request = next(r for r in tick.run_requests if r.partition_key == "initech")
+            retrain = defs.resolve_job_def("customer_job").execute_in_process(
+                instance=instance, partition_key=request.partition_key, tags=request.tags
+            )
+            assert retrain.success
+            registry = ModelRegistry(config.mlflow)
+            assert registry.versions("initech") == ["1", "2"]
+            client = MlflowClient(registry.tracking_uri, registry.tracking_uri)
+            tags = client.get_model_version(registry.registered_name("initech"), "2").tags
+            assert tags["compared_with_version"] == "1" and tags["holdout_days"] == "28"
+            promoted = tags["challenger_decision"] == "promoted"
+            assert registry.champion_version("initech") == ("2" if promoted else "1")
+            assert float(tags["challenger_cost"]) <= float(tags["champion_cost"]) or not promoted
+            print(f"retrained initech: {tags['challenger_reason']}")
 
         acme = [(b["kind"], b["as_of"]) for b in hook.bodies if b.get("customer_id") == "acme"]
         first = [b for b in hook.bodies if b.get("incident_id") == "acme-20240426T0000"]
@@ -150,8 +176,16 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
         assert checks[MISSING]["daily_data_arrived"] is False
         assert checks[MISSING - 1]["daily_data_arrived"] is True
         assert all(c["daily_alerts_delivered"] for c in checks.values())
-        # No other customer was alerted: the quiet series stayed quiet.
-        assert {b.get("customer_id") for b in hook.bodies} <= {"acme", None}
+        # The steady customer was never alerted; the shifted one was, from its first day.
+        assert {b.get("customer_id") for b in hook.bodies} <= {"acme", "initech", None}
+        shifted = [b for b in hook.bodies if b.get("customer_id") == "initech"]
+        assert shifted[0]["kind"] == "opened" and shifted[0]["as_of"] == "2024-04-28"
+        assert sum(b["kind"] == "opened" for b in shifted) == 1  # one incident, updated daily
+        print(
+            "figures:",
+            {k: int(v) for k, v in store.deliveries()["status"].value_counts().items()},
+            {k: int(v) for k, v in store.deliveries()["kind"].value_counts().items()},
+        )
 
 
 def test_retrain_sensor_requests_each_listed_customer_once_per_drift_measurement() -> None:
