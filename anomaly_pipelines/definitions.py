@@ -12,13 +12,22 @@ from typing import Any
 
 import dagster as dg
 
-from anomaly_pipelines.defs import checks, sensors
-from anomaly_pipelines.defs.assets import ingest, reporting, scoring, series, training
+from anomaly_pipelines.defs import checks, operations_checks, sensors
+from anomaly_pipelines.defs.assets import (
+    alerts,
+    drift,
+    ingest,
+    reporting,
+    scoring,
+    series,
+    training,
+)
 from anomaly_pipelines.defs.io_managers import PartitionedStorageIOManager
 from anomaly_pipelines.defs.jobs import (
     batch_job,
     customer_job,
     daily_scoring_job,
+    drift_job,
     ingest_job,
     report_job,
 )
@@ -50,11 +59,13 @@ def build_definitions(
         )
     )
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, series, training, scoring, reporting]),
-        asset_checks=dg.load_asset_checks_from_modules([checks]),
-        jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job],
+        assets=dg.load_assets_from_modules(
+            [ingest, series, training, scoring, reporting, alerts, drift]
+        ),
+        asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
+        jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job, drift_job],
         schedules=[daily_scoring_schedule],
-        sensors=[sensors.daily_files_sensor],
+        sensors=[sensors.daily_files_sensor, sensors.retrain_sensor, sensors.new_customer_sensor],
         resources={
             "pipeline_settings": settings,
             "mlflow_registry": MlflowRegistryResource(),

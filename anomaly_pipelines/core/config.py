@@ -303,6 +303,92 @@ class OrchestrationConfig(_Section):
     max_concurrent_steps: int = 2
 
 
+class AlertSubscriptionConfig(_Section):
+    """One recipient of alerts: a channel, which customers, which incidents and how often.
+
+    Secrets never appear in this file: the webhook URL (Slack URLs carry their token), header
+    values and the SMTP password are read from the environment variables named here."""
+
+    name: str
+    # "slack": Slack-compatible JSON ({"text", "blocks"}); "webhook": generic JSON; "email": SMTP.
+    channel: Literal["slack", "webhook", "email"] = "webhook"
+    # Webhook channels: the environment variable holding the URL.
+    url_env: str | None = None
+    # Extra HTTP headers, header name -> environment variable holding its value (e.g. a token).
+    header_env: dict[str, str] = Field(default_factory=dict)
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_ssl: bool = False  # SMTP over TLS (port 465)
+    smtp_starttls: bool = False  # upgrade a plain connection with STARTTLS (port 587)
+    smtp_username: str | None = None
+    smtp_password_env: str | None = None  # environment variable holding the SMTP password
+    email_from: str = "anomaly-pipelines@localhost"
+    email_to: list[str] = Field(default_factory=list)
+    # Customer ids (or shell-style patterns such as "acme-*"); ["*"]: every customer.
+    customers: list[str] = Field(default_factory=lambda: ["*"])
+    # Thresholds on the incident's absolute impact (in its currency) and on |impact %|.
+    min_impact: float = 0.0
+    min_impact_pct: float = 0.0
+    # "all": both thresholds must be met; "any": one is enough (AWS's AND / OR expressions).
+    threshold_mode: Literal["all", "any"] = "all"
+    min_severity: Literal["low", "medium", "high", "critical"] = "low"
+    # "immediate": after each daily run; "daily" / "weekly": one digest message.
+    frequency: Literal["immediate", "daily", "weekly"] = "immediate"
+    digest_weekday: int = Field(default=0, ge=0, le=6)  # weekly digests go out on this day (0=Mon)
+    send_updates: bool = True  # "day 3, +$1,240 so far" while an incident goes on
+    send_no_data: bool = True  # a customer's data stopped arriving, or a day's file is missing
+
+
+class AlertsConfig(_Section):
+    """Alerts after the daily scoring run: subscriptions, delivery and the no-data rule."""
+
+    enabled: bool = True
+    # SQLAlchemy URL of the operations store (alerts sent, incidents, feedback); the same tables
+    # work on Postgres (postgresql+psycopg://...). None: sqlite:///<output.directory>/operations.db
+    store_url: str | None = None
+    subscriptions: list[AlertSubscriptionConfig] = Field(default_factory=list)
+    # Days of daily scores merged into incidents (an incident older than this is forgotten).
+    lookback_days: int = 30
+    # Delivery attempts within one run, waiting backoff_seconds * 2**attempt between them.
+    max_attempts: int = 3
+    backoff_seconds: float = 1.0
+    timeout_seconds: float = 10.0
+    # An undelivered alert is tried again by later runs until it has had this many attempts.
+    max_total_attempts: int = 12
+    # A customer whose newest data is this many days older than the scored day gets a no-data alert.
+    no_data_after_days: int = 2
+    # Prefix for plot links in messages (e.g. a file server); None: the local file path.
+    plot_base_url: str | None = None
+
+
+class FeedbackConfig(_Section):
+    """What people say about incidents (accurate, not-anomaly, planned)."""
+
+    # After "not-anomaly" or "planned", incidents of the same customer, root-cause dimension and
+    # direction starting within this many days of the marked incident's end are not alerted.
+    suppress_days: int = 14
+
+
+class DriftConfig(_Section):
+    """Drift measures, retraining of drifted or stale customers, champion/challenger promotion."""
+
+    # Newest scored days compared with the training part of the same customer.
+    recent_days: int = 28
+    # KS distance between the recent and the training |residual z| distributions above which a
+    # customer has drifted (0: identical, 1: disjoint).
+    max_residual_ks: float = 0.5
+    # Share of recent days flagged above which a customer has drifted (alert budget).
+    alert_budget: float = 0.25
+    # A champion older than this many days is stale and is retrained.
+    max_model_age_days: int = 90
+    # A retrained model is a challenger: it takes the alias only when its cost on the newest
+    # holdout_days (flagged days not confirmed accurate + 2 x confirmed days missed) is at most
+    # the champion's plus promotion_tolerance. False: every new version becomes champion.
+    gate_promotion: bool = True
+    holdout_days: int = 28
+    promotion_tolerance: float = 0.0
+
+
 class PipelineConfig(_Section):
     source: SourceConfig = Field(default_factory=SourceConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
@@ -317,6 +403,9 @@ class PipelineConfig(_Section):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     def merged(self, overrides: dict[str, Any] | None) -> PipelineConfig:
         """Return a copy with a nested dict of overrides applied (deep merge)."""

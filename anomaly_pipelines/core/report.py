@@ -349,13 +349,20 @@ def _html_incident(rank: int, row: Any) -> str:
             f'<div class="anomaly {severity}">',
             f'<h3>{rank}. {esc(row.headline)} <span class="badge {severity}">{esc(severity)}</span></h3>',
             f'<div class="meta"><a href="#{_anchor(row.customer_id)}" class="id">{esc(row.customer_id)}</a> · '
-            f"{esc(_period(row))} · {esc(_impact_text(row))}</div>",
+            f"{esc(_period(row))} · {esc(_impact_text(row))}"
+            f"{_html_incident_id(row)}</div>",
             f"<p>{esc(row.detail)}</p>",
             _html_causes(row.causes, str(row.currency)),
             f'<div class="note">{esc(note)}</div>',
             "</div>",
         ]
     )
+
+
+def _html_incident_id(row: Any) -> str:
+    """The stable id people quote in ``anomaly-pipelines feedback ID accurate|not-anomaly|planned``."""
+    incident_id = str(getattr(row, "incident_id", "") or "")
+    return f' · id <span class="id">{esc(incident_id)}</span>' if incident_id else ""
 
 
 def _html_causes(causes: list[dict[str, Any]], currency: str) -> str:
@@ -484,6 +491,8 @@ def _markdown(
         out.append("")
         for rank, row in enumerate(top.itertuples(), start=1):
             out += [f"### {rank}. {md(row.headline)}", "", md(row.detail), ""]
+            if str(getattr(row, "incident_id", "") or ""):
+                out += [f"Incident id: {md(row.incident_id)}", ""]
             for cause in row.causes:
                 label = _DIMENSION_LABELS.get(
                     str(cause.get("dimension")), str(cause.get("dimension", ""))

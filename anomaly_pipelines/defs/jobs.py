@@ -22,7 +22,8 @@ CUSTOMER_ASSETS = (
 )
 INGEST_ASSETS = ("raw_usage", "validated_usage", "usage_quarantine", "usage_signals")
 REPORT_ASSETS = ("scores_export", "anomaly_report")
-DAILY_ASSETS = ("daily_usage", "daily_scores")
+DAILY_ASSETS = ("daily_usage", "daily_scores", "daily_alerts")
+OPERATIONS_ASSETS = ("model_drift",)
 # configs/dagster.yaml limits runs with this tag to one at a time: two trainings in parallel
 # would only slow each other down on a small machine.
 TRAINS = {"anomaly_pipelines/trains": "true"}
@@ -59,5 +60,14 @@ report_job = dg.define_asset_job(
 daily_scoring_job = dg.define_asset_job(
     "daily_scoring_job",
     selection=dg.AssetSelection.assets(*DAILY_ASSETS),
-    description="Score the newest day of every customer with the champion models (no training).",
+    description=(
+        "Score the newest day of every customer with the champion models (no training), then "
+        "send the alerts of its incidents."
+    ),
+)
+
+drift_job = dg.define_asset_job(
+    "drift_job",
+    selection=dg.AssetSelection.assets(*OPERATIONS_ASSETS),
+    description="Measure every customer's drift against its champion (also runs by automation).",
 )

@@ -238,3 +238,13 @@ def test_missing_plot_file_does_not_break_the_report(tmp_path: Path) -> None:
     customer = explanations.loc[0, "customer_id"]
     html_path, _ = write_report(scores, explanations, {customer: tmp_path / "gone.png"}, tmp_path)
     assert "data:image" not in html_path.read_text(encoding="utf-8")
+
+
+def test_report_prints_the_stable_incident_ids_used_for_feedback(run: dict[str, object]) -> None:
+    explanations = run["explanations"]
+    assert len(explanations)
+    html = run["html"].read_text(encoding="utf-8")
+    markdown = run["md"].read_text(encoding="utf-8")
+    top = explanations.sort_values("impact", key=abs, ascending=False).iloc[0]["incident_id"]
+    assert f'id <span class="id">{top}</span>' in html
+    assert f"Incident id: {top}" in markdown

@@ -12,7 +12,13 @@ import dagster as dg
 import pytest
 
 from anomaly_pipelines.definitions import build_definitions, defs
-from anomaly_pipelines.defs.jobs import CUSTOMER_ASSETS, DAILY_ASSETS, INGEST_ASSETS, REPORT_ASSETS
+from anomaly_pipelines.defs.jobs import (
+    CUSTOMER_ASSETS,
+    DAILY_ASSETS,
+    INGEST_ASSETS,
+    OPERATIONS_ASSETS,
+    REPORT_ASSETS,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN = [
@@ -31,6 +37,10 @@ CHAIN = [
     ("anomaly_plots", "anomaly_report"),
     ("daily_usage", "daily_scores"),
     ("customer_series", "daily_scores"),
+    ("daily_scores", "daily_alerts"),
+    ("daily_usage", "daily_alerts"),
+    ("anomaly_scores", "model_drift"),
+    ("daily_scores", "model_drift"),
 ]
 
 
@@ -40,7 +50,7 @@ def test_definitions_validate() -> None:
 
 def test_every_asset_is_documented_grouped_and_kinded() -> None:
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
-    expected = {*INGEST_ASSETS, *CUSTOMER_ASSETS, *REPORT_ASSETS, *DAILY_ASSETS}
+    expected = {*INGEST_ASSETS, *CUSTOMER_ASSETS, *REPORT_ASSETS, *DAILY_ASSETS, *OPERATIONS_ASSETS}
     assert set(specs) == expected
     for name, spec in specs.items():
         assert spec.description and len(spec.description) > 40, name
@@ -64,13 +74,17 @@ def test_customer_assets_are_dynamic_single_run_partitions() -> None:
         assert node.backfill_policy == dg.BackfillPolicy.single_run(), name
     for name in DAILY_ASSETS:
         assert isinstance(graph.get(dg.AssetKey(name)).partitions_def, dg.DailyPartitionsDefinition)
-    for name in (*INGEST_ASSETS, *REPORT_ASSETS):  # no date x customer grid anywhere
+    for name in (*INGEST_ASSETS, *REPORT_ASSETS, *OPERATIONS_ASSETS):  # no date x customer grid
         assert graph.get(dg.AssetKey(name)).partitions_def is None
 
 
 def test_jobs_schedule_and_sensor() -> None:
     names = {j.name for j in defs.resolve_all_job_defs()}
     assert {"ingest_job", "customer_job", "batch_job", "report_job", "daily_scoring_job"} <= names
+    assert "drift_job" in names
+    retrain = defs.resolve_sensor_def("retrain_sensor")
+    assert retrain.job_name == "customer_job"
+    assert retrain.default_status == dg.DefaultSensorStatus.RUNNING
     assert (
         defs.resolve_schedule_def("daily_scoring_schedule").default_status
         == dg.DefaultScheduleStatus.RUNNING

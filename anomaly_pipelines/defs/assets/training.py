@@ -50,6 +50,82 @@ def training_plot(
 MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
 
 
+def _current_champions(
+    registry: Any, series: list[Any], config: PipelineConfig
+) -> tuple[dict[str, str], Any]:
+    """(customer -> champion version, their loaded models) before training; nothing when the
+    promotion gate is off."""
+    if not config.drift.gate_promotion or not series:
+        return {}, None
+    ids = [s.customer_id for s in series]
+    versions = registry.champion_versions(ids)
+    if not versions:
+        return {}, None
+    return versions, registry.load_champions(sorted(versions))
+
+
+def _gate_promotions(
+    context: AssetExecutionContext,
+    registry: Any,
+    series: list[Any],
+    fitted: Any,
+    champions: tuple[dict[str, str], Any],
+    record: Any,
+    config: PipelineConfig,
+) -> list[Any]:
+    """Champion/challenger (``core.promotion``): the new versions are scored against the old
+    champions on the newest ``drift.holdout_days``; a worse one gives the alias back."""
+    from anomaly_pipelines.core.alerts import OperationsStore
+    from anomaly_pipelines.core.detector import score_series
+    from anomaly_pipelines.core.feedback import training_exclusions
+    from anomaly_pipelines.core.promotion import apply_decisions, decide
+
+    versions, old_models = champions
+    if not config.drift.gate_promotion or not record.model_versions:
+        return []
+    new_scores = score_series(
+        [s for s in series if s.customer_id in record.model_versions], fitted, config
+    )
+    with_champion = [s for s in series if s.customer_id in versions]
+    old_scores = (
+        score_series(with_champion, old_models, config)
+        if with_champion and old_models is not None
+        else pd.DataFrame()
+    )
+    decisions = decide(
+        new_scores,
+        old_scores,
+        record.model_versions,
+        versions,
+        holdout_days=config.drift.holdout_days,
+        tolerance=config.drift.promotion_tolerance,
+        confirmed=training_exclusions(OperationsStore.for_config(config)),
+    )
+    apply_decisions(registry, decisions)
+    for d in decisions:
+        context.log.info(
+            f"{d.customer_id}: {'promoted' if d.promoted else 'champion kept'}: {d.reason}"
+        )
+    return decisions
+
+
+def _without_confirmed_incidents(
+    context: AssetExecutionContext, series: list[Any], config: PipelineConfig
+) -> list[Any]:
+    """Days of incidents people marked ``accurate`` are real anomalies: keep them out of what
+    the models learn as normal (``core.feedback.exclude_from_training``)."""
+    from anomaly_pipelines.core.alerts import OperationsStore
+    from anomaly_pipelines.core.feedback import exclude_from_training
+
+    series, replaced = exclude_from_training(series, OperationsStore.for_config(config))
+    if replaced:
+        context.log.info(
+            f"feedback: {sum(replaced.values())} step(s) of incidents marked accurate replaced "
+            f"by their usual level before training, for {len(replaced)} customer(s)"
+        )
+    return series
+
+
 @dg.multi_asset(
     outs={
         "lstm_autoencoder": dg.AssetOut(
@@ -82,11 +158,14 @@ def trained_models(
     config = pipeline_settings.load()
     keys = list(context.partition_keys)
     series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
+    series = _without_confirmed_incidents(context, series, config)
+    registry = mlflow_registry.registry(config)
+    # The champions before this training: a new version must beat them to take the alias.
+    champions = _current_champions(registry, series, config)
     started = time.perf_counter()
     fitted = fit_detectors(series, config)
     training_seconds = time.perf_counter() - started
     plot = training_plot(series, fitted, config, context.run_id)
-    registry = mlflow_registry.registry(config)
     record = registry.log_training(
         fitted,
         config,
@@ -97,6 +176,7 @@ def trained_models(
     )
     for cid, reason in fitted.skipped.items():
         context.log.warning(f"customer {cid!r} not trained: {reason}")
+    decisions = _gate_promotions(context, registry, series, fitted, champions, record, config)
 
     summary = fitted.training_summary()
     by_customer = summary.set_index("customer_id") if len(summary) else pd.DataFrame()
@@ -138,6 +218,11 @@ def trained_models(
             asset_key=name,
         )
     common = {
+        "challengers_promoted": sum(d.promoted for d in decisions),
+        "champions_kept": sum(not d.promoted for d in decisions),
+        "promotion_decisions": md(
+            markdown_table(pd.DataFrame([d.as_dict() for d in decisions]), max_rows=50)
+        ),
         "customers_trained": len(fitted.calibrations),
         "customers_skipped": len(fitted.skipped),
         "mlflow_run_id": record.run_id,
