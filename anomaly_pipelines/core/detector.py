@@ -566,14 +566,15 @@ def score_series(
     fitted: FittedDetectors,
     config: PipelineConfig,
     newest: int | None = None,
-    online: bool = False,
+    online: bool = True,
 ) -> pd.DataFrame:
     """Score every step of every series (or only the ``newest`` steps of each); customers
     without a model come back unscored with the reason.
 
-    ``online``: every step is scored from data up to and including it only, exactly what a daily
-    run on that step would have reported. Otherwise (retrospective) a window model's score at a
-    step may use windows reaching into its future (see ``_window_signal``).
+    ``online`` (the default, and what the pipeline's assets report): every step is scored from
+    data up to and including it only, exactly what a daily run on that step would have reported.
+    Otherwise (retrospective, ``detect()``'s default) a window model's score at a step may use
+    windows reaching into its future (see ``_window_signal``).
     """
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
     signals = _signals(known, fitted, config, newest, online)
