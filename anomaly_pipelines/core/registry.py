@@ -69,6 +69,7 @@ from anomaly_pipelines.core.detector import Calibration, FittedDetectors
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.models.outlier import CustomerOutlierModels
+from anomaly_pipelines.core.spreadsheet import write_csv
 
 try:  # POSIX only; elsewhere concurrent promotion falls back to a process-local lock.
     import fcntl
@@ -1054,7 +1055,8 @@ def _write_run_files(directory: Path, fitted: FittedDetectors, summary: pd.DataF
     )
     if len(summary):
         summary.to_parquet(directory / SUMMARY_PARQUET, index=False)
-        summary.to_csv(directory / SUMMARY_CSV, index=False)
+        # For people (the parquet is for code): ids must not run as spreadsheet formulas.
+        write_csv(summary, directory / SUMMARY_CSV)
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
