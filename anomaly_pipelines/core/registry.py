@@ -44,6 +44,7 @@ import os
 import pickle
 import random
 import re
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -97,6 +98,11 @@ CALIBRATIONS_JSON = "calibrations.json"
 SUMMARY_PARQUET = "training_summary.parquet"
 SUMMARY_CSV = "training_summary.csv"
 SKIPPED_JSON = "skipped.json"
+# Owner of a run (see ``ModelRegistry.close_orphaned_runs``).
+OWNER_HOST_TAG = "anomaly_pipelines/host"
+OWNER_PID_TAG = "anomaly_pipelines/pid"
+OWNER_START_TAG = "anomaly_pipelines/pid_start"
+ORPHANED_TAG = "anomaly_pipelines/orphaned"
 IF_MODEL_NAME = "isolation_forest"
 LOF_MODEL_NAME = "local_outlier_factor"
 
@@ -222,6 +228,7 @@ class ModelRegistry:
                 "restore it or set "
                 "mlflow.experiment to another name"
             )
+        self.close_orphaned_runs(experiment.experiment_id)
         if experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):
             log.warning(
                 "MLflow experiment %r keeps its artifacts in %s, not in the configured %s "
@@ -232,6 +239,52 @@ class ModelRegistry:
             )
         self._experiment = experiment.experiment_id
         return self._experiment
+
+    def close_orphaned_runs(self, experiment_id: str) -> list[str]:
+        """Mark runs whose process died (``kill -9``, OOM, a lost machine) as KILLED.
+
+        A killed training leaves its MLflow run RUNNING for ever, which reads as "still
+        training" in the UI and hides that its models were never registered. Every run of this
+        project records its owner (host, pid and the pid's start time, which tells a reused pid
+        apart); on the first use of the store in a process, RUNNING runs of this host whose owner
+        is gone are ended as KILLED with the tag ``anomaly_pipelines/orphaned`` saying why.
+        Runs of other hosts are left alone: their owners cannot be checked from here.
+        Returns the ids of the runs closed.
+        """
+        client = self._client()
+        host = socket.gethostname()
+        try:
+            runs = _retry(
+                lambda: client.search_runs(
+                    [experiment_id],
+                    filter_string=f"attributes.status = 'RUNNING' and tags.project = '{PROJECT}'",
+                    max_results=1000,
+                ),
+                "find running runs",
+            )
+        except MlflowException as exc:  # a store that cannot search must not block training
+            log.warning("could not look for orphaned MLflow runs: %s", exc)
+            return []
+        closed = []
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(OWNER_HOST_TAG) != host or not tags.get(OWNER_PID_TAG, "").isdigit():
+                continue
+            if _process_alive(int(tags[OWNER_PID_TAG]), tags.get(OWNER_START_TAG) or None):
+                continue
+            run_id = run.info.run_id
+            reason = (
+                f"process {tags[OWNER_PID_TAG]} on {host} ended without closing the run "
+                "(killed or crashed); its models were not necessarily registered"
+            )
+            _retry(
+                lambda run_id=run_id, reason=reason: client.set_tag(run_id, ORPHANED_TAG, reason),
+                "tag run",
+            )
+            _retry(lambda run_id=run_id: client.set_terminated(run_id, "KILLED"), "end run")
+            log.warning("MLflow run %s marked KILLED: %s", run_id, reason)
+            closed.append(run_id)
+        return closed
 
     # ------------------------------------------------------------------ training
 
@@ -780,6 +833,41 @@ def _prepare_store(uri: str) -> None:
         _PREPARED.add(uri)
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc``; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None  # field 22 of stat; fields[0] is field 3
+
+
+def _owner_tags() -> dict[str, str]:
+    """Who opened a run, so a later process can tell whether it is still alive."""
+    pid = os.getpid()
+    return {
+        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_PID_TAG: str(pid),
+        OWNER_START_TAG: _process_start(pid) or "",
+    }
+
+
+def _process_alive(pid: int, started: str | None) -> bool:
+    """Process ``pid`` exists and, when its start time is known, is the same process."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    if started is not None:
+        current = _process_start(pid)
+        if current is not None and current != started:
+            return False  # the pid was reused by a later process
+    return True
+
+
 def _is_transient(exc: BaseException, extra: tuple[str, ...] = ()) -> bool:
     markers = (
         "database is locked",  # SQLITE_BUSY
@@ -816,6 +904,7 @@ def _start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Itera
     training after its versions were registered and leave the run RUNNING.
     """
     nested = mlflow.active_run() is not None
+    tags = {**tags, **_owner_tags()}
     run = _retry(
         lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested),
         "start run",

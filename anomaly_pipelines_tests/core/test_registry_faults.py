@@ -1,0 +1,59 @@
+"""The MLflow registry under faults, against real SQLite stores in temp dirs: a training
+process killed mid-run, and trainings that first use a new store at the same moment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from anomaly_pipelines.core.config import MlflowConfig
+from anomaly_pipelines.core.registry import ORPHANED_TAG, ModelRegistry, _start_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _settings(tmp_path: Path) -> MlflowConfig:
+    return MlflowConfig(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "artifacts"),
+    )
+
+
+KILLED_TRAINING = """
+import os, signal
+from anomaly_pipelines.core.config import MlflowConfig
+from anomaly_pipelines.core.registry import ModelRegistry, _start_run
+registry = ModelRegistry(MlflowConfig(tracking_uri={uri!r}, artifact_location={artifacts!r}))
+with _start_run(registry.experiment_id(), "killed-training", {{"project": "anomaly_pipelines"}}):
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of a training
+"""
+
+
+def test_a_run_left_running_by_a_killed_process_is_closed_on_the_next_start(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    code = KILLED_TRAINING.format(uri=settings.tracking_uri, artifacts=settings.artifact_location)
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, capture_output=True, timeout=300
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    (orphan,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert orphan.info.status == "RUNNING"
+
+    registry = ModelRegistry(settings)
+    experiment = registry.experiment_id()  # the next start
+    with _start_run(experiment, "alive", {"project": "anomaly_pipelines"}) as alive:
+        # A second process start while this run is open: a live owner's run is not touched.
+        assert ModelRegistry(settings).close_orphaned_runs(experiment) == []
+        assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    closed = client.get_run(orphan.info.run_id)
+    assert closed.info.status == "KILLED"
+    assert "ended without closing the run" in closed.data.tags[ORPHANED_TAG]
+    assert client.get_run(alive.info.run_id).info.status == "FINISHED"
+    assert os.getpid() != int(closed.data.tags["anomaly_pipelines/pid"])
