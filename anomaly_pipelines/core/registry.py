@@ -806,7 +806,13 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def _prepare_store(uri: str) -> None:
     """Create the SQLite folder, switch the database to WAL (readers stop blocking writers; the
-    setting is stored in the file) and let MLflow create its tables, once per process."""
+    setting is stored in the file) and let MLflow create its tables, once per process.
+
+    MLflow creates and migrates a new SQLite store without any lock of its own: two processes
+    doing it at once interleave their migrations and one fails ("duplicate column name",
+    alembic "0 found"). Both steps therefore run under an exclusive file lock next to the
+    database, so the second process waits and then finds the store complete.
+    """
     if uri in _PREPARED:
         return
     with _PREPARE_LOCK:
@@ -820,17 +826,32 @@ def _prepare_store(uri: str) -> None:
                 with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
                     conn.execute("PRAGMA journal_mode=WAL").fetchone()
 
-            _retry(wal, f"enable WAL on {db}")
-            # Two processes creating the tables of a new store at once: one of them sees the
-            # other's half-made schema ("already exists") and simply tries again.
-            _retry(
-                lambda: MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(
-                    max_results=1
-                ),
-                f"initialise {db}",
-                extra=("already exists",),
-            )
+            with _file_lock(Path(f"{db}.init.lock")):
+                _retry(wal, f"enable WAL on {db}")
+                # Without fcntl (not POSIX) another process may still be creating the tables:
+                # one that sees a half-made schema ("already exists") tries again.
+                _retry(
+                    lambda: MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(
+                        max_results=1
+                    ),
+                    f"initialise {db}",
+                    extra=("already exists",),
+                )
         _PREPARED.add(uri)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes of this machine (``flock``; a no-op without fcntl)."""
+    if fcntl is None:  # pragma: no cover - not reached on Linux/macOS
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _process_start(pid: int) -> str | None:

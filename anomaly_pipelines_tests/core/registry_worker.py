@@ -38,3 +38,17 @@ def register_many(
         results.put(("ok", versions))
     except Exception as exc:  # reported to the parent, which fails the test with it
         results.put(("error", repr(exc)))
+
+
+def open_new_store(mlflow_settings: dict[str, Any], start: Any, results: Any) -> None:
+    """Wait for the sibling process, then use a store nobody has created yet (the first step of
+    every training), and report how it went."""
+    from anomaly_pipelines.core.config import MlflowConfig
+    from anomaly_pipelines.core.registry import ModelRegistry
+
+    registry = ModelRegistry(MlflowConfig(**mlflow_settings))
+    start.wait(timeout=120)
+    try:
+        results.put(("ok", registry.experiment_id()))
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        results.put(("error", repr(exc)))

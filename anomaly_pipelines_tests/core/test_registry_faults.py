@@ -3,17 +3,20 @@ process killed mid-run, and trainings that first use a new store at the same mom
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 
 from anomaly_pipelines.core.config import MlflowConfig
 from anomaly_pipelines.core.registry import ORPHANED_TAG, ModelRegistry, _start_run
+from anomaly_pipelines_tests.core import registry_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +60,26 @@ def test_a_run_left_running_by_a_killed_process_is_closed_on_the_next_start(tmp_
     assert "ended without closing the run" in closed.data.tags[ORPHANED_TAG]
     assert client.get_run(alive.info.run_id).info.status == "FINISHED"
     assert os.getpid() != int(closed.data.tags["anomaly_pipelines/pid"])
+
+
+def test_two_processes_creating_a_new_store_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two trainings start on a store that does not exist yet: MLflow's table creation and
+    migrations must not run twice at once ("duplicate column name", alembic "0 found")."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(1):  # failed on the first try before the lock (2 of 2 in the report)
+        settings = _settings(tmp_path / f"try-{attempt}")
+        start = context.Barrier(2)
+        results: Any = context.Queue()
+        processes = [
+            context.Process(
+                target=registry_worker.open_new_store, args=(settings.model_dump(), start, results)
+            )
+            for _ in range(2)
+        ]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=300) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
+        assert outcomes[0][1] == outcomes[1][1]  # one experiment, created once

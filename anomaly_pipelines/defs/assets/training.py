@@ -50,6 +50,11 @@ def training_plot(
 MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
 
 
+def training_checkpoint_dir(config: PipelineConfig) -> Path:
+    """Where a finished training waits until it is registered (``core.checkpoints``)."""
+    return Path(config.output.directory) / "training_checkpoints"
+
+
 @dg.multi_asset(
     outs={
         "lstm_autoencoder": dg.AssetOut(
@@ -76,17 +81,34 @@ def trained_models(
     mlflow_registry: MlflowRegistryResource,
 ) -> Iterator[dg.Output[dict[str, dict[str, Any]]]]:
     """Fit the three detectors on each customer's training part, learn its thresholds, then log
-    one MLflow run (params, metrics) and register one model version per customer."""
+    one MLflow run (params, metrics) and register one model version per customer.
+
+    The fitted detectors are saved before logging and deleted after it, so a registration that
+    fails (store locked, disk full, a name conflict) does not cost the training: the retry of
+    the same customers, data and settings registers the saved one."""
+    from anomaly_pipelines.core.checkpoints import TrainingCheckpoint
     from anomaly_pipelines.core.detector import fit_detectors
 
     config = pipeline_settings.load()
     keys = list(context.partition_keys)
     series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
-    started = time.perf_counter()
-    fitted = fit_detectors(series, config)
-    training_seconds = time.perf_counter() - started
-    plot = training_plot(series, fitted, config, context.run_id)
     registry = mlflow_registry.registry(config)
+    # The store first: a store that cannot be opened fails the run before the expensive part.
+    registry.experiment_id()
+    checkpoint = TrainingCheckpoint(training_checkpoint_dir(config), series, config)
+    saved = checkpoint.load()
+    if saved is not None:
+        fitted, training_seconds = saved
+        context.log.info(
+            f"registering the training saved at {checkpoint.path} (same customers, data and "
+            "settings; its registration failed before), not training again"
+        )
+    else:
+        started = time.perf_counter()
+        fitted = fit_detectors(series, config)
+        training_seconds = time.perf_counter() - started
+        checkpoint.save(fitted, training_seconds)
+    plot = training_plot(series, fitted, config, context.run_id)
     record = registry.log_training(
         fitted,
         config,
@@ -95,6 +117,7 @@ def trained_models(
         tags={"dagster_run_id": context.run_id, "dagster_job": context.job_name},
         training_seconds=training_seconds,
     )
+    checkpoint.discard()
     for cid, reason in fitted.skipped.items():
         context.log.warning(f"customer {cid!r} not trained: {reason}")
 
