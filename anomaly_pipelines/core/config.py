@@ -7,16 +7,31 @@ user can change it in ``configs/*.yaml`` or per run without touching Python. The
 
 from __future__ import annotations
 
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid")
+
+
+def time_zone(value: str) -> str:
+    """``value`` when it names an IANA time zone. Checked when the settings load, not when the
+    first file with times arrives: a typo must fail before a run, with a message, not later
+    with a traceback (and not never, for files that carry dates only)."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{value!r} is not a time zone name; use an IANA name such as 'UTC', "
+            "'Europe/Berlin' or 'America/New_York'"
+        ) from exc
+    return value
 
 
 class SyntheticSourceConfig(_Section):
@@ -62,6 +77,10 @@ class DailyFolderSourceConfig(_Section):
     pattern: str = "*"  # glob inside ``source.path``
     # The first group of this regex, searched in the file name, is the file's day (YYYY-MM-DD).
     date_regex: str = r"(\d{4}-\d{2}-\d{2})"
+    # A newer delivery of a day that holds no data rows (header only, or empty) while an earlier
+    # one has rows: "keep_previous" keeps the earlier delivery, "replace" lets the empty one
+    # empty the day, "fail" stops the load. Each case is reported (log and ingest metadata).
+    empty_redelivery: Literal["keep_previous", "replace", "fail"] = "keep_previous"
 
 
 class ValidationConfig(_Section):
@@ -99,6 +118,8 @@ class SourceConfig(_Section):
     timestamp_format: str | None = None
     # Zone of timestamps that carry a time but no offset (FOCUS requires UTC).
     timezone: str = "UTC"
+
+    _check_timezone = field_validator("timezone")(time_zone)
     # Where each charge category goes (matched case-insensitively): "usage" is modelled,
     # "signal" is kept apart so a credit cannot hide a usage spike. Unknown categories are
     # quarantined. Tax defaults to signal because it is often billed monthly in one lump.
@@ -282,6 +303,8 @@ class OrchestrationConfig(_Section):
     # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time.
     executor: Literal["in_process", "multiprocess"] = "in_process"
     max_concurrent_steps: int = 2
+
+    _check_timezone = field_validator("timezone")(time_zone)
 
 
 class PipelineConfig(_Section):

@@ -116,6 +116,8 @@ def validated_usage(
     )
     new_keys = register_customers(context, loaded.usage["customer_id"])
     summary = loaded.summary()
+    for notice in loaded.notices:
+        context.log.warning(notice)
     by_check = (
         loaded.quarantine.groupby(["column", "check"]).size().rename("entries").reset_index()
         if len(loaded.quarantine)
@@ -139,6 +141,8 @@ def validated_usage(
             "quarantined_lines": int(summary["quarantined_rows"]),
             "by_check": md(markdown_table(by_check)),
             "first_entries": md(markdown_table(loaded.quarantine.head(10))),
+            # Warnings about whole files, e.g. an empty re-delivery (source.daily.empty_redelivery).
+            "file_notices": md(markdown_table(pd.DataFrame({"notice": loaded.notices}))),
         },
     )
     yield dg.Output(
