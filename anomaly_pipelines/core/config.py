@@ -270,7 +270,12 @@ class ExplainConfig(_Section):
     # Gemini (used when explainer == "gemini"; the key comes from the GEMINI_API_KEY env var).
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str | None = None  # None: Google's endpoint; tests point it at 127.0.0.1
+    # Wall-clock limit of one request, the whole answer (not per read: a server trickling
+    # bytes cannot stretch it).
     timeout_seconds: float = 20.0
+    # Wall-clock limit of a run's Gemini work (requests, retries, Retry-After waits); then the
+    # remaining incidents keep their offline text. None: no limit.
+    max_seconds_per_run: float | None = 300.0
     max_output_tokens: int = 256
     temperature: float = 0.2
     max_calls_per_run: int = 50
