@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from anomaly_pipelines.core.config import PipelineConfig
+from anomaly_pipelines.core.files import atomic_write
 from anomaly_pipelines.core.series import CustomerSeries
 
 
@@ -58,16 +57,11 @@ class TrainingCheckpoint:
     def save(self, fitted: Any, training_seconds: float) -> None:
         """Write atomically (temporary name, then rename): a crash mid-write leaves no half file
         that a retry would trust."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"fingerprint": self.fingerprint, "fitted": fitted, "training_seconds": training_seconds}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(
+            self.path,
+            lambda tmp: tmp.write_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)),
+        )
 
     def discard(self) -> None:
         """The training is registered: the copy is no longer needed."""

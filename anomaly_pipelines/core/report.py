@@ -22,6 +22,7 @@ import pandas as pd
 
 from anomaly_pipelines.core.explain import formatting as fmt
 from anomaly_pipelines.core.explain.incidents import SEVERITIES, SIGNAL_LABELS
+from anomaly_pipelines.core.files import atomic_write_text
 from anomaly_pipelines.core.ids import customer_key
 
 TOP_ANOMALIES = 10
@@ -72,10 +73,9 @@ def write_report(
     summary = _summary(scores, incidents)
     html_path = out_dir / HTML_NAME
     md_path = out_dir / MD_NAME
-    html_path.write_text(_html(title, summary, incidents, plots, portfolio_plot), encoding="utf-8")
-    md_path.write_text(
-        _markdown(title, summary, incidents, plots, portfolio_plot, out_dir), encoding="utf-8"
-    )
+    # Atomic: a failed write (full disk, killed run) keeps the previous report whole.
+    atomic_write_text(html_path, _html(title, summary, incidents, plots, portfolio_plot))
+    atomic_write_text(md_path, _markdown(title, summary, incidents, plots, portfolio_plot, out_dir))
     return html_path, md_path
 
 
