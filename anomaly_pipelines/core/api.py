@@ -42,7 +42,8 @@ def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
     deep inside numpy or change a number silently. Rules applied (documented in the README):
     ids are text (``1`` becomes ``"1"``); naive timestamps are UTC and zoned ones keep their
     zone (daily data is then a calendar day in that zone); rows sharing a customer and
-    timestamp are summed, with a warning that counts them.
+    timestamp are summed (a step's services and regions), with a warning that counts the rows
+    that differ from an earlier one in no column at all (likely copies).
     """
     missing = [c for c in REQUIRED if c not in usage.columns]
     if missing:
@@ -55,17 +56,32 @@ def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
     frame["customer_id"] = _customer_ids(frame["customer_id"])
     frame["timestamp"] = _timestamps(frame["timestamp"])
     frame["cost"] = _costs(frame["cost"])
-    duplicated = frame.duplicated(["customer_id", "timestamp"], keep="first")
-    if duplicated.any():
-        first = frame.loc[duplicated].iloc[0]
+    copies = _copies(frame, usage)
+    if copies.any():
+        first = frame.loc[copies].iloc[0]
         warnings.warn(
-            f"detect(): {int(duplicated.sum())} row(s) repeat a (customer_id, timestamp) of an "
-            f"earlier row and are summed into it, first customer {first['customer_id']!r} at "
-            f"{first['timestamp']}; deduplicate the frame first if they are copies",
+            f"detect(): {int(copies.sum())} row(s) repeat the customer_id, timestamp and every "
+            f"other column of an earlier row and are summed into it, first customer "
+            f"{first['customer_id']!r} at {first['timestamp']}; drop them first if they are copies",
             DuplicateRowsWarning,
             stacklevel=3,
         )
     return frame
+
+
+def _copies(frame: pd.DataFrame, usage: pd.DataFrame) -> pd.Series:
+    """Rows that share customer and timestamp with an earlier row and differ from it in no
+    other column of the input. Rows told apart by another column (service, region) are parts
+    of one step's cost and summed without a warning; rows that are not are likely copies."""
+    key = frame[["customer_id", "timestamp"]]
+    repeated = key.duplicated(keep=False)
+    if not repeated.any():
+        return repeated
+    others = [c for c in usage.columns if c not in REQUIRED]
+    try:
+        return key.join(usage[others]).duplicated(keep="first") if others else key.duplicated()
+    except TypeError:  # unhashable values (lists, dicts) in another column: judge by the key
+        return key.duplicated()
 
 
 class DuplicateRowsWarning(UserWarning):

@@ -82,7 +82,17 @@ def test_bad_frames_get_a_clear_error(frame: pd.DataFrame, message: str) -> None
 
 def test_duplicate_timestamps_are_summed_with_a_warning() -> None:
     usage = _frame(timestamp=pd.to_datetime(["2024-01-01", "2024-01-01", "2024-01-02"]))
-    with pytest.warns(DuplicateRowsWarning, match=r"1 row\(s\) repeat .* summed"):
+    with pytest.warns(DuplicateRowsWarning, match=r"1 row\(s\) repeat the customer_id, timestamp .* summed"):
+        scores = detect(usage, FAST)
+    assert scores["cost"].tolist() == [3.0, 3.0]
+
+
+def test_rows_told_apart_by_another_column_are_summed_without_a_warning() -> None:
+    usage = _frame(timestamp=pd.to_datetime(["2024-01-01", "2024-01-01", "2024-01-02"])).assign(
+        service=["compute", "storage", "compute"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DuplicateRowsWarning)
         scores = detect(usage, FAST)
     assert scores["cost"].tolist() == [3.0, 3.0]
 
