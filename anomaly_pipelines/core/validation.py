@@ -409,7 +409,7 @@ def _coerce(
         # cannot be floored without overflowing; they stay as they are and the range checks
         # quarantine them with their text.
         inside = stamps.notna() & (stamps > _FLOOR_LOW) & (stamps < _FLOOR_HIGH)
-        stamps.loc[inside] = stamps[inside].dt.floor(floor)
+        stamps.loc[inside] = _floor(stamps[inside], floor, source.timezone)
     out["timestamp"] = stamps
     names = {
         key.casefold(): CANONICAL_CATEGORIES.get(key.casefold(), key)
@@ -434,6 +434,18 @@ def _coerce(
     if "currency" in out.columns:
         out["currency"] = out["currency"].str.upper()
     return out, formats
+
+
+def _floor(stamps: pd.Series, floor: str, timezone: str) -> pd.Series:
+    """Floor UTC timestamps to ``floor``. Whole days are days of ``source.timezone``: 00:30 in
+    Berlin is that day's cost, not the previous UTC day's. The day is then labelled like a
+    date-only value (its midnight in UTC), so dated and timed rows of one day agree."""
+    step = pd.tseries.frequencies.to_offset(floor)
+    day = pd.tseries.frequencies.to_offset("D")
+    if timezone == "UTC" or not (step.rule_code == day.rule_code and step.n >= 1):
+        return stamps.dt.floor(floor)
+    wall = stamps.dt.tz_convert(timezone).dt.tz_localize(None)
+    return wall.dt.floor(floor).dt.tz_localize("UTC")
 
 
 def _canonical_spelling(values: pd.Series) -> pd.Series:

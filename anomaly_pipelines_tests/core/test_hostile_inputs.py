@@ -126,3 +126,14 @@ def test_an_empty_redelivery_may_replace_the_day_with_a_notice(redelivered: Path
 def test_an_empty_redelivery_can_be_refused(redelivered: Path) -> None:
     with pytest.raises(SourceError, match=r"refusing to empty the day"):
         _daily_load(redelivered, empty_redelivery="fail")
+
+
+def test_timed_rows_of_a_daily_source_fall_on_their_days_in_source_timezone(tmp_path: Path) -> None:
+    """00:30 in Berlin is 23:30 UTC the day before; the notebook format floors rows to days,
+    which must be Berlin's days, labelled like the date-only rows of the same day."""
+    lines = ["2024-03-05 00:30:00,1,acme", "2024-03-05 23:30:00,2,acme", "2024-03-06,4,acme"]
+    lines += ["2024-07-01 00:15:00,8,acme"]  # summer time: UTC+2
+    loaded = _load(_write(tmp_path / "in.csv", lines), timezone="Europe/Berlin")
+    days = loaded.usage.set_index(loaded.usage["timestamp"].dt.strftime("%Y-%m-%d"))["cost"]
+    assert days.to_dict() == {"2024-03-05": 3.0, "2024-03-06": 4.0, "2024-07-01": 8.0}
+    _accounted(loaded)
