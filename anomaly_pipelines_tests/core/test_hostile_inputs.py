@@ -76,6 +76,26 @@ def test_a_bad_time_zone_fails_when_the_settings_load(section: str) -> None:
         PipelineConfig.model_validate({section: {"timezone": "Mars/Olympus"}})
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"source": {"validation": {"min_timestamp": "yesterday-ish"}}}, "is not a date"),
+        ({"orchestration": {"daily_start_date": "not a date"}}, "is not a date"),
+        ({"source": {"timestamp_format": "%Y-%Q"}}, r"unknown directive\(s\) %Q"),
+        ({"source": {"daily": {"date_regex": "("}}}, "not a valid regular expression"),
+        ({"source": {"daily": {"date_regex": r"\d{8}"}}}, "has no group"),
+        ({"source": {"encoding": "klingon"}}, "not a known text encoding"),
+        ({"source": {"delimiter": ""}}, "is not one character"),
+    ],
+    ids=["min_timestamp", "daily_start_date", "format", "regex", "regex-group", "encoding", "delimiter"],
+)
+def test_unusable_settings_fail_when_they_load(settings: dict[str, Any], message: str) -> None:
+    """Each used to fail only when the first file was read, with a traceback from deep inside
+    (``DateParseError``, ``re.error``, ``IndexError: no such group``, ``TypeError``)."""
+    with pytest.raises(ValidationError, match=message):
+        PipelineConfig.model_validate(settings)
+
+
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
 def test_utf16_without_bom_says_the_encoding_is_wrong(tmp_path: Path, codec: str) -> None:
     path = tmp_path / "in.csv"
