@@ -52,6 +52,9 @@ def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
             "Rename yours, e.g. usage.rename(columns={'account': 'customer_id', 'date': "
             "'timestamp', 'amount': 'cost'})"
         )
+    repeated = [c for c in REQUIRED if list(usage.columns).count(c) > 1]
+    if repeated:
+        raise ValueError(f"detect(): input frame has more than one column named {repeated}")
     frame = usage[list(REQUIRED)].copy()
     frame["customer_id"] = _customer_ids(frame["customer_id"])
     frame["timestamp"] = _timestamps(frame["timestamp"])
@@ -120,6 +123,19 @@ def _customer_ids(ids: pd.Series) -> pd.Series:
 def _timestamps(values: pd.Series) -> pd.Series:
     """Timestamps with a zone: naive ones are UTC, zoned ones keep theirs. Missing or
     unreadable ones are errors (a NaT has no place in a series)."""
+    numbers = (
+        pd.Series(True, index=values.index)
+        if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+        else values.map(lambda v: isinstance(v, int | float | np.number) and not isinstance(v, bool))
+    )
+    if len(values) and numbers.any():
+        # pandas reads numbers as nanoseconds since 1970: 1704067200 (seconds) would become a
+        # timestamp in January 1970 without a word.
+        raise ValueError(
+            f"detect(): column 'timestamp' holds {int(numbers.sum())} number(s), first at row "
+            f"{_first_row(numbers)}; convert them to dates first, e.g. "
+            "pd.to_datetime(column, unit='s') for seconds since 1970"
+        )
     if isinstance(values.dtype, pd.DatetimeTZDtype):
         stamps = values
     else:
@@ -152,6 +168,16 @@ def _costs(values: pd.Series) -> pd.Series:
         raise ValueError(
             f"detect(): column 'cost' has {int(is_bool.sum())} boolean value(s), first at row "
             f"{_first_row(is_bool)}; costs must be numbers"
+        )
+    is_complex = (
+        pd.Series(True, index=values.index)
+        if pd.api.types.is_complex_dtype(values.dtype)
+        else values.map(lambda value: isinstance(value, complex | np.complexfloating))
+    )
+    if len(values) and is_complex.any():
+        raise ValueError(
+            f"detect(): column 'cost' has {int(is_complex.sum())} complex value(s), first at row "
+            f"{_first_row(is_complex)}; costs must be real numbers"
         )
     try:
         cost = pd.to_numeric(values, errors="raise").astype(float)

@@ -80,8 +80,15 @@ def _frame(**columns: object) -> pd.DataFrame:
         (_frame(cost=[True, False, True]), r"'cost' has 3 boolean value\(s\), first at row 0"),
         (_frame(cost=[1.0, True, 3.0]), r"'cost' has 1 boolean value\(s\), first at row 1"),
         (_frame(timestamp=["2024-01-01", "not a date", "2024-01-03"]), r"'timestamp' cannot be read as dates"),
+        (_frame(timestamp=[1704067200, 1704153600, 1704240000]), r"'timestamp' holds 3 number\(s\)"),
+        (_frame(timestamp=["2024-01-01", 1704153600, "2024-01-03"]), r"'timestamp' holds 1 number\(s\), first at row 1"),
+        (_frame(cost=[1 + 2j, 1.0, 2.0]), r"'cost' has 3 complex value\(s\)"),
+        (pd.concat([_frame(), _frame()[["cost"]]], axis=1), r"more than one column named \['cost'\]"),
     ],
-    ids=["nat", "none-id", "int-and-str-id", "bool-cost", "one-bool-cost", "bad-date"],
+    ids=[
+        "nat", "none-id", "int-and-str-id", "bool-cost", "one-bool-cost", "bad-date",
+        "epoch-seconds", "one-epoch", "complex-cost", "duplicate-column",
+    ],
 )
 def test_bad_frames_get_a_clear_error(frame: pd.DataFrame, message: str) -> None:
     with pytest.raises(ValueError, match=message):
