@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from anomaly_pipelines.defs import checks, sensors
+from anomaly_pipelines.defs import checks, run_health, sensors
 from anomaly_pipelines.defs.assets import ingest, reporting, scoring, series, training
 from anomaly_pipelines.defs.io_managers import PartitionedStorageIOManager
 from anomaly_pipelines.defs.jobs import (
@@ -54,7 +54,7 @@ def build_definitions(
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job],
         schedules=[daily_scoring_schedule],
-        sensors=[sensors.daily_files_sensor],
+        sensors=[sensors.daily_files_sensor, run_health.dead_training_runs_sensor],
         resources={
             "pipeline_settings": settings,
             "mlflow_registry": MlflowRegistryResource(),

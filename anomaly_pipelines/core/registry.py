@@ -70,6 +70,7 @@ from anomaly_pipelines.core.detector import Calibration, FittedDetectors
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.models.outlier import CustomerOutlierModels
+from anomaly_pipelines.core.processes import process_alive, process_start
 from anomaly_pipelines.core.spreadsheet import write_csv
 
 try:  # POSIX only; elsewhere concurrent promotion falls back to a process-local lock.
@@ -270,7 +271,7 @@ class ModelRegistry:
             tags = run.data.tags
             if tags.get(OWNER_HOST_TAG) != host or not tags.get(OWNER_PID_TAG, "").isdigit():
                 continue
-            if _process_alive(int(tags[OWNER_PID_TAG]), tags.get(OWNER_START_TAG) or None):
+            if process_alive(int(tags[OWNER_PID_TAG]), tags.get(OWNER_START_TAG) or None):
                 continue
             run_id = run.info.run_id
             reason = (
@@ -854,39 +855,14 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from ``/proc``; None elsewhere)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else None  # field 22 of stat; fields[0] is field 3
-
-
 def _owner_tags() -> dict[str, str]:
     """Who opened a run, so a later process can tell whether it is still alive."""
     pid = os.getpid()
     return {
         OWNER_HOST_TAG: socket.gethostname(),
         OWNER_PID_TAG: str(pid),
-        OWNER_START_TAG: _process_start(pid) or "",
+        OWNER_START_TAG: process_start(pid) or "",
     }
-
-
-def _process_alive(pid: int, started: str | None) -> bool:
-    """Process ``pid`` exists and, when its start time is known, is the same process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        pass
-    if started is not None:
-        current = _process_start(pid)
-        if current is not None and current != started:
-            return False  # the pid was reused by a later process
-    return True
 
 
 def _is_transient(exc: BaseException, extra: tuple[str, ...] = ()) -> bool:

@@ -8,7 +8,10 @@ run-monitoring check, as the daemon runs it, must fail it so the queue moves aga
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -86,3 +89,44 @@ def test_a_young_run_is_left_alone(instance: dg.DagsterInstance) -> None:
     monitor_started_run(instance, None, record, logging.getLogger("test"))  # type: ignore[arg-type]
     run = instance.get_run_by_id(young)
     assert run is not None and run.status == DagsterRunStatus.STARTED
+
+
+def _worker_started(instance: dg.DagsterInstance, run_id: str, pid: int) -> None:
+    """What a daemon-launched run worker reports first."""
+    from dagster._core.events import EngineEventData
+
+    run = instance.get_run_by_id(run_id)
+    assert run is not None
+    instance.report_engine_event(
+        f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
+    )
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_training_run_whose_worker_died_is_failed_within_a_sensor_tick(
+    instance: dg.DagsterInstance,
+) -> None:
+    from anomaly_pipelines.defs.run_health import dead_training_runs_sensor
+
+    dead = _started_run(instance, 60)  # young: run monitoring's runtime limit is hours away
+    _worker_started(instance, dead, _dead_pid())
+    alive = _started_run(instance, 0)  # its worker (this process) started before the run did
+    _worker_started(instance, alive, os.getpid())
+    result = dead_training_runs_sensor(dg.build_sensor_context(instance=instance))
+    assert dead in result.skip_message
+    assert instance.get_run_by_id(dead).status == DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+    assert instance.get_run_by_id(alive).status == DagsterRunStatus.STARTED  # type: ignore[union-attr]
+    again = dead_training_runs_sensor(dg.build_sensor_context(instance=instance))
+    assert again.skip_message == "no dead training runs"
+
+
+def test_the_sensor_ships_running_in_the_code_location() -> None:
+    from anomaly_pipelines.definitions import build_definitions
+
+    sensor = build_definitions().resolve_sensor_def("dead_training_runs_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
