@@ -83,3 +83,57 @@ def test_two_processes_creating_a_new_store_at_once_both_succeed(tmp_path: Path)
             process.join(timeout=60)
         assert [status for status, _ in outcomes] == ["ok", "ok"], outcomes
         assert outcomes[0][1] == outcomes[1][1]  # one experiment, created once
+
+
+def test_a_training_killed_at_a_random_point_leaves_a_consistent_registry(tmp_path: Path) -> None:
+    """A training process is killed (SIGKILL) at a random point: while fitting, or a random
+    moment into logging and registering. A re-run then ends consistent: no RUNNING run, one
+    champion per customer pointing at its newest version, and the champions load and score."""
+    import json
+    import random
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_pipelines.core.api import _coerce
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    settings = _settings(tmp_path)
+    days = 70
+    seed = random.SystemRandom().randrange(1_000_000)
+    chooser = random.Random(seed)
+    phase = chooser.choice(["fitting", "logging"])
+    delay = chooser.uniform(0.0, 1.5 if phase == "fitting" else 4.0)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_pipelines_tests.core.registry_worker",
+         json.dumps(settings.model_dump()), str(days)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip() == phase:
+            break
+    time.sleep(delay)
+    child.kill()
+    child.wait(timeout=60)
+    where = f"killed {delay:.2f} s into {phase!r} (seed {seed})"
+
+    config = PipelineConfig().merged({"lstm": {"epochs": 1}, "mlflow": settings.model_dump()})
+    registry = ModelRegistry(config.mlflow)
+    experiment = registry.experiment_id()  # the next start closes what the kill left open
+    series = regularize(_coerce(registry_worker.kill_test_usage(np, pd, days)), config.preprocess)
+    registry.log_training(fit_detectors(series, config), config, run_name="re-run")
+
+    client = MlflowClient(tracking_uri=registry.tracking_uri)
+    statuses = [run.info.status for run in client.search_runs([experiment])]
+    assert "RUNNING" not in statuses, (where, statuses)
+    customers = [s.customer_id for s in series]
+    for cid in customers:
+        versions = registry.versions(cid)
+        assert versions == [str(v) for v in range(1, len(versions) + 1)], (where, cid, versions)
+        assert registry.champion_version(cid) == versions[-1], (where, cid)
+    scores = score_series(series, registry.load_champions(customers), config)
+    assert len(scores) == sum(len(s) for s in series) and scores["hybrid_score"].notna().all(), where
