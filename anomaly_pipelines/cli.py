@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anomaly_pipelines.core.files import atomic_write, atomic_write_text
+
 DEFAULT_HOME = ".dagster_home"
 INSTANCE_TEMPLATE = Path("configs") / "dagster.yaml"
 # Used when the project's configs/ folder is not there (e.g. running from another directory).
@@ -50,9 +52,9 @@ def prepare_dagster_home(home: Path, template: Path = INSTANCE_TEMPLATE) -> Path
     target = home / "dagster.yaml"
     if not target.exists():
         if template.is_file():
-            shutil.copyfile(template, target)
+            atomic_write(target, lambda tmp: shutil.copyfile(template, tmp))
         else:
-            target.write_text(FALLBACK_INSTANCE_YAML, encoding="utf-8")
+            atomic_write_text(target, FALLBACK_INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

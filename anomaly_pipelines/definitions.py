@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from anomaly_pipelines.defs import checks, operations_checks, sensors
+from anomaly_pipelines.defs import checks, operations_checks, run_health, sensors
 from anomaly_pipelines.defs.assets import (
     alerts,
     drift,
@@ -65,7 +65,12 @@ def build_definitions(
         asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
         jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job, drift_job],
         schedules=[daily_scoring_schedule],
-        sensors=[sensors.daily_files_sensor, sensors.retrain_sensor, sensors.new_customer_sensor],
+        sensors=[
+            sensors.daily_files_sensor,
+            sensors.retrain_sensor,
+            sensors.new_customer_sensor,
+            run_health.dead_training_runs_sensor,
+        ],
         resources={
             "pipeline_settings": settings,
             "mlflow_registry": MlflowRegistryResource(),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from anomaly_pipelines.core.config import PipelineConfig, as_config
@@ -50,6 +52,16 @@ def input_rows(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
+    """The three input columns, typed, or a ``ValueError`` that names the column and first row.
+
+    A notebook frame has no quarantine, so anything that would otherwise be guessed (a missing
+    id or time, ids that only look alike, a boolean cost) is refused here, before it can fail
+    deep inside numpy or change a number silently. Rules applied (documented in the README):
+    ids are text (``1`` becomes ``"1"``); naive timestamps are UTC and zoned ones keep their
+    zone (daily data is then a calendar day in that zone); rows sharing a customer and
+    timestamp are summed (a step's services and regions), with a warning that counts the rows
+    that differ from an earlier one in no column at all (likely copies).
+    """
     missing = [c for c in REQUIRED if c not in usage.columns]
     if missing:
         raise ValueError(
@@ -57,15 +69,142 @@ def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
             "Rename yours, e.g. usage.rename(columns={'account': 'customer_id', 'date': "
             "'timestamp', 'amount': 'cost'})"
         )
+    repeated = [c for c in REQUIRED if list(usage.columns).count(c) > 1]
+    if repeated:
+        raise ValueError(f"detect(): input frame has more than one column named {repeated}")
     frame = usage[list(REQUIRED)].copy()
-    frame["customer_id"] = frame["customer_id"].astype(str)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-    frame["cost"] = pd.to_numeric(frame["cost"], errors="raise").astype(float)
-    bad = ~frame["cost"].map(lambda v: pd.notna(v) and abs(v) != float("inf"))
+    frame["customer_id"] = _customer_ids(frame["customer_id"])
+    frame["timestamp"] = _timestamps(frame["timestamp"])
+    frame["cost"] = _costs(frame["cost"])
+    copies = _copies(frame, usage)
+    if copies.any():
+        first = frame.loc[copies].iloc[0]
+        warnings.warn(
+            f"detect(): {int(copies.sum())} row(s) repeat the customer_id, timestamp and every "
+            f"other column of an earlier row and are summed into it, first customer "
+            f"{first['customer_id']!r} at {first['timestamp']}; drop them first if they are copies",
+            DuplicateRowsWarning,
+            stacklevel=3,
+        )
+    return frame
+
+
+def _copies(frame: pd.DataFrame, usage: pd.DataFrame) -> pd.Series:
+    """Rows that share customer and timestamp with an earlier row and differ from it in no
+    other column of the input. Rows told apart by another column (service, region) are parts
+    of one step's cost and summed without a warning; rows that are not are likely copies."""
+    key = frame[["customer_id", "timestamp"]]
+    repeated = key.duplicated(keep=False)
+    if not repeated.any():
+        return repeated
+    others = [c for c in usage.columns if c not in REQUIRED]
+    try:
+        return key.join(usage[others]).duplicated(keep="first") if others else key.duplicated()
+    except TypeError:  # unhashable values (lists, dicts) in another column: judge by the key
+        return key.duplicated()
+
+
+class DuplicateRowsWarning(UserWarning):
+    """``detect()`` summed rows that share a customer and timestamp (costs of one step)."""
+
+
+def _first_row(mask: pd.Series) -> object:
+    return mask.index[mask.to_numpy(dtype=bool)][0]
+
+
+def _customer_ids(ids: pd.Series) -> pd.Series:
+    """Ids as text; a missing id, or two ids that differ only in type (``1`` and ``"1"``), is
+    an error: summing two customers into one series would hide both."""
+    absent = ids.isna()
+    if absent.any():
+        raise ValueError(
+            f"detect(): column 'customer_id' has {int(absent.sum())} missing value(s), first at "
+            f"row {_first_row(absent)}; every row needs the customer it belongs to"
+        )
+    text = ids.map(str).astype(str)
+    is_text = ids.map(lambda value: isinstance(value, str))
+    if not is_text.all() and is_text.any():
+        kinds = pd.DataFrame({"text": text, "is_text": is_text}).groupby("text")["is_text"].nunique()
+        clashes = kinds[kinds > 1]
+        if not clashes.empty:
+            example = clashes.index[0]
+            rows = ids.index[(text == example).to_numpy()][:2]
+            raise ValueError(
+                f"detect(): column 'customer_id' holds {len(clashes)} id(s) both as text and as "
+                f"another type, e.g. {ids[rows[0]]!r} (row {rows[0]}) and {ids[rows[1]]!r} "
+                f"(row {rows[1]}); they would become one customer. Convert the column to one type"
+            )
+    return text
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    """Timestamps with a zone: naive ones are UTC, zoned ones keep theirs. Missing or
+    unreadable ones are errors (a NaT has no place in a series)."""
+    numbers = (
+        pd.Series(True, index=values.index)
+        if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+        else values.map(lambda v: isinstance(v, int | float | np.number) and not isinstance(v, bool))
+    )
+    if len(values) and numbers.any():
+        # pandas reads numbers as nanoseconds since 1970: 1704067200 (seconds) would become a
+        # timestamp in January 1970 without a word.
+        raise ValueError(
+            f"detect(): column 'timestamp' holds {int(numbers.sum())} number(s), first at row "
+            f"{_first_row(numbers)}; convert them to dates first, e.g. "
+            "pd.to_datetime(column, unit='s') for seconds since 1970"
+        )
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        stamps = values
+    else:
+        try:
+            stamps = pd.to_datetime(values, utc=True)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ValueError(f"detect(): column 'timestamp' cannot be read as dates: {exc}") from exc
+    stamps = pd.Series(stamps, index=values.index)
+    if not isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        # A column mixing zones comes back as objects; UTC instants keep every value's meaning.
+        stamps = pd.to_datetime(stamps, utc=True)
+    missing = stamps.isna()
+    if missing.any():
+        raise ValueError(
+            f"detect(): column 'timestamp' has {int(missing.sum())} missing value(s) (NaT), "
+            f"first at row {_first_row(missing)}; drop or fill them first"
+        )
+    return stamps
+
+
+def _costs(values: pd.Series) -> pd.Series:
+    """Costs as floats; booleans are refused (True is not a cost of 1.0), as are missing and
+    infinite values."""
+    is_bool = (
+        pd.Series(True, index=values.index)
+        if pd.api.types.is_bool_dtype(values.dtype)
+        else values.map(lambda value: isinstance(value, bool | np.bool_))
+    )
+    if is_bool.any():
+        raise ValueError(
+            f"detect(): column 'cost' has {int(is_bool.sum())} boolean value(s), first at row "
+            f"{_first_row(is_bool)}; costs must be numbers"
+        )
+    is_complex = (
+        pd.Series(True, index=values.index)
+        if pd.api.types.is_complex_dtype(values.dtype)
+        else values.map(lambda value: isinstance(value, complex | np.complexfloating))
+    )
+    if len(values) and is_complex.any():
+        raise ValueError(
+            f"detect(): column 'cost' has {int(is_complex.sum())} complex value(s), first at row "
+            f"{_first_row(is_complex)}; costs must be real numbers"
+        )
+    try:
+        cost = pd.to_numeric(values, errors="raise").astype(float)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"detect(): column 'cost' is not numeric: {exc}") from exc
+    bad = ~np.isfinite(cost.to_numpy(dtype=float))
     if bad.any():
-        first = frame.index[bad][0]
+        first = values.index[bad][0]
         raise ValueError(
             f"detect(): column 'cost' has {int(bad.sum())} missing or infinite value(s), "
             f"first at row {first}; clean them or load the data through a source with quarantine"
         )
-    return frame
+    return cost

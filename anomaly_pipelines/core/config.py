@@ -7,16 +7,90 @@ user can change it in ``configs/*.yaml`` or per run without touching Python. The
 
 from __future__ import annotations
 
+import codecs
+import re
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo in a YAML file must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid")
+
+
+# strptime directives (Python's); anything else after "%" is a typo that would only fail when
+# the first file is read.
+_STRPTIME_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
+
+
+def _timestamp_format(value: str | None) -> str | None:
+    """A strftime/strptime format whose directives all exist."""
+    if value is None:
+        return value
+    directives = re.findall(r"%(.)", value.replace("%%", ""))
+    unknown = sorted({d for d in directives if d not in _STRPTIME_DIRECTIVES})
+    if unknown or (value.endswith("%") and not value.endswith("%%")):
+        raise ValueError(
+            f"{value!r} is not a usable date format: unknown directive(s) "
+            f"{', '.join('%' + d for d in unknown) or '%'}; e.g. '%Y-%m-%d %H:%M:%S'"
+        )
+    return value
+
+
+def _date_regex(value: str) -> str:
+    """A regex that compiles and has the group that holds the day."""
+    try:
+        groups = re.compile(value).groups
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+    if groups < 1:
+        raise ValueError(
+            f"{value!r} has no group: put the day in parentheses, e.g. r'(\\d{{4}}-\\d{{2}}-\\d{{2}})'"
+        )
+    return value
+
+
+def _date_text(value: str) -> str:
+    """A date (or timestamp) pandas can read, e.g. ``2000-01-01``."""
+    import pandas as pd  # only when settings are validated
+
+    try:
+        pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{value!r} is not a date; use YYYY-MM-DD") from exc
+    return value
+
+
+def _encoding(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError as exc:
+        raise ValueError(f"{value!r} is not a known text encoding (e.g. utf-8, utf-16, cp1252)") from exc
+    return value
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is not None and len(value) != 1:
+        raise ValueError(f"{value!r} is not one character; use e.g. ',', ';', '\\t' or '|' (or null to detect)")
+    return value
+
+
+def time_zone(value: str) -> str:
+    """``value`` when it names an IANA time zone. Checked when the settings load, not when the
+    first file with times arrives: a typo must fail before a run, with a message, not later
+    with a traceback (and not never, for files that carry dates only)."""
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{value!r} is not a time zone name; use an IANA name such as 'UTC', "
+            "'Europe/Berlin' or 'America/New_York'"
+        ) from exc
+    return value
 
 
 class SyntheticSourceConfig(_Section):
@@ -63,6 +137,12 @@ class DailyFolderSourceConfig(_Section):
     # The first group of this regex, searched in the file name, is the file's day (YYYY-MM-DD).
     date_regex: str = r"(\d{4}-\d{2}-\d{2})"
 
+    _check_date_regex = field_validator("date_regex")(_date_regex)
+    # A newer delivery of a day that holds no data rows (header only, or empty) while an earlier
+    # one has rows: "keep_previous" keeps the earlier delivery, "replace" lets the empty one
+    # empty the day, "fail" stops the load. Each case is reported (log and ingest metadata).
+    empty_redelivery: Literal["keep_previous", "replace", "fail"] = "keep_previous"
+
 
 class ValidationConfig(_Section):
     """Row checks; a failing row is quarantined, never dropped silently."""
@@ -76,6 +156,8 @@ class ValidationConfig(_Section):
     # Timestamps later than now + this many days are quarantined (typo'd years, wrong formats).
     max_future_days: float = 1.0
     min_timestamp: str = "2000-01-01"
+
+    _check_min_timestamp = field_validator("min_timestamp")(_date_text)
     max_customer_id_length: int = 512
 
 
@@ -99,6 +181,11 @@ class SourceConfig(_Section):
     timestamp_format: str | None = None
     # Zone of timestamps that carry a time but no offset (FOCUS requires UTC).
     timezone: str = "UTC"
+
+    _check_timezone = field_validator("timezone")(time_zone)
+    _check_format = field_validator("timestamp_format")(_timestamp_format)
+    _check_encoding = field_validator("encoding")(_encoding)
+    _check_delimiter = field_validator("delimiter")(_delimiter)
     # Where each charge category goes (matched case-insensitively): "usage" is modelled,
     # "signal" is kept apart so a credit cannot hide a usage spike. Unknown categories are
     # quarantined. Tax defaults to signal because it is often billed monthly in one lump.
@@ -268,7 +355,12 @@ class ExplainConfig(_Section):
     # Gemini (used when explainer == "gemini"; the key comes from the GEMINI_API_KEY env var).
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str | None = None  # None: Google's endpoint; tests point it at 127.0.0.1
+    # Wall-clock limit of one request, the whole answer (not per read: a server trickling
+    # bytes cannot stretch it).
     timeout_seconds: float = 20.0
+    # Wall-clock limit of a run's Gemini work (requests, retries, Retry-After waits); then the
+    # remaining incidents keep their offline text. None: no limit.
+    max_seconds_per_run: float | None = 300.0
     max_output_tokens: int = 256
     temperature: float = 0.2
     max_calls_per_run: int = 50
@@ -292,6 +384,8 @@ class OrchestrationConfig(_Section):
     per run (edit the YAML and reload the code location instead)."""
 
     daily_start_date: str = "2024-01-01"  # first daily partition (daily files, daily scores)
+
+    _check_start = field_validator("daily_start_date")(_date_text)
     # When the daily scoring run starts (in ``timezone``); it scores the day that just ended.
     daily_hour: int = Field(default=6, ge=0, le=23)
     daily_minute: int = Field(default=0, ge=0, le=59)
@@ -301,6 +395,8 @@ class OrchestrationConfig(_Section):
     # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time.
     executor: Literal["in_process", "multiprocess"] = "in_process"
     max_concurrent_steps: int = 2
+
+    _check_timezone = field_validator("timezone")(time_zone)
 
 
 class AlertSubscriptionConfig(_Section):

@@ -23,3 +23,20 @@ def customer_key(customer_id: str) -> str:
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
     slug = _UNSAFE.sub("-", text.lower()).strip("-_")[:32] or "id"
     return f"{slug}-h{digest}"
+
+
+# Characters that change how the text around them is displayed without being visible
+# themselves: C0/C1 controls, bidirectional embeddings/overrides/isolates/marks (a U+202E
+# "right-to-left override" makes "acme‮cod.exe" display as "acmeexe.doc"), zero-width
+# spaces/joiners, the word joiner and a stray byte-order mark.
+_INVISIBLE = re.compile(
+    "[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+
+
+def visible(text: object) -> str:
+    """``text`` with every invisible or direction-changing character written out as
+    ``<U+XXXX>``, so that what a report shows is what the data holds (an id cannot pretend to
+    be another by reordering how it is drawn). Tabs and newlines are left to the caller."""
+    return _INVISIBLE.sub(lambda m: f"<U+{ord(m.group()):04X}>", str(text))

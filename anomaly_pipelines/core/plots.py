@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from anomaly_pipelines.core.explain.incidents import SEVERITIES
+from anomaly_pipelines.core.files import atomic_write
+from anomaly_pipelines.core.ids import visible
 
 SEVERITY_COLORS = {"low": "#e0b000", "medium": "#f28e2b", "high": "#d62728", "critical": "#6a0dad"}
 UNMATCHED_COLOR = "#555555"  # an anomaly whose incident is not in the incidents frame
@@ -25,7 +27,7 @@ DPI = 100
 def _plain(text: object) -> str:
     """Data text shown literally: matplotlib treats ``$...$`` as math, which would garble an id
     (or fail to parse) instead of printing it."""
-    return str(text).replace("\\", "\\\\").replace("$", r"\$")
+    return visible(text).replace("\\", "\\\\").replace("$", r"\$")
 
 
 def _naive_utc(values: pd.Series) -> np.ndarray:
@@ -58,9 +60,9 @@ def _date_axis(ax: Any) -> None:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """Save atomically: a full disk or a killed run must not leave a truncated PNG in place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     return path
 
 

@@ -44,6 +44,7 @@ import os
 import pickle
 import random
 import re
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -69,6 +70,8 @@ from anomaly_pipelines.core.detector import Calibration, FittedDetectors
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.models.outlier import CustomerOutlierModels
+from anomaly_pipelines.core.processes import process_alive, process_start
+from anomaly_pipelines.core.spreadsheet import write_csv
 
 try:  # POSIX only; elsewhere concurrent promotion falls back to a process-local lock.
     import fcntl
@@ -96,6 +99,11 @@ CALIBRATIONS_JSON = "calibrations.json"
 SUMMARY_PARQUET = "training_summary.parquet"
 SUMMARY_CSV = "training_summary.csv"
 SKIPPED_JSON = "skipped.json"
+# Owner of a run (see ``ModelRegistry.close_orphaned_runs``).
+OWNER_HOST_TAG = "anomaly_pipelines/host"
+OWNER_PID_TAG = "anomaly_pipelines/pid"
+OWNER_START_TAG = "anomaly_pipelines/pid_start"
+ORPHANED_TAG = "anomaly_pipelines/orphaned"
 IF_MODEL_NAME = "isolation_forest"
 LOF_MODEL_NAME = "local_outlier_factor"
 
@@ -221,6 +229,7 @@ class ModelRegistry:
                 "restore it or set "
                 "mlflow.experiment to another name"
             )
+        self.close_orphaned_runs(experiment.experiment_id)
         if experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):
             log.warning(
                 "MLflow experiment %r keeps its artifacts in %s, not in the configured %s "
@@ -231,6 +240,52 @@ class ModelRegistry:
             )
         self._experiment = experiment.experiment_id
         return self._experiment
+
+    def close_orphaned_runs(self, experiment_id: str) -> list[str]:
+        """Mark runs whose process died (``kill -9``, OOM, a lost machine) as KILLED.
+
+        A killed training leaves its MLflow run RUNNING for ever, which reads as "still
+        training" in the UI and hides that its models were never registered. Every run of this
+        project records its owner (host, pid and the pid's start time, which tells a reused pid
+        apart); on the first use of the store in a process, RUNNING runs of this host whose owner
+        is gone are ended as KILLED with the tag ``anomaly_pipelines/orphaned`` saying why.
+        Runs of other hosts are left alone: their owners cannot be checked from here.
+        Returns the ids of the runs closed.
+        """
+        client = self._client()
+        host = socket.gethostname()
+        try:
+            runs = _retry(
+                lambda: client.search_runs(
+                    [experiment_id],
+                    filter_string=f"attributes.status = 'RUNNING' and tags.project = '{PROJECT}'",
+                    max_results=1000,
+                ),
+                "find running runs",
+            )
+        except MlflowException as exc:  # a store that cannot search must not block training
+            log.warning("could not look for orphaned MLflow runs: %s", exc)
+            return []
+        closed = []
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(OWNER_HOST_TAG) != host or not tags.get(OWNER_PID_TAG, "").isdigit():
+                continue
+            if process_alive(int(tags[OWNER_PID_TAG]), tags.get(OWNER_START_TAG) or None):
+                continue
+            run_id = run.info.run_id
+            reason = (
+                f"process {tags[OWNER_PID_TAG]} on {host} ended without closing the run "
+                "(killed or crashed); its models were not necessarily registered"
+            )
+            _retry(
+                lambda run_id=run_id, reason=reason: client.set_tag(run_id, ORPHANED_TAG, reason),
+                "tag run",
+            )
+            _retry(lambda run_id=run_id: client.set_terminated(run_id, "KILLED"), "end run")
+            log.warning("MLflow run %s marked KILLED: %s", run_id, reason)
+            closed.append(run_id)
+        return closed
 
     # ------------------------------------------------------------------ training
 
@@ -752,7 +807,13 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def _prepare_store(uri: str) -> None:
     """Create the SQLite folder, switch the database to WAL (readers stop blocking writers; the
-    setting is stored in the file) and let MLflow create its tables, once per process."""
+    setting is stored in the file) and let MLflow create its tables, once per process.
+
+    MLflow creates and migrates a new SQLite store without any lock of its own: two processes
+    doing it at once interleave their migrations and one fails ("duplicate column name",
+    alembic "0 found"). Both steps therefore run under an exclusive file lock next to the
+    database, so the second process waits and then finds the store complete.
+    """
     if uri in _PREPARED:
         return
     with _PREPARE_LOCK:
@@ -766,17 +827,42 @@ def _prepare_store(uri: str) -> None:
                 with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
                     conn.execute("PRAGMA journal_mode=WAL").fetchone()
 
-            _retry(wal, f"enable WAL on {db}")
-            # Two processes creating the tables of a new store at once: one of them sees the
-            # other's half-made schema ("already exists") and simply tries again.
-            _retry(
-                lambda: MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(
-                    max_results=1
-                ),
-                f"initialise {db}",
-                extra=("already exists",),
-            )
+            with _file_lock(Path(f"{db}.init.lock")):
+                _retry(wal, f"enable WAL on {db}")
+                # Without fcntl (not POSIX) another process may still be creating the tables:
+                # one that sees a half-made schema ("already exists") tries again.
+                _retry(
+                    lambda: MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(
+                        max_results=1
+                    ),
+                    f"initialise {db}",
+                    extra=("already exists",),
+                )
         _PREPARED.add(uri)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes of this machine (``flock``; a no-op without fcntl)."""
+    if fcntl is None:  # pragma: no cover - not reached on Linux/macOS
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _owner_tags() -> dict[str, str]:
+    """Who opened a run, so a later process can tell whether it is still alive."""
+    pid = os.getpid()
+    return {
+        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_PID_TAG: str(pid),
+        OWNER_START_TAG: process_start(pid) or "",
+    }
 
 
 def _is_transient(exc: BaseException, extra: tuple[str, ...] = ()) -> bool:
@@ -815,6 +901,7 @@ def _start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Itera
     training after its versions were registered and leave the run RUNNING.
     """
     nested = mlflow.active_run() is not None
+    tags = {**tags, **_owner_tags()}
     run = _retry(
         lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested),
         "start run",
@@ -1054,7 +1141,8 @@ def _write_run_files(directory: Path, fitted: FittedDetectors, summary: pd.DataF
     )
     if len(summary):
         summary.to_parquet(directory / SUMMARY_PARQUET, index=False)
-        summary.to_csv(directory / SUMMARY_CSV, index=False)
+        # For people (the parquet is for code): ids must not run as spreadsheet formulas.
+        write_csv(summary, directory / SUMMARY_CSV)
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:

@@ -22,7 +22,8 @@ import pandas as pd
 
 from anomaly_pipelines.core.explain import formatting as fmt
 from anomaly_pipelines.core.explain.incidents import SEVERITIES, SIGNAL_LABELS
-from anomaly_pipelines.core.ids import customer_key
+from anomaly_pipelines.core.files import atomic_write_text
+from anomaly_pipelines.core.ids import customer_key, visible
 
 TOP_ANOMALIES = 10
 HTML_NAME = "report.html"
@@ -40,14 +41,15 @@ _DIMENSION_LABELS = {
 
 
 def esc(value: object) -> str:
-    """Text for HTML (element content and quoted attributes)."""
-    return html.escape(str(value), quote=True)
+    """Text for HTML (element content and quoted attributes); invisible and direction-changing
+    characters (a right-to-left override in an id) are shown as ``<U+XXXX>``."""
+    return html.escape(visible(value), quote=True)
 
 
 def md(value: object) -> str:
     """Text for Markdown: one line, HTML-escaped (Markdown passes raw HTML through), and every
     character with Markdown meaning backslash-escaped, ``$`` included (GitHub renders math)."""
-    text = " ".join(str(value).split())
+    text = " ".join(visible(value).split())
     text = _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
     return _MD_LEADING.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", text)
 
@@ -72,10 +74,9 @@ def write_report(
     summary = _summary(scores, incidents)
     html_path = out_dir / HTML_NAME
     md_path = out_dir / MD_NAME
-    html_path.write_text(_html(title, summary, incidents, plots, portfolio_plot), encoding="utf-8")
-    md_path.write_text(
-        _markdown(title, summary, incidents, plots, portfolio_plot, out_dir), encoding="utf-8"
-    )
+    # Atomic: a failed write (full disk, killed run) keeps the previous report whole.
+    atomic_write_text(html_path, _html(title, summary, incidents, plots, portfolio_plot))
+    atomic_write_text(md_path, _markdown(title, summary, incidents, plots, portfolio_plot, out_dir))
     return html_path, md_path
 
 

@@ -8,12 +8,15 @@ hourly usage and 5-minute metrics alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from anomaly_pipelines.core.config import PreprocessConfig
 from anomaly_pipelines.core.ids import customer_key
+
+_DAY_NS = pd.Timedelta(days=1).value
 
 
 @dataclass
@@ -61,26 +64,50 @@ def regularize(
     Duplicate timestamps are summed (costs of the same day add up); off-grid timestamps are
     floored to the inferred grid. Gaps inside a series are filled by ``gap_policy``. The work is
     vectorised over all customers (one sort, one grouped sum), since the daily run regularises
-    thousands of customers at once.
+    thousands of customers at once. Timestamps in a time zone other than UTC keep it: a series
+    whose step is whole days is a series of calendar days in that zone (a DST day has 23 or 25
+    hours), and its timestamps are those days' starts as in the input.
     """
     config = config or PreprocessConfig()
     if frame.empty:
         return []
+    zone = _local_zone(frame["timestamp"])
+    stamps = pd.to_datetime(frame["timestamp"], utc=True)
     data = pd.DataFrame(
         {
             "customer_id": frame["customer_id"].astype(str).to_numpy(),
-            "timestamp": pd.to_datetime(frame["timestamp"], utc=True).to_numpy(dtype="datetime64[ns]").view("int64"),
+            "timestamp": stamps.to_numpy(dtype="datetime64[ns]").view("int64"),
+            "wall": (
+                stamps.dt.tz_convert(zone).dt.tz_localize(None) if zone is not None else stamps.dt.tz_localize(None)
+            ).to_numpy(dtype="datetime64[ns]").view("int64"),
             "cost": pd.to_numeric(frame["cost"]).to_numpy(dtype=float),
         }
     ).sort_values(["customer_id", "timestamp"], kind="stable")
-    customers, first = np.unique(data["customer_id"].to_numpy(), return_index=True)
+    customers = np.unique(data["customer_id"].to_numpy())
     code = np.searchsorted(customers, data["customer_id"].to_numpy())
-    ts = data["timestamp"].to_numpy()
+    calendar = np.zeros(len(customers), dtype=bool)
+    if zone is not None:
+        # Days (and weeks) in a zone with DST are calendar days, 23 or 25 hours long twice a
+        # year: on a grid of 24-hour steps two days would share one step (their costs summed)
+        # and every later day would sit an hour off its input. Such series are put on a grid of
+        # wall-clock days and placed back in the zone at the end.
+        wall_steps = (
+            np.full(len(customers), pd.Timedelta(config.frequency).value, dtype=np.int64)
+            if config.frequency
+            else _common_steps(code, data["wall"].to_numpy(), len(customers))
+        )
+        calendar = (wall_steps > 0) & (wall_steps % _DAY_NS == 0)
+        ts = np.where(calendar[code], data["wall"].to_numpy(), data["timestamp"].to_numpy())
+        order = np.lexsort((ts, code))
+        data, code, ts = data.iloc[order], code[order], ts[order]
+    else:
+        ts = data["timestamp"].to_numpy()
+    first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
     if config.frequency:
         freq = np.full(len(customers), pd.Timedelta(config.frequency).value, dtype=np.int64)
     else:  # a customer with a single timestamp gets a day
         freq = _common_steps(code, ts, len(customers))
-        freq[freq == 0] = pd.Timedelta(days=1).value
+        freq[freq == 0] = _DAY_NS
     origin = ts[first]
     step = freq[code]
     grid = origin[code] + ((ts - origin[code]) // step) * step
@@ -109,7 +136,7 @@ def regularize(
         out.append(
             CustomerSeries(
                 customer_id=str(customer_id),
-                timestamps=pd.DatetimeIndex(origin[c] + np.arange(hi - lo) * freq[c], tz="UTC"),
+                timestamps=_timestamps(origin[c] + np.arange(hi - lo) * freq[c], zone, bool(calendar[c])),
                 values=series_values,
                 filled=filled[lo:hi],
                 frequency=pd.Timedelta(int(freq[c]), unit="ns"),
@@ -117,6 +144,27 @@ def regularize(
             )
         )
     return out
+
+
+def _local_zone(timestamps: pd.Series) -> Any | None:
+    """The zone of tz-aware timestamps other than UTC (None for naive or UTC ones, which are
+    regularised in UTC)."""
+    dtype = getattr(timestamps, "dtype", None)
+    if not isinstance(dtype, pd.DatetimeTZDtype):
+        return None
+    zone = dtype.tz
+    return None if str(zone) in ("UTC", "utc", "Etc/UTC", "UTC+00:00") else zone
+
+
+def _timestamps(grid: np.ndarray, zone: Any | None, calendar: bool) -> pd.DatetimeIndex:
+    """Grid points (ns) as timestamps: UTC instants, the same instants shown in ``zone``, or
+    wall-clock days of ``zone`` (a skipped wall time moves forward, a repeated one is the first)."""
+    index = pd.DatetimeIndex(grid.astype("datetime64[ns]"))
+    if zone is None:
+        return index.tz_localize("UTC")
+    if not calendar:
+        return index.tz_localize("UTC").tz_convert(zone)
+    return index.tz_localize(zone, ambiguous=np.ones(len(index), dtype=bool), nonexistent="shift_forward")
 
 
 def _common_steps(code: np.ndarray, ts: np.ndarray, customers: int) -> np.ndarray:

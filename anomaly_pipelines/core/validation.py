@@ -60,6 +60,9 @@ _ISO = re.compile(
     r"(?P<zone>\s*(?:Z|z|UTC|[+-]\d{2}(?::?\d{2})?))?$"
 )
 _TIME_DIRECTIVES = ("%H", "%I", "%M", "%S", "%p", "%f")
+# Timestamps that can be floored to a day or an hour without leaving nanosecond range.
+_FLOOR_LOW = pd.Timestamp("1678-01-01", tz="UTC")
+_FLOOR_HIGH = pd.Timestamp("2262-01-01", tz="UTC")
 
 
 class SourceError(ValueError):
@@ -82,6 +85,8 @@ class LoadedUsage:
     # The step timestamps were floored to ("1D" for daily sources), for
     # ``preprocess.frequency``: sparse daily series must not have their grid inferred.
     frequency: str | None = None
+    # Warnings about whole files (not lines), e.g. an empty re-delivery of a day.
+    notices: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, int | float]:
         """Counts per fate; ``input_rows == valid_rows + quarantined_rows`` always holds."""
@@ -130,6 +135,8 @@ class RawRows:
     file_days: dict[str, pd.Timestamp] | None = None  # daily files: rows must fall on that day
     # Clearer reasons for (column, check) pairs in a given source, e.g. a missing tag.
     reasons: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Warnings about whole files that are not about a line (e.g. an empty re-delivery).
+    notices: list[str] = field(default_factory=list)
     # Per file, canonical column -> the file's own column name (quarantine entries use the latter).
     column_names: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -221,6 +228,7 @@ def validate_rows(
         files=raw.files,
         duplicates=duplicates,
         frequency="1D" if raw.floor == "D" else raw.floor,
+        notices=list(raw.notices),
     )
     _check_failure_rate(loaded, raw.rows_per_file, preprocess.max_failure_rate)
     return loaded
@@ -245,15 +253,51 @@ class _Notes:
         names = self.column_names.get(file, {})
         return ",".join(names.get(part, part) for part in column.split(","))
 
+    def dst_check(self, value: str, file: str) -> str | None:
+        """``dst_ambiguous`` / ``dst_nonexistent`` when ``value`` read with the file's format
+        is a wall time that a daylight-saving change repeats or skips in ``source.timezone``."""
+        if self.source.timezone == "UTC" or not value:
+            return None
+        fmt = self.formats.get(file)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if fmt and fmt != "ISO 8601":
+                    naive = pd.to_datetime(value, format=fmt)
+                else:
+                    naive = pd.Timestamp(value)
+            if naive is pd.NaT or naive.tzinfo is not None:
+                return None
+            zone = self.source.timezone
+            if naive.tz_localize(zone, ambiguous=True, nonexistent="NaT") is pd.NaT:
+                return "dst_nonexistent"
+            if naive.tz_localize(zone, ambiguous="NaT", nonexistent="NaT") is pd.NaT:
+                return "dst_ambiguous"
+        except (ValueError, TypeError, OverflowError):
+            return None
+        return None
+
     def reason(self, column: str, check: str, value: str, file: str) -> str:
         if (column, check) in self.overrides:
             return self.overrides[(column, check)]
         rules = self.source.validation
+        if check == "dst_ambiguous":
+            return (
+                f"timestamp '{_clip(value)}' exists twice in source.timezone = "
+                f"{self.source.timezone} (the hour repeated when daylight saving time ends), so "
+                "it cannot be placed in UTC; export times with their offset or in UTC"
+            )
+        if check == "dst_nonexistent":
+            return (
+                f"timestamp '{_clip(value)}' does not exist in source.timezone = "
+                f"{self.source.timezone} (the hour skipped when daylight saving time starts); "
+                "export times with their offset or in UTC"
+            )
         if check == "timestamp_format":
             fmt = self.formats.get(file, "an unknown format")
             return (
                 f"timestamp '{_clip(value)}' cannot be read with the file's format {fmt} "
-                "(or does not exist in source.timezone); set source.timestamp_format if needed"
+                "; set source.timestamp_format if needed"
             )
         texts = {
             "not_nullable": f"{self.label(file, column)} is missing",
@@ -328,6 +372,7 @@ def _lazy_validate(
         value = "" if _isna(value) else str(value)
         if typed and column == "timestamp" and check == "not_nullable":
             check = "timestamp_format"  # the text was there (raw stage) but could not be parsed
+            check = notes.dst_check(value, file) or check
         rows.append(
             quarantine_entry(
                 file,
@@ -360,7 +405,11 @@ def _coerce(
         )
         stamps.loc[rows.index] = parsed
     if floor:
-        stamps = stamps.dt.floor(floor)
+        # Values pinned to the nanosecond bounds (year 1677 or 2262: typos such as 0001-01-01)
+        # cannot be floored without overflowing; they stay as they are and the range checks
+        # quarantine them with their text.
+        inside = stamps.notna() & (stamps > _FLOOR_LOW) & (stamps < _FLOOR_HIGH)
+        stamps.loc[inside] = _floor(stamps[inside], floor, source.timezone)
     out["timestamp"] = stamps
     names = {
         key.casefold(): CANONICAL_CATEGORIES.get(key.casefold(), key)
@@ -385,6 +434,18 @@ def _coerce(
     if "currency" in out.columns:
         out["currency"] = out["currency"].str.upper()
     return out, formats
+
+
+def _floor(stamps: pd.Series, floor: str, timezone: str) -> pd.Series:
+    """Floor UTC timestamps to ``floor``. Whole days are days of ``source.timezone``: 00:30 in
+    Berlin is that day's cost, not the previous UTC day's. The day is then labelled like a
+    date-only value (its midnight in UTC), so dated and timed rows of one day agree."""
+    step = pd.tseries.frequencies.to_offset(floor)
+    day = pd.tseries.frequencies.to_offset("D")
+    if timezone == "UTC" or not (step.rule_code == day.rule_code and step.n >= 1):
+        return stamps.dt.floor(floor)
+    wall = stamps.dt.tz_convert(timezone).dt.tz_localize(None)
+    return wall.dt.floor(floor).dt.tz_localize("UTC")
 
 
 def _canonical_spelling(values: pd.Series) -> pd.Series:

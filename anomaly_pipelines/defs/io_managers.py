@@ -12,10 +12,7 @@ partitions that were never materialized, with a warning: one customer whose run 
 block the portfolio export.
 """
 
-import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from anomaly_pipelines.core.files import atomic_write
 from anomaly_pipelines.core.ids import customer_key
 
 PARQUET = ".parquet"
@@ -132,20 +130,6 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
                 f"that were never materialized: {shown}"
             )
         return _combine(list(found.values()), context)
-
-
-def atomic_write(target: Path, write: Callable[[Path], Any]) -> None:
-    """Write to a temporary file in the same directory, then rename: readers of a partition never
-    see a half-written file while another run rewrites it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def _read(path: Path) -> Any:

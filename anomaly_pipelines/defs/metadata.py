@@ -7,14 +7,18 @@ images are shrunk to thumbnails before being embedded; the full plots stay on di
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+
+from anomaly_pipelines.core.ids import visible
 
 MAX_TABLE_ROWS = 20
 THUMBNAIL_WIDTH = 640
@@ -25,7 +29,8 @@ def markdown_table(frame: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, digits: 
     if frame.empty:
         return "_(no rows)_"
     shown = frame.head(max_rows)
-    header = "| " + " | ".join(str(c) for c in shown.columns) + " |"
+    # Column names are the project's own; only what could break the table is escaped.
+    header = "| " + " | ".join(html.escape(str(c)).replace("|", "\\|") for c in shown.columns) + " |"
     rule = "|" + "|".join(" --- " for _ in shown.columns) + "|"
     rows = [
         "| " + " | ".join(_cell(v, digits) for v in row) + " |"
@@ -42,7 +47,20 @@ def _cell(value: Any, digits: int) -> str:
         return f"{value:.{digits}g}" if abs(value) < 1e6 else f"{value:,.0f}"
     if isinstance(value, pd.Timestamp):
         return value.strftime("%Y-%m-%d") if value == value.normalize() else value.isoformat()
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return markdown_text(value)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#!|~$<>])")
+
+
+def markdown_text(value: Any) -> str:
+    """Data text (customer ids, reasons, file names) for a Markdown metadata value: one line,
+    invisible and direction-changing characters shown as ``<U+XXXX>``, HTML special characters
+    as entities and Markdown punctuation backslash-escaped. Ids come from billing files anyone
+    can write to; whether or not the UI sanitises ``<script>``, ``<img onerror>`` or a
+    ``[link](javascript:...)``, they reach it as plain text."""
+    text = " ".join(visible(value).split())
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=True))
 
 
 def image_markdown(paths: list[Path], titles: list[str] | None = None, limit: int = 3) -> str:
@@ -50,6 +68,7 @@ def image_markdown(paths: list[Path], titles: list[str] | None = None, limit: in
     titles = titles or [p.stem for p in paths]
     parts = []
     for path, title in list(zip(paths, titles, strict=True))[:limit]:
+        title = markdown_text(title)
         parts.append(f"**{title}**\n\n![{title}](data:image/png;base64,{thumbnail_base64(path)})")
     if len(paths) > limit:
         parts.append(f"_{len(paths) - limit} more plots on disk, see `plot_paths`._")

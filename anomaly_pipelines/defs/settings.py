@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from anomaly_pipelines.core.config import PipelineConfig, deep_merge, load_config
+from anomaly_pipelines.core.files import atomic_write_text
 
 CONFIG_ENV = "ANOMALY_PIPELINES_CONFIG"
 DEFAULT_CONFIG_PATH = "configs/pipeline.yaml"
@@ -97,7 +98,7 @@ def write_isolated_config(workdir: Path, overrides: dict[str, Any] | None = None
         "explain": {"cache_dir": str(workdir / "explain-cache")},
     }
     path = workdir / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(deep_merge(config, overrides or {})), encoding="utf-8")
+    atomic_write_text(path, yaml.safe_dump(deep_merge(config, overrides or {})))
     return path
 
 

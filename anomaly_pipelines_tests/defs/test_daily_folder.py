@@ -131,3 +131,30 @@ def _hash(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def test_an_empty_redelivery_keeps_the_day_and_is_reported_in_the_run(
+    folder_setup: tuple[Path, Path],
+) -> None:
+    """A newer header-only file for 2024-03-02 must not wipe the day: the daily run stages the
+    earlier delivery and says why, in its log and its metadata."""
+    import os
+
+    folder, config = folder_setup
+    redo = folder / "usage_2024-03-02_redo.csv"
+    redo.write_text("customer_id,Date,TotalCost\n", encoding="utf-8")
+    later = (folder / "usage_2024-03-02.csv").stat().st_mtime + 60
+    os.utime(redo, (later, later))
+    job = build_definitions(config_path=str(config)).resolve_job_def("daily_scoring_job")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key="2024-03-02",
+            asset_selection=[dg.AssetKey("daily_usage")],
+        )
+        assert len(result.output_for_node("daily_usage")) == 3
+        (materialization,) = result.asset_materializations_for_node("daily_usage")
+        notices = materialization.metadata["file_notices"].value
+        assert "usage\\_2024-03-02\\_redo.csv" in notices and "kept" in notices  # Markdown-escaped
+        logged = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+        assert any("usage_2024-03-02_redo.csv" in m and "no data rows" in m for m in logged)

@@ -77,6 +77,7 @@ def make_explainer(config: ExplainConfig, api_key: str | None = None) -> Explain
         cache_dir=Path(config.cache_dir) if config.cache_dir else None,
         backoff_seconds=config.backoff_seconds,
         thinking_budget=config.thinking_budget,
+        max_seconds_per_run=config.max_seconds_per_run,
         **offline_limits,
     )
 

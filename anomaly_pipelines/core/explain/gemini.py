@@ -4,7 +4,7 @@ The model gets the facts with every figure already formatted and must answer wit
 a detail text. The answer is used only if it is non-empty, within the length limits and mentions
 no figure that is absent from the facts; otherwise, and on any error, the incident keeps its
 offline explanation with the reason recorded. Retries (429, 5xx, timeouts) are ours, with
-exponential backoff; the SDK's own retries are switched off so one call is one request and the
+exponential backoff, inside wall-clock limits per request and per run; the SDK's own retries are switched off so one call is one request and the
 per-run call budget is exact. Validated answers are cached on disk by the facts, so
 re-materialising the same data does not call the API again.
 
@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -41,6 +42,10 @@ class GeminiFailure(Exception):
 
 class BudgetExhausted(GeminiFailure):
     """This run has sent as many requests as it may."""
+
+
+class DeadlineExhausted(BudgetExhausted):
+    """This run's explanation stage has used its wall-clock time."""
 
 
 def canonical_number(token: str) -> str:
@@ -126,6 +131,7 @@ class GeminiExplainer:
         backoff_seconds: float = 1.0,
         max_backoff_seconds: float = 30.0,
         thinking_budget: int | None = 0,
+        max_seconds_per_run: float | None = 300.0,
     ) -> None:
         if not api_key:
             raise ValueError("GeminiExplainer needs an API key (set GEMINI_API_KEY)")
@@ -143,6 +149,13 @@ class GeminiExplainer:
         # they can use it all and leave no answer. 0 switches thinking off (flash models);
         # None leaves the model's default (needed for models that cannot switch it off).
         self.thinking_budget = thinking_budget
+        # Wall-clock limits. The SDK's timeout applies per read, so a server trickling a byte
+        # at a time (or 429s with long Retry-After) could hold a run for minutes:
+        # ``timeout_seconds`` bounds each request as a whole, ``max_seconds_per_run`` every
+        # request, retry and wait of this explainer (one per run); None: no run limit.
+        self.max_seconds_per_run = None if max_seconds_per_run is None else float(max_seconds_per_run)
+        self._started: float | None = None
+        self._retry_at = 0.0  # monotonic time before which the server asked us not to call
         self.offline = OfflineExplainer(max_headline_chars, max_detail_chars)
         self.__api_key = api_key
         self._client: Any = None
@@ -175,6 +188,14 @@ class GeminiExplainer:
                 self._client.close()
             finally:
                 self._client = None
+
+    def _remaining(self) -> float:
+        """Seconds left of this run's explanation time (infinite without a limit)."""
+        if self.max_seconds_per_run is None:
+            return float("inf")
+        if self._started is None:
+            self._started = time.monotonic()
+        return self.max_seconds_per_run - (time.monotonic() - self._started)
 
     def explain(self, facts: IncidentFacts) -> Explanation:
         fallback = self.offline.explain(facts)
@@ -256,11 +277,22 @@ class GeminiExplainer:
         for attempt in range(self.max_retries + 1):
             if self._calls >= self.max_calls:
                 raise BudgetExhausted(f"call budget of {self.max_calls} requests per run used up")
+            remaining = self._remaining()
+            if remaining <= 0:
+                raise DeadlineExhausted(
+                    f"explanation time of {self.max_seconds_per_run:g} s per run used up "
+                    "(explain.max_seconds_per_run)"
+                )
+            if self._retry_at - time.monotonic() >= remaining:
+                raise DeadlineExhausted(
+                    "the server asked to wait beyond this run's explanation time "
+                    f"({self.max_seconds_per_run:g} s, explain.max_seconds_per_run)"
+                )
             self._calls += 1
             try:
-                response = client.models.generate_content(
-                    model=self.model, contents=prompt, config=config
-                )
+                # A fresh client after a request was cut off (its connection was dropped).
+                client = self._client_or_new()
+                response = self._generate(client, prompt, config, min(self.timeout_seconds, remaining))
             except Exception as exc:
                 status = _status_code(exc)
                 transient = (
@@ -277,6 +309,13 @@ class GeminiExplainer:
                 self._retries += 1
                 # A server that says how long to wait is obeyed (up to our own longest backoff).
                 wait = min(max(delay, _server_delay(exc) or 0.0), self.max_backoff_seconds)
+                if wait >= self._remaining():
+                    self._retry_at = time.monotonic() + wait  # later incidents need not ask
+                    raise GeminiFailure(
+                        f"gave up after {attempt + 1} attempt(s): waiting {wait:.1f} s for a retry "
+                        "would pass the run's explanation time (explain.max_seconds_per_run): "
+                        f"{self._scrub(_describe(exc))}"
+                    ) from exc
                 logger.info(
                     "Gemini request for incident %s failed (%s); retry %d in %.2fs",
                     facts.incident_id,
@@ -289,6 +328,34 @@ class GeminiExplainer:
                 continue
             return _answer_text(response)
         raise GeminiFailure("no attempt made (max_retries < 0)")
+
+    def _generate(self, client: Any, prompt: str, config: Any, deadline: float) -> Any:
+        """One request that returns within ``deadline`` seconds of wall-clock time or raises
+        ``TimeoutError``. The SDK call runs in a daemon thread; when the deadline passes, the
+        client is dropped (and closed in the background) so the stalled connection goes with it
+        and the next request opens a fresh one."""
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                outcome["response"] = client.models.generate_content(
+                    model=self.model, contents=prompt, config=config
+                )
+            except BaseException as exc:  # handed to the caller's thread below
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name="gemini-request", daemon=True).start()
+        if not done.wait(max(deadline, 0.0)):
+            if self._client is client:
+                self._client = None
+            threading.Thread(target=_close_quietly, args=(client,), daemon=True).start()
+            raise TimeoutError(f"no complete answer within {deadline:.1f} s (wall clock)")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["response"]
 
     def _check(self, text: str, facts: IncidentFacts) -> tuple[str, str]:
         """Parse and verify an answer; raise GeminiFailure with the reason it is unusable."""
@@ -376,6 +443,11 @@ class GeminiExplainer:
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text
+
+
+def _close_quietly(client: Any) -> None:
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def _answer_text(response: Any) -> str:

@@ -8,6 +8,7 @@ signals kept apart from usage, and the counts that tie them together. The Dagste
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 
 from anomaly_pipelines.core.config import PreprocessConfig, SourceConfig
 from anomaly_pipelines.core.sources.daily import (
+    daily_deliveries,
     daily_files,
     daily_rows,
     list_daily_partitions,
@@ -43,6 +45,8 @@ __all__ = [
     "stage_daily_file",
     "synthetic_loaded",
 ]
+
+log = logging.getLogger(__name__)
 
 _FILE_READERS = {"notebook_csv": notebook_rows, "focus": focus_rows, "table": table_rows}
 
@@ -73,7 +77,10 @@ def load_day(
 def read_raw_rows(source: SourceConfig) -> RawRows:
     """A file-based source as read (text values, reader rejections), before validation."""
     if source.kind == "daily_folder":
-        return daily_rows(source, daily_files(source))
+        files, notices = daily_deliveries(source)
+        for notice in notices:
+            log.warning("%s", notice)
+        return daily_rows(source, files, notices)
     return _FILE_READERS[source.kind](source, expand_paths(source.path))
 
 

@@ -202,6 +202,15 @@ def _open_text(path: Path, encoding: str) -> tuple[io.TextIOWrapper, BinaryIO]:
     name = encoding.lower().replace("_", "-")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         encoding = "utf-16"  # Excel's "Unicode text"; the BOM says so whatever was configured
+    elif not name.startswith(("utf-16", "utf16", "utf-32", "utf32")) and (
+        bom_less := _utf16_without_bom(head)
+    ):
+        raw.close()
+        raise SourceError(
+            f"{path}: the file looks like {bom_less} text without a byte-order mark (every "
+            f"other byte is zero), not {encoding}; set source.encoding: "
+            f"{bom_less.lower()} (or re-export it as UTF-8)"
+        )
     elif name in ("utf-8", "utf8"):
         encoding = "utf-8-sig"  # same decoding, and a leading BOM is not part of the header
     try:
@@ -210,6 +219,18 @@ def _open_text(path: Path, encoding: str) -> tuple[io.TextIOWrapper, BinaryIO]:
         raw.close()
         raise SourceError(f"{path}: unknown encoding {encoding!r} (source.encoding)") from exc
     return text, raw
+
+
+def _utf16_without_bom(head: bytes) -> str | None:
+    """``UTF-16-LE``/``UTF-16-BE`` when the first characters are ASCII stored in two bytes
+    each (a header such as ``Date`` read as ``D\x00a\x00``), else None."""
+    if len(head) < 4:
+        return None
+    if head[1] == 0 and head[3] == 0 and head[0] != 0 and head[2] != 0:
+        return "UTF-16-LE"
+    if head[0] == 0 and head[2] == 0 and head[1] != 0 and head[3] != 0:
+        return "UTF-16-BE"
+    return None
 
 
 def _peek(buffered: io.BufferedReader, path: Path) -> bytes:
@@ -331,6 +352,16 @@ def _split(text: str, delimiter: str) -> list[str] | None:
         return None
 
 
+def _too_long(text: str, delimiter: str) -> bool:
+    """The csv module refused the record because a field exceeds its size limit (not because
+    of its quoting)."""
+    try:
+        next(csv.reader([text], delimiter=delimiter, quotechar=_QUOTE), [])
+    except csv.Error as exc:
+        return "field larger than field limit" in str(exc)
+    return False
+
+
 def _choose_delimiter(
     header_text: str, configured: str | None, resolve: Resolver, file: str
 ) -> tuple[str, list[str], dict[str, str]]:
@@ -412,6 +443,14 @@ class _RowCollector:
                 # first line and read the others again, so they are not lost inside it.
                 self.input_rows -= 1
                 self._split_and_retry(text, first)
+            elif fields is None and _too_long(text, self.delimiter):
+                self._reject(
+                    first,
+                    "field_size",
+                    text,
+                    f"a field is longer than {csv.field_size_limit():,} characters (the CSV "
+                    "reader's limit); no billing value is that long",
+                )
             elif fields is None:
                 self._reject(first, "quote", text, "misplaced quote: the line is not valid CSV")
             else:

@@ -116,6 +116,8 @@ def validated_usage(
     )
     new_keys = register_customers(context, loaded.usage["customer_id"])
     summary = loaded.summary()
+    for notice in loaded.notices:
+        context.log.warning(notice)
     by_check = (
         loaded.quarantine.groupby(["column", "check"]).size().rename("entries").reset_index()
         if len(loaded.quarantine)
@@ -139,6 +141,8 @@ def validated_usage(
             "quarantined_lines": int(summary["quarantined_rows"]),
             "by_check": md(markdown_table(by_check)),
             "first_entries": md(markdown_table(loaded.quarantine.head(10))),
+            # Warnings about whole files, e.g. an empty re-delivery (source.daily.empty_redelivery).
+            "file_notices": md(markdown_table(pd.DataFrame({"notice": loaded.notices}))),
         },
     )
     yield dg.Output(
@@ -168,11 +172,17 @@ def daily_usage(
     read) and validated alone; for other sources the day is cut from the loaded source. New
     customers in the day's data are registered as partitions."""
     from anomaly_pipelines.core.sources import load_day, load_usage, stage_daily_file
+    from anomaly_pipelines.core.sources.daily import daily_deliveries
 
     config = pipeline_settings.load()
     day = context.partition_key
     staged: Path | None = None
+    notices: list[str] = []
     if config.source.kind == "daily_folder":
+        # An empty re-delivery of this day (source.daily.empty_redelivery) is reported here.
+        notices = [n for n in daily_deliveries(config.source)[1] if f" of {day} " in n]
+        for notice in notices:
+            context.log.warning(notice)
         staged = stage_daily_file(config.source, day, Path(config.output.staging_directory))
         if staged is None:
             context.log.warning(f"no billing file for {day} in {config.source.path}")
@@ -200,6 +210,8 @@ def daily_usage(
     }
     if staged is not None:
         metadata["staged_file"] = dg.MetadataValue.path(str(staged))
+    if notices:
+        metadata["file_notices"] = md(markdown_table(pd.DataFrame({"notice": notices})))
     return dg.Output(usage, metadata=metadata)
 
 

@@ -14,6 +14,7 @@ from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.ids import customer_key
+from anomaly_pipelines.core.spreadsheet import write_csv
 from anomaly_pipelines.defs.io_managers import atomic_write
 from anomaly_pipelines.defs.metadata import (
     add_partition_metadata,
@@ -117,7 +118,9 @@ def scores_export(
             drop=True
         )
     atomic_write(parquet_path, lambda p: scores.to_parquet(p, index=False))
-    atomic_write(csv_path, lambda p: scores.to_csv(p, index=False))
+    # The CSV is the copy people open in a spreadsheet: text cells are neutralised against
+    # formula injection (core.spreadsheet); the Parquet keeps every id exactly.
+    atomic_write(csv_path, lambda p: write_csv(scores, p))
     anomalies = scores[scores["is_anomaly"].astype(bool)] if len(scores) else scores
     return dg.MaterializeResult(
         metadata={

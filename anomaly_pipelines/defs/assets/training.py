@@ -126,6 +126,11 @@ def _without_confirmed_incidents(
     return series
 
 
+def training_checkpoint_dir(config: PipelineConfig) -> Path:
+    """Where a finished training waits until it is registered (``core.checkpoints``)."""
+    return Path(config.output.directory) / "training_checkpoints"
+
+
 @dg.multi_asset(
     outs={
         "lstm_autoencoder": dg.AssetOut(
@@ -152,7 +157,12 @@ def trained_models(
     mlflow_registry: MlflowRegistryResource,
 ) -> Iterator[dg.Output[dict[str, dict[str, Any]]]]:
     """Fit the three detectors on each customer's training part, learn its thresholds, then log
-    one MLflow run (params, metrics) and register one model version per customer."""
+    one MLflow run (params, metrics) and register one model version per customer.
+
+    The fitted detectors are saved before logging and deleted after it, so a registration that
+    fails (store locked, disk full, a name conflict) does not cost the training: the retry of
+    the same customers, data and settings registers the saved one."""
+    from anomaly_pipelines.core.checkpoints import TrainingCheckpoint
     from anomaly_pipelines.core.detector import fit_detectors
 
     config = pipeline_settings.load()
@@ -165,6 +175,24 @@ def trained_models(
     started = time.perf_counter()
     fitted = fit_detectors(series, config)
     training_seconds = time.perf_counter() - started
+
+
+    registry = mlflow_registry.registry(config)
+    # The store first: a store that cannot be opened fails the run before the expensive part.
+    registry.experiment_id()
+    checkpoint = TrainingCheckpoint(training_checkpoint_dir(config), series, config)
+    saved = checkpoint.load()
+    if saved is not None:
+        fitted, training_seconds = saved
+        context.log.info(
+            f"registering the training saved at {checkpoint.path} (same customers, data and "
+            "settings; its registration failed before), not training again"
+        )
+    else:
+        started = time.perf_counter()
+        fitted = fit_detectors(series, config)
+        training_seconds = time.perf_counter() - started
+        checkpoint.save(fitted, training_seconds)
     plot = training_plot(series, fitted, config, context.run_id)
     record = registry.log_training(
         fitted,
@@ -174,6 +202,7 @@ def trained_models(
         tags={"dagster_run_id": context.run_id, "dagster_job": context.job_name},
         training_seconds=training_seconds,
     )
+    checkpoint.discard()
     for cid, reason in fitted.skipped.items():
         context.log.warning(f"customer {cid!r} not trained: {reason}")
     decisions = _gate_promotions(context, registry, series, fitted, champions, record, config)
