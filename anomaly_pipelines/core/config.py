@@ -306,6 +306,10 @@ class HybridConfig(_Section):
     )
     # A step is an anomaly when the mean of its two strongest normalised signals reaches this.
     decision_threshold: float = 1.25
+    # Online, a window model's vote at a step is capped in proportion to the step's own residual,
+    # fully from this share of the residual's threshold (0: no cap), so an incident does not
+    # echo through the windows after it.
+    window_gate: float = 1.0
     # Sub-daily series: the residual alone at this multiple of its threshold is an anomaly too
     # (0: always two detectors). Daily series always need two.
     residual_alone: float = 1.0

@@ -72,6 +72,10 @@ class Calibration:
     # signal -> (center, threshold), learned on the training part
     thresholds: dict[str, tuple[float, float]]
     lstm_notebook_threshold: float
+    # The window models' thresholds for hindsight scoring (the least anomalous covering window
+    # scores lower than the window ending on a step); None: models trained before they existed,
+    # which use the online ones.
+    retrospective_thresholds: dict[str, tuple[float, float]] | None = None
 
 
 @dataclass
@@ -489,8 +493,15 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
                 fitted.local_outlier_factor.models[cal.customer_id] = lof
                 fitted.calibrations[cal.customer_id] = cal
 
-    # Thresholds come from the training part's own scores, series by series.
-    signals = _signals([s for group in prepared.values() for s, _, _ in group], fitted, config)
+    # Thresholds come from the training part's own scores, series by series: online ones, and
+    # for hindsight scoring the window models' own.
+    trained = [s for group in prepared.values() for s, _, _ in group]
+    hindsight = _signals(trained, fitted, config, online=False)
+    for cid, sig in hindsight.items():
+        cal = fitted.calibrations[cid]
+        _learn_thresholds(cal, sig, fitted_series[cid], config)
+        cal.retrospective_thresholds = {name: cal.thresholds[name] for name in scoring.MODEL_SIGNALS}
+    signals = _signals(trained, fitted, config)
     for cid, sig in signals.items():
         cal = fitted.calibrations[cid]
         _learn_thresholds(cal, sig, fitted_series[cid], config)
@@ -582,7 +593,7 @@ def score_series(
     for series in series_list:
         if series.customer_id in fitted.calibrations:
             cal = fitted.calibrations[series.customer_id]
-            part = _score_columns(series, cal, signals[series.customer_id], config)
+            part = _score_columns(series, cal, signals[series.customer_id], config, online)
         else:
             reason = fitted.skipped.get(series.customer_id, "no trained model for this customer")
             part = _unscored_columns(series, reason)
@@ -660,11 +671,26 @@ def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
 
 
 def _score_columns(
-    series: CustomerSeries, cal: Calibration, sig: dict[str, np.ndarray], config: PipelineConfig
+    series: CustomerSeries,
+    cal: Calibration,
+    sig: dict[str, np.ndarray],
+    config: PipelineConfig,
+    online: bool = True,
 ) -> dict[str, Any]:
+    thresholds = dict(cal.thresholds)
+    if not online and cal.retrospective_thresholds:
+        thresholds.update(cal.retrospective_thresholds)
     normalised = {
-        name: scoring.normalise(sig[name], *cal.thresholds[name]) for name in ("residual", *scoring.MODEL_SIGNALS)
+        name: scoring.normalise(sig[name], *thresholds[name]) for name in ("residual", *scoring.MODEL_SIGNALS)
     }
+    gate = config.hybrid.window_gate
+    if online and gate > 0:
+        # A window ending on a step is judged on its whole shape, so an incident echoes through
+        # the windows after it: online, a window model's vote at a step is capped by how far the
+        # step itself deviates (the full cap from ``window_gate`` times the residual's threshold).
+        share = np.minimum(1.0, normalised["residual"] / gate)
+        for name in scoring.MODEL_SIGNALS:
+            normalised[name] = np.minimum(normalised[name], config.hybrid.signal_cap * share)
     # A drop only counts when the value is also well below what this weekday/hour usually is:
     # a weekend dip or the day after a month-start invoice is a drop, but not a surprise.
     applies = _decrease_applies(series.frequency, config)

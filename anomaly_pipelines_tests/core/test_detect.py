@@ -145,7 +145,7 @@ def test_online_rows_equal_the_daily_run_on_history_cut_at_that_step() -> None:
     series = regularize(usage)
     fitted = fit_detectors(series, config)
     online = score_series(series, fitted, config, online=True)
-    retro = score_series(series, fitted, config)
+    retro = score_series(series, fitted, config, online=False)
     for step in (150, 151, 300, 380, 381, 383, 386, 419):
         cut = [
             CustomerSeries(s.customer_id, s.timestamps[: step + 1], s.values[: step + 1], s.filled[: step + 1], s.frequency)
@@ -245,3 +245,17 @@ def test_window_detectors_are_pyod_models_behind_one_interface() -> None:
         assert outlier.anomaly_score(model, odd)[0] > np.quantile(normal, 0.9), name
     with pytest.raises(ValueError, match="unknown window detector"):
         outlier.window_detector("prophet", 1)
+
+
+def test_an_incident_does_not_echo_through_the_windows_after_it_online() -> None:
+    usage = pd.concat([_daily("a", 300, 9), _daily("b", 300, 10)], ignore_index=True)
+    usage.loc[250:252, "cost"] *= 5  # a three-day spike of "a"
+    config = {**FAST}
+    online = detect(usage, config, online=True)
+    a = online[online.customer_id == "a"].reset_index(drop=True)
+    assert a.loc[250:252, "is_anomaly"].any()
+    # the six windows after it still hold the spike; without the gate they kept voting
+    assert not (a.loc[254:259, "is_anomaly"] | a.loc[254:259, "is_repeat"]).any()
+    ungated = detect(usage, {**config, "hybrid": {"window_gate": 0}}, online=True)
+    ungated_a = ungated[ungated.customer_id == "a"].reset_index(drop=True)
+    assert (ungated_a.loc[253:259, "hybrid_score"] > a.loc[253:259, "hybrid_score"]).any()

@@ -1,7 +1,7 @@
 """Champion/challenger and rollback against a real MLflow store with really fitted detectors.
 
 The good model is the default training; the worse challenger is a real training with
-over-sensitive thresholds (low quantile, no reach, a small residual floor), the way a bad
+over-sensitive thresholds (low quantile, no reach, a small residual floor, no alarm budget), the way a bad
 configuration change would produce one.
 """
 
@@ -30,7 +30,9 @@ from anomaly_pipelines.core.series import regularize
 from anomaly_pipelines.core.sources.synthetic import generate_usage
 
 CUSTOMER = "customer-001"
-BAD = {"hybrid": {"component_quantile": 0.5, "threshold_reach": 0.0, "residual_min_z": 0.5}}
+BAD = {
+    "hybrid": {"component_quantile": 0.5, "threshold_reach": 0.0, "residual_min_z": 0.5, "alarm_budget_per_month": 0}
+}
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,15 @@ from anomaly_pipelines_tests.loopback import webhook_server
 START = pd.Timestamp("2024-01-01")
 HISTORY_DAYS = 112
 CUSTOMERS = ("acme", "globex", "initech")
-# acme spends 5x its usual on these days (offsets from START): one 3-day incident, a repeat.
-SPIKES = {116: 5.0, 117: 5.0, 118: 5.0, 124: 5.0}
+# acme spends 5x its usual on these days (offsets from START): one 3-day incident, and a repeat
+# after the detector's quiet period (two windows: a flare-up within it is only ``is_repeat``), so
+# the repeat is a new incident, which the feedback on the first one silences.
+REPEAT = 134
+SPIKES = {116: 5.0, 117: 5.0, 118: 5.0, REPEAT: 5.0}
 # initech moves to a new steady level (a migrated workload): drift, then a retrain.
 SHIFT_FROM, SHIFT = 118, 1.8
 MISSING = 127  # no file arrives that day
-LAST = 129
+LAST = REPEAT + 1
 
 
 def _cost(customer: int, day: int) -> float:
@@ -61,7 +64,7 @@ def _engines() -> Any:
     dispose_engines()
 
 
-def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
+def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "billing"
@@ -75,6 +78,7 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
             {
                 "source": {"kind": "daily_folder", "path": str(folder)},
                 "preprocess": {"min_history": 28},
+                "feedback": {"suppress_days": 30},
                 "alerts": {
                     "subscriptions": [
                         {"name": "finops", "channel": "webhook", "url_env": "LOOP_HOOK_URL"}
@@ -165,11 +169,11 @@ def test_sixteen_days_of_daily_runs_alert_once_per_incident_and_feedback_silence
         assert first[0]["as_of"] == "2024-04-26" and first[-1]["as_of"] == "2024-04-30"
         assert first[2]["subject"].startswith("[critical] acme: day 3, +$")
         assert Path(first[0]["plot"]).is_file()
-        # The repeat on 2024-05-04 was recorded as suppressed, not sent.
+        # The repeat on 2024-05-14 was recorded as suppressed, not sent.
         store = OperationsStore.for_config(config)
         suppressed = store.deliveries(statuses=("suppressed",))
-        assert set(suppressed["incident_id"]) == {"acme-20240504T0000"}
-        assert not any(b.get("incident_id") == "acme-20240504T0000" for b in hook.bodies)
+        assert set(suppressed["incident_id"]) == {"acme-20240514T0000"}
+        assert not any(b.get("incident_id") == "acme-20240514T0000" for b in hook.bodies)
         # The missing file was reported once, and its day's check failed (a warning).
         missing = [b for b in hook.bodies if b["kind"] == "missing_file"]
         assert [b["as_of"] for b in missing] == ["2024-05-07"]

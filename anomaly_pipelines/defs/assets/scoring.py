@@ -26,6 +26,9 @@ from anomaly_pipelines.defs.resources import (
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 TOP_ANOMALIES = 15
+# Days of daily files the daily run reads besides the stored history (the day included): more
+# than a month between two ingests is not expected.
+RECENT_DAYS = 35
 
 
 def _ids(frame: pd.DataFrame) -> set[str]:
@@ -221,7 +224,14 @@ def anomaly_explanations(
     group_name="daily",
     kinds={"pandas", "mlflow"},
     ins={
-        "daily_usage": dg.AssetIn(),
+        # The days since the last ingest, not only the day itself: without them the days between
+        # the stored history and the day would be interpolated, and the window and the weekly
+        # expectation would be judged on invented values.
+        "daily_usage": dg.AssetIn(
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-(RECENT_DAYS - 1), allow_nonexistent_upstream_partitions=True
+            )
+        ),
         "customer_series": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
 )
@@ -233,7 +243,8 @@ def daily_scores(
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[pd.DataFrame]:
     """The newest day of every customer as of the partition's day, scored with the champion
-    models (no training): the day's usage is appended to each customer's stored history, which
+    models (no training): the usage of the last ``RECENT_DAYS`` days (the day included) is
+    appended to each customer's stored history, which
     gives the seasonal expectation and the windows their context. A customer whose newest data is
     older than the day (billing lag) is scored on its newest day and counted as stale."""
     config = pipeline_settings.load()
@@ -243,19 +254,22 @@ def daily_scores(
     history = customer_series
     if len(history):
         history = history[~history["is_filled"].astype(bool) & (history["timestamp"] < day_start)]
-    new = (
-        daily_usage[(daily_usage["timestamp"] >= day_start) & (daily_usage["timestamp"] < day_end)]
-        if len(daily_usage)
-        else daily_usage
-    )
+    recent = daily_usage[daily_usage["timestamp"] < day_end] if len(daily_usage) else daily_usage
+    new = recent[recent["timestamp"] >= day_start] if len(recent) else recent
     columns = ["customer_id", "timestamp", "cost"]
-    frames = [f[columns] for f in (history, new) if len(f)]
+    frames = [f[columns] for f in (history, recent) if len(f)]
     if not frames:
         context.log.warning(
             f"no history and no usage for {context.partition_key}: nothing to score"
         )
         empty = pd.DataFrame(columns=[*columns, "as_of"])
         return dg.Output(empty, metadata={"row_count": 0, "customers": 0, "anomaly_count": 0})
+    # A day both ingested and delivered as a daily file counts once, as delivered; a file's rows
+    # (services, regions) are summed into the day by ``regularize`` as always.
+    if len(history) and len(recent):
+        delivered = pd.MultiIndex.from_frame(recent[["customer_id", "timestamp"]].drop_duplicates())
+        known = pd.MultiIndex.from_frame(history[["customer_id", "timestamp"]])
+        frames[0] = history.loc[~known.isin(delivered), columns]
     combined = pd.concat(frames, ignore_index=True)
     series = regularize(combined, config.preprocess)
     newest = score_with_champions(series, mlflow_registry, config, latest_only=True)
