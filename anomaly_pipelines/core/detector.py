@@ -354,9 +354,13 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
 
 
 def _learn_thresholds(
-    cal: Calibration, sig: dict[str, np.ndarray], series: CustomerSeries, config: PipelineConfig
-) -> None:
-    """Each signal's (center, threshold) from its online scores on the training part.
+    cal: Calibration,
+    sig: dict[str, np.ndarray],
+    series: CustomerSeries,
+    config: PipelineConfig,
+    names: tuple[str, ...],
+) -> dict[str, tuple[float, float]]:
+    """(center, threshold) of each of ``names`` from its scores on the training part.
 
     Training history holds the incidents nobody labelled. One-step outliers barely move the
     robust rule (``scoring.learn_threshold``), but a fortnight-long incident is a tenth of a
@@ -369,10 +373,13 @@ def _learn_thresholds(
     than a daily one does, and the budget is what follows the frequency.
     """
     point, window = _threshold_masks(series, cal, sig["z"], config)
-    for name in ("residual", *scoring.MODEL_SIGNALS):
+    out = {}
+    for name in names:
         minimum = config.hybrid.residual_min_z if name == "residual" else 0.0
-        center, threshold = _threshold(sig[name][: cal.train_size][point if name == "residual" else window], series.frequency, config, minimum)
-        cal.thresholds[name] = (0.0 if name == "residual" else center, threshold)
+        scores = sig[name][: cal.train_size][point if name == "residual" else window]
+        center, threshold = _threshold(scores, series.frequency, config, minimum)
+        out[name] = (0.0 if name == "residual" else center, threshold)
+    return out
 
 
 def _threshold_masks(
@@ -494,17 +501,14 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
                 fitted.calibrations[cal.customer_id] = cal
 
     # Thresholds come from the training part's own scores, series by series: online ones, and
-    # for hindsight scoring the window models' own.
-    trained = [s for group in prepared.values() for s, _, _ in group]
-    hindsight = _signals(trained, fitted, config, online=False)
-    for cid, sig in hindsight.items():
+    # for hindsight scoring the window models' own (the models score the windows once).
+    scored = _window_scored([s for group in prepared.values() for s, _, _ in group], fitted, config)
+    for cid, raw in scored.items():
         cal = fitted.calibrations[cid]
-        _learn_thresholds(cal, sig, fitted_series[cid], config)
-        cal.retrospective_thresholds = {name: cal.thresholds[name] for name in scoring.MODEL_SIGNALS}
-    signals = _signals(trained, fitted, config)
-    for cid, sig in signals.items():
-        cal = fitted.calibrations[cid]
-        _learn_thresholds(cal, sig, fitted_series[cid], config)
+        series = fitted_series[cid]
+        cal.retrospective_thresholds = _learn_thresholds(cal, _per_step(raw, False), series, config, scoring.MODEL_SIGNALS)
+        sig = _per_step(raw, True)
+        cal.thresholds = _learn_thresholds(cal, sig, series, config, ("residual", *scoring.MODEL_SIGNALS))
         n = cal.train_size
         train_err = sig["lstm"][:n]
         train_err = train_err[np.isfinite(train_err)]
@@ -528,6 +532,17 @@ def _signals(
     With ``newest``, the window models only score the windows covering the newest ``newest``
     steps (the daily run); other steps get NaN for those signals.
     """
+    return {cid: _per_step(raw, online) for cid, raw in _window_scored(series_list, fitted, config, newest).items()}
+
+
+def _window_scored(
+    series_list: list[CustomerSeries],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    newest: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Point signals per step and each window model's score per window: the expensive part,
+    done once whichever way (online or in hindsight) windows are then attributed to steps."""
     expectations = _expectations(series_list, fitted.calibrations, config)
     by_model: dict[int, list[tuple[CustomerSeries, np.ndarray]]] = defaultdict(list)
     windows_of: dict[str, np.ndarray] = {}
@@ -553,22 +568,32 @@ def _signals(
 
     forest_scores = fitted.isolation_forest.score_many(windows_of)
     lof_scores = fitted.local_outlier_factor.score_many(windows_of)
-    out: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for series in series_list:
         cid = series.customer_id
-        cal = fitted.calibrations[cid]
-        n, start = len(series), first_start[cid]
         expected, spread = expectations[cid]
         z = (series.values - expected) / spread
         out[cid] = {
             "expected": expected,
             "z": z,
             "residual": np.abs(z),
-            "lstm": _window_signal(lstm_errors[cid], n, cal.window, start, online),
-            "isolation_forest": _window_signal(forest_scores[cid], n, cal.window, start, online),
-            "local_outlier_factor": _window_signal(lof_scores[cid], n, cal.window, start, online),
             "decrease_rate": scoring.decrease_rate(series.values),
+            "windows": {
+                "lstm": lstm_errors[cid],
+                "isolation_forest": forest_scores[cid],
+                "local_outlier_factor": lof_scores[cid],
+            },
+            "layout": (len(series), fitted.calibrations[cid].window, first_start[cid]),
         }
+    return out
+
+
+def _per_step(raw: dict[str, Any], online: bool) -> dict[str, np.ndarray]:
+    """``_window_scored``'s output with each window model's scores attributed to steps."""
+    n, window, start = raw["layout"]
+    out = {k: v for k, v in raw.items() if k not in ("windows", "layout")}
+    for name, scores in raw["windows"].items():
+        out[name] = _window_signal(scores, n, window, start, online)
     return out
 
 

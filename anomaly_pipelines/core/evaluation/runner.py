@@ -39,7 +39,7 @@ from anomaly_pipelines.core.detector import (
 from anomaly_pipelines.core.evaluation import cache, metrics
 from anomaly_pipelines.core.evaluation.baselines import BASELINES
 from anomaly_pipelines.core.evaluation.datasets import LabelledSeries, describe, load_datasets
-from anomaly_pipelines.core.series import CustomerSeries
+from anomaly_pipelines.core.series import CustomerSeries, infer_frequency
 
 DETECTORS = ("hybrid", *BASELINES)
 # The hybrid scored in hindsight (window models may use windows reaching past a step): reported
@@ -52,6 +52,7 @@ OTHER_WINDOW_DETECTORS = ("ecod", "copod", "hbos", "knn")
 # Keras model per series costs more than all the rest on the 90 sub-daily series: it is measured
 # on the daily-cost data sets only.
 DAILY_ONLY = ("notebook_lstm",)
+DAY = pd.Timedelta(days=1)
 DEFAULT_DATASETS = ("synthetic", "portfolio", "cloud-monitoring", "nab-dev")
 # An alert this many steps before or after an incident still points at it (e.g. the drop back
 # to normal the day after a spike ends).
@@ -288,15 +289,6 @@ def score_detection(
     return row
 
 
-def _steps(series: list[LabelledSeries]) -> list[pd.Timedelta]:
-    """Each series' most common step."""
-    out = []
-    for s in series:
-        gaps = pd.Series(pd.DatetimeIndex(s.frame["timestamp"])).diff().dropna()
-        out.append(gaps.mode().iloc[0] if len(gaps) else pd.Timedelta(days=1))
-    return out
-
-
 def _months(s: LabelledSeries) -> float:
     """Length of a series in months (30.44 days), the unit alert budgets are stated in."""
     ts = pd.DatetimeIndex(s.frame["timestamp"])
@@ -354,7 +346,7 @@ def evaluate(
     for name, series in datasets.items():
         described[name] = describe(series)
         detections: list[Detection] = []
-        daily = all(step >= pd.Timedelta(days=1) for step in _steps(series))
+        daily = all((infer_frequency(s.frame["timestamp"]) or DAY) >= DAY for s in series)
         for detector in wanted:
             if detector in DAILY_ONLY and not daily:
                 say(f"[{name}] {detector} skipped: a daily-cost method, and the data set is sub-daily")
