@@ -170,16 +170,10 @@ def trained_models(
     series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
     series = _without_confirmed_incidents(context, series, config)
     registry = mlflow_registry.registry(config)
-    # The champions before this training: a new version must beat them to take the alias.
-    champions = _current_champions(registry, series, config)
-    started = time.perf_counter()
-    fitted = fit_detectors(series, config)
-    training_seconds = time.perf_counter() - started
-
-
-    registry = mlflow_registry.registry(config)
     # The store first: a store that cannot be opened fails the run before the expensive part.
     registry.experiment_id()
+    # The champions before this training: a new version must beat them to take the alias.
+    champions = _current_champions(registry, series, config)
     checkpoint = TrainingCheckpoint(training_checkpoint_dir(config), series, config)
     saved = checkpoint.load()
     if saved is not None:
