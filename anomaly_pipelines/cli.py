@@ -221,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     feedback.add_argument("incident_id", help="the id printed in the alert and the report")
     feedback.add_argument("label", choices=["accurate", "not-anomaly", "planned"])
     feedback.add_argument("--note", default="", help="free text kept with the judgement")
-    feedback.add_argument("--author", default=None, help="who says so (default: $USER)")
+    feedback.add_argument("--author", default=None, help="who says so (default: $ANOMALY_PIPELINES_USER, else the login name)")
     feedback.add_argument("--config-file", default="", help=CONFIG_HELP)
     alerts = sub.add_parser("alerts", help="alert subscriptions: send a test, list what went out")
     alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True)

@@ -71,7 +71,10 @@ def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
         )
     repeated = [c for c in REQUIRED if list(usage.columns).count(c) > 1]
     if repeated:
-        raise ValueError(f"detect(): input frame has more than one column named {repeated}")
+        raise ValueError(
+            f"detect(): input frame has more than one column named {repeated}; drop or rename "
+            "the duplicates (e.g. usage.loc[:, ~usage.columns.duplicated()])"
+        )
     frame = usage[list(REQUIRED)].copy()
     frame["customer_id"] = _customer_ids(frame["customer_id"])
     frame["timestamp"] = _timestamps(frame["timestamp"])
@@ -159,7 +162,10 @@ def _timestamps(values: pd.Series) -> pd.Series:
         try:
             stamps = pd.to_datetime(values, utc=True)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise ValueError(f"detect(): column 'timestamp' cannot be read as dates: {exc}") from exc
+            raise ValueError(
+                f"detect(): column 'timestamp' cannot be read as dates: {exc}; pass datetimes or "
+                "ISO 8601 strings (e.g. pd.to_datetime(usage['timestamp'], format=...))"
+            ) from exc
     stamps = pd.Series(stamps, index=values.index)
     if not isinstance(stamps.dtype, pd.DatetimeTZDtype):
         # A column mixing zones comes back as objects; UTC instants keep every value's meaning.
@@ -199,7 +205,10 @@ def _costs(values: pd.Series) -> pd.Series:
     try:
         cost = pd.to_numeric(values, errors="raise").astype(float)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"detect(): column 'cost' is not numeric: {exc}") from exc
+        raise ValueError(
+            f"detect(): column 'cost' is not numeric: {exc}; convert it first, e.g. "
+            "pd.to_numeric(usage['cost'].str.replace(',', ''))"
+        ) from exc
     bad = ~np.isfinite(cost.to_numpy(dtype=float))
     if bad.any():
         first = values.index[bad][0]

@@ -560,15 +560,11 @@ class ModelRegistry:
         share a local SQLite store; other stores only get the in-process lock."""
         with _THREAD_LOCK:
             db = _sqlite_path(self.tracking_uri)
-            if db is None or fcntl is None:
+            if db is None:
                 yield
                 return
-            with open(f"{db}.alias.lock", "a+b") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with _file_lock(Path(f"{db}.alias.lock")):
+                yield
 
     # ------------------------------------------------------------------ aliases and versions
 

@@ -296,8 +296,8 @@ class _Notes:
         if check == "timestamp_format":
             fmt = self.formats.get(file, "an unknown format")
             return (
-                f"timestamp '{_clip(value)}' cannot be read with the file's format {fmt} "
-                "; set source.timestamp_format if needed"
+                f"timestamp '{_clip(value)}' cannot be read with the file's format {fmt}; "
+                "set source.timestamp_format if needed"
             )
         texts = {
             "not_nullable": f"{self.label(file, column)} is missing",

@@ -21,8 +21,10 @@ def daily_alerts_delivered(pipeline_settings: PipelineSettings) -> dg.AssetCheck
 
     config = pipeline_settings.load()
     store = OperationsStore.for_config(config)
-    undelivered = store.deliveries(statuses=("failed", "pending"))
     all_rows = store.deliveries()
+    undelivered = (
+        all_rows[all_rows["status"].isin(["failed", "pending"])] if len(all_rows) else all_rows
+    )
     counts = all_rows["status"].value_counts().to_dict() if len(all_rows) else {}
     shown = (
         undelivered[

@@ -58,6 +58,15 @@ def _write_day(folder: Path, day: int) -> None:
     )
 
 
+def _tick(defs: dg.Definitions, sensor: str, instance: dg.DagsterInstance) -> Any:
+    """One evaluation of a sensor, as the daemon does it: with the instance as the store of
+    dynamic partitions."""
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        return defs.resolve_sensor_def(sensor).evaluate_tick(
+            dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
+        )
+
+
 @pytest.fixture(autouse=True)
 def _engines() -> Any:
     yield
@@ -131,13 +140,7 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
             measures = drift.output_for_node("model_drift")
             assert sorted(measures["customer_id"]) == list(CUSTOMERS)
             assert measures["residual_ks"].notna().all() and (measures["model_age_days"] < 1).all()
-            sensor = defs.resolve_sensor_def("retrain_sensor")
-            with dg.partition_loading_context(dynamic_partitions_store=instance):
-                tick = sensor.evaluate_tick(
-                    dg.build_sensor_context(
-                        instance=instance, repository_def=defs.get_repository_def()
-                    )
-                )
+            tick = _tick(defs, "retrain_sensor", instance)
             expected = sorted(
                 measures.loc[measures["drifted"] | measures["stale"], "partition_key"]
             )
@@ -196,17 +199,10 @@ def test_retrain_sensor_requests_each_listed_customer_once_per_drift_measurement
     from anomaly_pipelines.defs.assets.drift import RETRAIN_KEYS
 
     defs = build_definitions()
-    sensor = defs.resolve_sensor_def("retrain_sensor")
     with dg.instance_for_test() as instance:
 
         def tick() -> Any:
-            # The daemon evaluates sensors with the instance as the dynamic-partition store.
-            with dg.partition_loading_context(dynamic_partitions_store=instance):
-                return sensor.evaluate_tick(
-                    dg.build_sensor_context(
-                        instance=instance, repository_def=defs.get_repository_def()
-                    )
-                )
+            return _tick(defs, "retrain_sensor", instance)
 
         assert "not been materialized" in (tick().skip_message or "")
         instance.add_dynamic_partitions("customers", ["acme", "globex"])
@@ -229,16 +225,10 @@ def test_retrain_sensor_requests_each_listed_customer_once_per_drift_measurement
 
 def test_new_customer_sensor_trains_partitions_never_trained() -> None:
     defs = build_definitions()
-    sensor = defs.resolve_sensor_def("new_customer_sensor")
     with dg.instance_for_test() as instance:
 
         def tick() -> Any:
-            with dg.partition_loading_context(dynamic_partitions_store=instance):
-                return sensor.evaluate_tick(
-                    dg.build_sensor_context(
-                        instance=instance, repository_def=defs.get_repository_def()
-                    )
-                )
+            return _tick(defs, "new_customer_sensor", instance)
 
         assert "every customer" in (tick().skip_message or "")
         instance.add_dynamic_partitions("customers", ["acme", "globex"])

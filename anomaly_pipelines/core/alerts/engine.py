@@ -493,7 +493,7 @@ def send_test(
     record it under a unique key."""
     subs = {s.name: s for s in config.alerts.subscriptions}
     if subscription not in subs:
-        known = ", ".join(sorted(subs)) or "none configured"
+        known = ", ".join(sorted(subs)) or "none configured: add one under alerts.subscriptions"
         raise KeyError(f"no alert subscription named {subscription!r} (known: {known})")
     sub = subs[subscription]
     message = sample_message()

@@ -22,12 +22,11 @@ RETRAIN_KEYS = "retrain_partition_keys"
 def recent_history(anomaly_scores: pd.DataFrame, daily_scores: pd.DataFrame) -> pd.DataFrame:
     """The champion's scores of each customer's history, extended by the daily runs' scores of
     later days (a daily score replaces the batch score of the same step)."""
+    if len(daily_scores):
+        daily_scores = daily_scores.drop(columns=["as_of"], errors="ignore").assign(split="daily")
     frames = [f for f in (anomaly_scores, daily_scores) if len(f)]
     if not frames:
         return pd.DataFrame()
-    if len(daily_scores):
-        daily = daily_scores.drop(columns=["as_of"], errors="ignore").assign(split="daily")
-        frames = [f for f in (anomaly_scores, daily) if len(f)]
     combined = pd.concat(frames, ignore_index=True)
     combined["timestamp"] = pd.to_datetime(combined["timestamp"], utc=True)
     combined = combined.sort_values(["customer_id", "timestamp"], kind="stable")

@@ -13,9 +13,9 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.config import PipelineConfig
+from anomaly_pipelines.core.files import atomic_write
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.spreadsheet import write_csv
-from anomaly_pipelines.defs.io_managers import atomic_write
 from anomaly_pipelines.defs.metadata import (
     add_partition_metadata,
     image_markdown,
