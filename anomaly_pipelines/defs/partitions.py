@@ -9,6 +9,8 @@ history anyway.
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from anomaly_pipelines.defs.settings import definition_config
@@ -22,3 +24,14 @@ _orchestration = definition_config().orchestration
 daily_partitions = dg.DailyPartitionsDefinition(
     start_date=_orchestration.daily_start_date, timezone=_orchestration.timezone
 )
+
+
+def recent_days(days: int) -> dg.TimeWindowPartitionMapping:
+    """The ``days`` daily partitions ending on a run's own day. Days before
+    ``orchestration.daily_start_date`` do not exist and are simply left out (a beta parameter
+    of Dagster, hence its warning is silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.TimeWindowPartitionMapping(
+            start_offset=-(days - 1), allow_nonexistent_upstream_partitions=True
+        )

@@ -6,7 +6,6 @@ from ``core.alerts``. A delivery failure is recorded and shown by the ``daily_al
 check; it never fails the run.
 """
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,14 @@ from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.defs.metadata import markdown_table, md
-from anomaly_pipelines.defs.partitions import daily_partitions
+from anomaly_pipelines.defs.partitions import daily_partitions, recent_days
 from anomaly_pipelines.defs.resources import ExplainerResource, PipelineSettings
 from anomaly_pipelines.defs.settings import definition_config
 
 # Read when the code location loads, like the partitions: how many days of daily scores one
 # alert pass merges into incidents.
 LOOKBACK_DAYS = max(1, definition_config().alerts.lookback_days)
-with warnings.catch_warnings():
-    # Beta parameter, needed so the first days after orchestration.daily_start_date work.
-    warnings.simplefilter("ignore", dg.BetaWarning)
-    RECENT_DAYS = dg.TimeWindowPartitionMapping(
-        start_offset=-(LOOKBACK_DAYS - 1), allow_nonexistent_upstream_partitions=True
-    )
+RECENT_DAYS = recent_days(LOOKBACK_DAYS)
 
 
 def recent_scores(scores: pd.DataFrame, as_of: str) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.series import CustomerSeries, frame_to_series, regularize
 from anomaly_pipelines.defs.assets.series import rows_for_partitions
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
-from anomaly_pipelines.defs.partitions import customer_partitions, daily_partitions
+from anomaly_pipelines.defs.partitions import customer_partitions, daily_partitions, recent_days
 from anomaly_pipelines.defs.resources import (
     ExplainerResource,
     MlflowRegistryResource,
@@ -28,7 +28,7 @@ SINGLE_RUN = dg.BackfillPolicy.single_run()
 TOP_ANOMALIES = 15
 # Days of daily files the daily run reads besides the stored history (the day included): more
 # than a month between two ingests is not expected.
-RECENT_DAYS = 35
+DAILY_HISTORY_DAYS = 35
 
 
 def _ids(frame: pd.DataFrame) -> set[str]:
@@ -227,11 +227,7 @@ def anomaly_explanations(
         # The days since the last ingest, not only the day itself: without them the days between
         # the stored history and the day would be interpolated, and the window and the weekly
         # expectation would be judged on invented values.
-        "daily_usage": dg.AssetIn(
-            partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-(RECENT_DAYS - 1), allow_nonexistent_upstream_partitions=True
-            )
-        ),
+        "daily_usage": dg.AssetIn(partition_mapping=recent_days(DAILY_HISTORY_DAYS)),
         "customer_series": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
     },
 )
@@ -243,7 +239,7 @@ def daily_scores(
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[pd.DataFrame]:
     """The newest day of every customer as of the partition's day, scored with the champion
-    models (no training): the usage of the last ``RECENT_DAYS`` days (the day included) is
+    models (no training): the usage of the last ``DAILY_HISTORY_DAYS`` days (the day included) is
     appended to each customer's stored history, which
     gives the seasonal expectation and the windows their context. A customer whose newest data is
     older than the day (billing lag) is scored on its newest day and counted as stale."""
