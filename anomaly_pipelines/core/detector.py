@@ -7,7 +7,9 @@ This is the one place that runs the method; ``detect()`` and the Dagster assets 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import pandas as pd
 
 from anomaly_pipelines.core import scoring
 from anomaly_pipelines.core.config import PipelineConfig
+from anomaly_pipelines.core.model_settings import ModelSettings
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.models.outlier import (
     CustomerOutlierModels,
@@ -80,7 +83,14 @@ class Calibration:
 
 @dataclass
 class FittedDetectors:
-    """Fitted models of a set of customers (one training run)."""
+    """The trained model of a set of customers (one training run), with the settings it was
+    trained under.
+
+    Thresholds only mean something under the settings they were learned with, so the model
+    keeps its own copy (``settings``) and scoring refuses a configuration that changes one of
+    them (``check_settings``); ``save``/``load`` keep models and settings together on disk
+    (``core.model_files``), and the registry stores that directory as it is.
+    """
 
     calibrations: dict[str, Calibration] = field(default_factory=dict)
     autoencoders: list[lstm.AutoencoderFit] = field(default_factory=list)
@@ -91,6 +101,76 @@ class FittedDetectors:
         default_factory=lambda: CustomerOutlierModels("local_outlier_factor")
     )
     skipped: dict[str, str] = field(default_factory=dict)
+    # None only for a model that holds no customer (nothing was trained).
+    settings: ModelSettings | None = None
+
+    def check_settings(self, config: PipelineConfig) -> None:
+        """Raise ``model_settings.SettingsMismatch`` naming each defining setting that
+        ``config`` changes (decision-time settings may differ; see ``model_settings.LIVE``)."""
+        if self.settings is not None:
+            self.settings.check(config, "the fitted model")
+        elif self.calibrations:
+            raise ValueError(
+                "the fitted model does not record the settings it was trained under; retrain it"
+            )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model to ``directory`` (see ``core.model_files`` for the layout)."""
+        from anomaly_pipelines.core import model_files
+
+        return model_files.save(self, Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FittedDetectors:
+        """A model written by ``save``, settings included."""
+        from anomaly_pipelines.core import model_files
+
+        return model_files.load(Path(directory))
+
+    def subset(self, customer_ids: Iterable[str]) -> FittedDetectors:
+        """The models of ``customer_ids`` only (a stacked autoencoder stays shared, not copied);
+        a customer this model does not hold keeps its reason if it was skipped."""
+        wanted = set(customer_ids) & set(self.calibrations)
+        autoencoders = []
+        for fit in self.autoencoders:
+            rows = [i for i, cid in enumerate(fit.customer_ids) if cid in wanted]
+            if rows:
+                autoencoders.append(
+                    lstm.AutoencoderFit(
+                        fit.model,
+                        [fit.customer_ids[i] for i in rows],
+                        np.asarray(fit.train_loss)[rows],
+                        np.asarray(fit.val_loss)[rows],
+                        np.asarray(fit.epochs)[rows],
+                    )
+                )
+        return FittedDetectors(
+            calibrations={cid: cal for cid, cal in self.calibrations.items() if cid in wanted},
+            autoencoders=autoencoders,
+            isolation_forest=self.isolation_forest.subset(wanted),
+            local_outlier_factor=self.local_outlier_factor.subset(wanted),
+            skipped={cid: why for cid, why in self.skipped.items() if cid in set(customer_ids)},
+            settings=self.settings,
+        )
+
+    @classmethod
+    def combine(
+        cls, parts: list[FittedDetectors], settings: ModelSettings, skipped: dict[str, str]
+    ) -> FittedDetectors:
+        """One model from the models of disjoint customer sets trained under ``settings`` (the
+        champions of several trainings), plus the customers ``skipped`` and why."""
+        out = FittedDetectors(skipped=dict(skipped), settings=settings)
+        for part in parts:
+            if part.settings != settings:
+                raise ValueError("combine(): every part must be trained under the same settings")
+            overlap = set(part.calibrations) & set(out.calibrations)
+            if overlap:
+                raise ValueError(f"combine(): customers in more than one part: {sorted(overlap)}")
+            out.calibrations.update(part.calibrations)
+            out.autoencoders.extend(part.autoencoders)
+            out.isolation_forest.models.update(part.isolation_forest.models)
+            out.local_outlier_factor.models.update(part.local_outlier_factor.models)
+        return out
 
     def autoencoder_for(self, customer_id: str) -> Any:
         for fit in self.autoencoders:
@@ -450,7 +530,7 @@ def training_layout(series: CustomerSeries, config: PipelineConfig) -> tuple[int
 
 def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> FittedDetectors:
     """Train all three models per customer and learn every threshold from the training part."""
-    fitted = FittedDetectors()
+    fitted = FittedDetectors(settings=ModelSettings.of(config))
     prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray]]] = defaultdict(list)
     fitted_series: dict[str, CustomerSeries] = {}
     for series in series_list:
@@ -611,7 +691,11 @@ def score_series(
     data up to and including it only, exactly what a daily run on that step would have reported.
     Otherwise (retrospective, ``detect()``'s default) a window model's score at a step may use
     windows reaching into its future (see ``_window_signal``).
+
+    ``config`` must hold the settings ``fitted`` was trained under, but for the decision-time
+    ones (``FittedDetectors.check_settings``).
     """
+    fitted.check_settings(config)
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
     signals = _signals(known, fitted, config, newest, online)
     parts: list[dict[str, Any]] = []

@@ -109,6 +109,12 @@ class CustomerOutlierModels(BaseEstimator):
     def score(self, customer_id: str, windows: np.ndarray) -> np.ndarray:  # type: ignore[override]
         return anomaly_score(self.models[customer_id], windows)
 
+    def subset(self, customer_ids: set[str]) -> CustomerOutlierModels:
+        """The estimators of ``customer_ids`` (shared, not copied)."""
+        return CustomerOutlierModels(
+            self.kind, {cid: m for cid, m in self.models.items() if cid in customer_ids}
+        )
+
     def score_many(self, windows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score several customers with one call per shared estimator."""
         groups: dict[int, list[str]] = {}
