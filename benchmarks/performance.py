@@ -136,7 +136,7 @@ def prepare_champions(customers: int, days: int, store: str) -> dict[str, Any]:
     started = time.perf_counter()
     fitted = fit_detectors(regularize(daily, config.preprocess), config)
     trained = time.perf_counter()
-    ModelRegistry(config.mlflow).log_training(fitted, config, run_name=f"benchmark-{customers}")
+    ModelRegistry(config.mlflow).log_training(fitted, run_name=f"benchmark-{customers}")
     return {"train_seconds": trained - started, "register_seconds": time.perf_counter() - trained}
 
 
@@ -150,7 +150,7 @@ def daily_scoring(store: str) -> dict[str, Any]:
     daily = pd.read_parquet(Path(store) / "usage.parquet")
     series = regularize(daily, config.preprocess)
     loaded = time.perf_counter()
-    fitted = ModelRegistry(config.mlflow).load_champions([s.customer_id for s in series])
+    fitted = ModelRegistry(config.mlflow).load_champions([s.customer_id for s in series], config)
     resolved = time.perf_counter()
     scores = score_latest(series, fitted, config)
     done = time.perf_counter()

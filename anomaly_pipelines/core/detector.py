@@ -154,15 +154,14 @@ class FittedDetectors:
         )
 
     @classmethod
-    def combine(
-        cls, parts: list[FittedDetectors], settings: ModelSettings, skipped: dict[str, str]
-    ) -> FittedDetectors:
-        """One model from the models of disjoint customer sets trained under ``settings`` (the
-        champions of several trainings), plus the customers ``skipped`` and why."""
-        out = FittedDetectors(skipped=dict(skipped), settings=settings)
+    def combine(cls, parts: list[FittedDetectors], skipped: dict[str, str]) -> FittedDetectors:
+        """One model from models of disjoint customer sets trained under the same defining
+        settings (the champions of several trainings), plus the customers ``skipped`` and why."""
+        out = FittedDetectors(skipped=dict(skipped), settings=parts[0].settings if parts else None)
         for part in parts:
-            if part.settings != settings:
-                raise ValueError("combine(): every part must be trained under the same settings")
+            if part.settings is None or out.settings is None:
+                raise ValueError("combine(): every part must record its settings")
+            part.settings.check(out.settings.config(), "combine(): a part")
             overlap = set(part.calibrations) & set(out.calibrations)
             if overlap:
                 raise ValueError(f"combine(): customers in more than one part: {sorted(overlap)}")

@@ -112,7 +112,7 @@ def decide(
 def apply_decisions(registry: ModelRegistry, decisions: list[Decision]) -> None:
     """Record each decision on the challenger's version in MLflow and, where the challenger
     lost, put the alias back on the champion and give the challenger the ``challenger`` alias."""
-    client = registry._client()
+    client = registry.client()
     for d in decisions:
         name = registry.registered_name(d.customer_id)
         tags = {
@@ -142,7 +142,7 @@ def rollback(
     one (the ``previous_champion`` tag a promotion left, else the newest older version that
     still exists). Works when the current champion was deleted: the newest remaining version
     is taken. Returns (old champion or None, new champion)."""
-    client = registry._client()
+    client = registry.client()
     name = registry.registered_name(customer_id)
     current = registry.champion_version(customer_id)
     existing = [int(v) for v in registry.versions(customer_id)]
@@ -177,7 +177,7 @@ def champion_registered_at(
     registry: ModelRegistry, customer_ids: list[str]
 ) -> dict[str, pd.Timestamp]:
     """When each customer's champion version was registered (its model age for drift)."""
-    versions = registry._resolve(registry._client(), customer_ids)
+    versions = registry.champion_model_versions(customer_ids)
     return {
         cid: pd.Timestamp(int(mv.creation_timestamp), unit="ms", tz="UTC")
         for cid, mv in versions.items()

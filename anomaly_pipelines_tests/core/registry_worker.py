@@ -72,7 +72,7 @@ def train_and_register(mlflow_settings: dict[str, Any], days: int) -> None:
     print("fitting", flush=True)
     fitted = fit_detectors(regularize(_coerce(kill_test_usage(np, pd, days)), config.preprocess), config)
     print("logging", flush=True)
-    registry.log_training(fitted, config, run_name="killable")
+    registry.log_training(fitted, run_name="killable")
     print("done", flush=True)
 
 

@@ -30,15 +30,14 @@ from anomaly_pipelines.core.detector import (
     fit_detectors,
     score_series,
 )
-from anomaly_pipelines.core.models.lstm_autoencoder import LAYER_NAME
+from anomaly_pipelines.core.model_files import CALIBRATIONS_PICKLE
 from anomaly_pipelines.core.registry import (
-    CALIBRATIONS_PICKLE,
     NO_CHAMPION,
     ModelRegistry,
     TrainingRecord,
-    _without_credentials,
     clear_cache,
 )
+from anomaly_pipelines.core.registry.store import without_credentials
 from anomaly_pipelines.core.series import CustomerSeries, regularize
 from anomaly_pipelines.core.sources.synthetic import generate_usage
 from anomaly_pipelines_tests.core import registry_worker
@@ -52,7 +51,7 @@ class Trained:
     config: PipelineConfig
     series: list[CustomerSeries]  # the first data set, plus one customer too short to train
     fitted_a: FittedDetectors  # trained on the first data set
-    fitted_b: FittedDetectors  # other data, other seed: a "retraining"
+    fitted_b: FittedDetectors  # other data, same settings: a "retraining"
 
 
 def _series(seed: int, config: PipelineConfig, short: bool) -> list[CustomerSeries]:
@@ -70,9 +69,7 @@ def trained() -> Trained:
     config = PipelineConfig().merged({"lstm": {"epochs": 2}})
     series = _series(1, config, short=True)
     fitted_a = fit_detectors(series, config)
-    fitted_b = fit_detectors(
-        _series(2, config, short=False), config.merged({"training": {"seed": 7}})
-    )
+    fitted_b = fit_detectors(_series(2, config, short=False), config)
     assert SHORT in fitted_a.skipped and sorted(fitted_a.calibrations) == CUSTOMERS
     return Trained(config, series, fitted_a, fitted_b)
 
@@ -126,7 +123,6 @@ def logged(trained: Trained, tmp_path_factory: pytest.TempPathFactory, blank: Pa
     registry = ModelRegistry(config.mlflow)
     record = registry.log_training(
         trained.fitted_a,
-        config,
         run_name="unit-test",
         plots=[plot],
         tags={"dagster_run_id": "abc123", "gemini_api_key": "sekrit-value"},
@@ -136,15 +132,11 @@ def logged(trained: Trained, tmp_path_factory: pytest.TempPathFactory, blank: Pa
 
 
 def _assert_same_scores(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
-    assert list(actual["customer_id"]) == list(expected["customer_id"])
-    for column in SCORE_COLUMNS:
-        a, e = actual[column], expected[column]
-        if pd.api.types.is_float_dtype(e):
-            np.testing.assert_allclose(
-                a.to_numpy(float), e.to_numpy(float), atol=1e-6, rtol=0, err_msg=column
-            )
-        else:
-            assert (a.astype(str) == e.astype(str)).all(), column
+    """Bit for bit: a model that went through MLflow scores exactly like the one fitted."""
+    assert list(actual.columns) == SCORE_COLUMNS
+    pd.testing.assert_frame_equal(
+        actual.reset_index(drop=True), expected.reset_index(drop=True), check_exact=True
+    )
 
 
 def _of(scores: pd.DataFrame, customer: str) -> pd.DataFrame:
@@ -174,23 +166,11 @@ def test_run_holds_params_metrics_artifacts_and_models(trained: Trained, logged:
         assert metrics[f"customers/{cid}/val_loss"] == pytest.approx(summary.loc[cid, "val_loss"])
 
     root_files = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {
-        "calibrations.pkl",
-        "calibrations.json",
-        "training_summary.parquet",
-        "training_summary.csv",
-        "skipped.json",
-        "plots",
-    } <= root_files
+    assert {"training_summary.parquet", "training_summary.csv", "skipped.json", "plots"} <= root_files
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == [
         "plots/loss_curve.png"
     ]
     local = Path(client.download_artifacts(run.info.run_id, "", str(logged.root / "download")))
-    calibrations = json.loads((local / "calibrations.json").read_text())
-    assert sorted(calibrations) == CUSTOMERS
-    for cid in CUSTOMERS:
-        expected = trained.fitted_a.calibrations[cid].residual_sigma
-        assert calibrations[cid]["residual_sigma"] == pytest.approx(expected)
     assert json.loads((local / "skipped.json").read_text()) == trained.fitted_a.skipped
     table = pd.read_parquet(local / "training_summary.parquet")
     assert sorted(table["customer_id"]) == CUSTOMERS
@@ -201,24 +181,27 @@ def test_run_holds_params_metrics_artifacts_and_models(trained: Trained, logged:
         experiment_ids=[experiment.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
     )
-    assert sorted(m.name for m in models) == [
-        "isolation_forest",
-        "local_outlier_factor",
-        "lstm_autoencoder_0",
-    ]
-    keras_model = next(m for m in models if m.name == "lstm_autoencoder_0")
-    assert keras_model.artifact_location.startswith(experiment.artifact_location)
+    assert [m.name for m in models] == ["anomaly_detectors"]  # the whole model, logged once
+    assert models[0].artifact_location.startswith(experiment.artifact_location)
+    # The logged model holds the fitted model's own directory, readable without Python.
+    saved = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{models[0].model_id}", dst_path=str(logged.root / "model")
+        )
+    )
+    manifest = json.loads(next(saved.rglob("model.json")).read_text())
+    assert manifest["customers"] == CUSTOMERS
+    assert manifest["settings"]["lstm"]["epochs"] == 2
+    calibrations = json.loads(next(saved.rglob("calibrations.json")).read_text())
+    for cid in CUSTOMERS:
+        expected = trained.fitted_a.calibrations[cid].residual_sigma
+        assert calibrations[cid]["residual_sigma"] == pytest.approx(expected)
     assert any((logged.root / "artifacts").rglob("*.keras")), (
         "model files must live in the artifact location"
     )
-
-    signature = mlflow.models.get_model_info(f"models:/{keras_model.model_id}").signature
-    assert signature is not None
-    assert signature.inputs.inputs[0].shape == (
-        -1,
-        3,
-        trained.fitted_a.calibrations[CUSTOMERS[0]].window,
-    )
+    info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
+    assert "python_function" in info.flavors
+    assert info.signature.inputs.input_names() == ["customer_id", "timestamp", "cost"]
 
 
 def test_one_registered_model_per_customer_with_the_champion_alias(
@@ -227,8 +210,6 @@ def test_one_registered_model_per_customer_with_the_champion_alias(
     client, registry, record = logged.client, logged.registry, logged.record
     assert sorted(record.model_versions) == CUSTOMERS  # the short customer was not registered
     assert registry.versions(SHORT) == []
-    fit = trained.fitted_a.autoencoders[0]
-    layer_ids = fit.model.get_layer(LAYER_NAME).customer_ids
     names = set()
     for cid in CUSTOMERS:
         name = record.registered_names[cid]
@@ -242,12 +223,9 @@ def test_one_registered_model_per_customer_with_the_champion_alias(
         assert version.source.startswith("models:/m-")
         assert version.tags["customer_id"] == cid
         assert version.tags["run_id"] == record.run_id
-        assert version.tags["lstm_model_name"] == "lstm_autoencoder_0"
-        assert int(version.tags["slot"]) == layer_ids.index(cid)
-        for kind in ("isolation_forest_uri", "local_outlier_factor_uri"):
-            assert version.tags[kind].startswith("models:/m-")
     assert len(names) == 3
-    # The same Keras model is the source of every customer's version: nothing was copied.
+    # The training's one logged model is the source of every customer's version: nothing was
+    # copied.
     sources = {client.get_model_version_by_alias(n, "champion").source for n in names}
     assert len(sources) == 1
 
@@ -273,7 +251,7 @@ def test_champions_score_like_the_fitted_models(
         registry.page_size = 1
     clear_cache()
     ids = [s.customer_id for s in trained.series]
-    loaded = registry.load_champions([*ids, "nobody"])
+    loaded = registry.load_champions([*ids, "nobody"], logged.config)
 
     assert sorted(loaded.calibrations) == CUSTOMERS
     assert len(loaded.autoencoders) == 1, "one logged Keras model serves all three customers"
@@ -307,7 +285,7 @@ def test_bad_settings_and_requests_fail_with_clear_errors(logged: Logged, tmp_pa
     assert logged.registry.champion_version("customer-001") == "1"
     with pytest.raises(FileNotFoundError, match=r"missing\.png"):
         logged.registry.log_training(
-            FittedDetectors(), logged.config, run_name="x", plots=[tmp_path / "missing.png"]
+            FittedDetectors(), run_name="x", plots=[tmp_path / "missing.png"]
         )
 
 
@@ -315,7 +293,7 @@ def test_a_training_without_trained_customers_logs_a_run_but_registers_nothing(
     logged: Logged,
 ) -> None:
     nothing = FittedDetectors(skipped={"tiny": "insufficient history: 3 steps, need 42"})
-    record = logged.registry.log_training(nothing, logged.config, run_name="empty")
+    record = logged.registry.log_training(nothing, run_name="empty")
     assert record.model_versions == {} and record.registered_names == {}
     run = logged.client.get_run(record.run_id)
     assert run.info.status == "FINISHED"
@@ -328,19 +306,44 @@ def test_a_broken_champion_is_skipped_not_fatal(
 ) -> None:
     config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
-    registry.log_training(trained.fitted_a, config, run_name="to-break")
+    registry.log_training(trained.fitted_a, run_name="to-break")
     for path in (tmp_path / "artifacts").rglob(CALIBRATIONS_PICKLE):
         path.unlink()  # e.g. an artifact store cleaned up by hand
-    loaded = registry.load_champions(CUSTOMERS)
+    loaded = registry.load_champions(CUSTOMERS, config)
     assert not loaded.calibrations
     assert sorted(loaded.skipped) == CUSTOMERS
     assert all("is unusable" in reason for reason in loaded.skipped.values())
 
 
+def test_a_champion_trained_under_other_settings_is_skipped_naming_them(
+    trained: Trained, logged: Logged
+) -> None:
+    """An edited YAML file (or an alias moved back to an older model) no longer mixes the
+    settings a model learned its thresholds under with the live ones: the customer is left
+    unscored, with the setting in the reason; a decision-time change needs no retraining."""
+    clear_cache()
+    series = [s for s in trained.series if s.customer_id in CUSTOMERS]
+    edited = logged.config.merged({"hybrid": {"seasonal_cycles": 6}})
+    loaded = logged.registry.load_champions(CUSTOMERS, edited)
+    assert not loaded.calibrations
+    for cid in CUSTOMERS:
+        assert "hybrid.seasonal_cycles: trained with 4, configured 6" in loaded.skipped[cid]
+    scores = score_series(series, loaded, edited)
+    assert (scores["status"] == "unscored").all()
+
+    stricter = logged.config.merged({"hybrid": {"decision_threshold": 3.0}})
+    loaded = logged.registry.load_champions(CUSTOMERS, stricter)
+    assert sorted(loaded.calibrations) == CUSTOMERS
+    _assert_same_scores(
+        score_series(series, loaded, stricter),
+        score_series(series, trained.fitted_a, stricter),
+    )
+
+
 def test_store_addresses_in_messages_carry_no_credentials() -> None:
-    assert _without_credentials("postgresql://user:pass@db:5432/mlflow") == "postgresql://db:5432/mlflow"
-    assert _without_credentials("https://token@mlflow.example/") == "https://mlflow.example/"
-    assert _without_credentials("sqlite:///.mlflow/mlflow.db") == "sqlite:///.mlflow/mlflow.db"
+    assert without_credentials("postgresql://user:pass@db:5432/mlflow") == "postgresql://db:5432/mlflow"
+    assert without_credentials("https://token@mlflow.example/") == "https://mlflow.example/"
+    assert without_credentials("sqlite:///.mlflow/mlflow.db") == "sqlite:///.mlflow/mlflow.db"
 
 
 def test_default_store_is_created_under_the_working_directory(
@@ -369,7 +372,7 @@ def test_large_runs_log_a_summary_table_instead_of_per_customer_metrics(
     config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
     registry.per_customer_metrics_limit = 2  # three customers count as "many" here
-    record = registry.log_training(trained.fitted_a, config, run_name="many")
+    record = registry.log_training(trained.fitted_a, run_name="many")
     run = MlflowClient(tracking_uri=registry.tracking_uri).get_run(record.run_id)
     assert not any(key.startswith("customers/") for key in run.data.metrics)
     assert run.data.metrics["n_customers"] == 3
@@ -385,8 +388,8 @@ def test_retraining_takes_the_alias_and_moving_it_back_changes_scoring(
 ) -> None:
     config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
-    first = registry.log_training(trained.fitted_a, config, run_name="first")
-    second = registry.log_training(trained.fitted_b, config, run_name="second")
+    first = registry.log_training(trained.fitted_a, run_name="first")
+    second = registry.log_training(trained.fitted_b, run_name="second")
     assert first.model_versions == dict.fromkeys(CUSTOMERS, "1")
     assert second.model_versions == dict.fromkeys(CUSTOMERS, "2")
     for cid in CUSTOMERS:
@@ -399,16 +402,16 @@ def test_retraining_takes_the_alias_and_moving_it_back_changes_scoring(
     rolled, kept = CUSTOMERS[0], CUSTOMERS[1:]
     assert not np.allclose(_of(by_a, rolled)["hybrid_score"], _of(by_b, rolled)["hybrid_score"])
 
-    _assert_same_scores(score_series(series, registry.load_champions(CUSTOMERS), config), by_b)
+    _assert_same_scores(score_series(series, registry.load_champions(CUSTOMERS, config), config), by_b)
 
     registry.set_alias(rolled, "1")
     assert registry.champion_version(rolled) == "1"
-    loaded = registry.load_champions(CUSTOMERS)
+    loaded = registry.load_champions(CUSTOMERS, config)
     assert (
         loaded.calibrations[rolled].residual_sigma
         == trained.fitted_a.calibrations[rolled].residual_sigma
     )
-    assert len(loaded.autoencoders) == 2  # two logged Keras models, each loaded once
+    assert len(loaded.autoencoders) == 2  # two logged models, each loaded once
     scores = score_series(series, loaded, config)
     _assert_same_scores(_of(scores, rolled), _of(by_a, rolled))
     for cid in kept:
@@ -429,7 +432,7 @@ def test_parallel_trainings_of_the_same_customers_keep_every_version(
         registry = ModelRegistry(config.mlflow)
         start.wait(timeout=60)
         try:
-            records[label] = registry.log_training(fitted, config, run_name=label)
+            records[label] = registry.log_training(fitted, run_name=label)
         except BaseException as exc:
             errors.append(exc)
 
@@ -462,7 +465,7 @@ def test_parallel_processes_register_without_loss(
     one reads the registry customer by customer, the other through the paged listing."""
     config = _config(trained.config, tmp_path, blank)
     registry = ModelRegistry(config.mlflow)
-    record = registry.log_training(trained.fitted_a, config, run_name="source")
+    record = registry.log_training(trained.fitted_a, run_name="source")
     uri = registry.tracking_uri
     source = (
         MlflowClient(tracking_uri=uri, registry_uri=uri)

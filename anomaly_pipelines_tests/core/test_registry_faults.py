@@ -15,7 +15,8 @@ from typing import Any
 from mlflow import MlflowClient
 
 from anomaly_pipelines.core.config import MlflowConfig
-from anomaly_pipelines.core.registry import ORPHANED_TAG, ModelRegistry, _start_run
+from anomaly_pipelines.core.registry import ORPHANED_TAG, ModelRegistry
+from anomaly_pipelines.core.registry.store import start_run
 from anomaly_pipelines_tests.core import registry_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +32,10 @@ def _settings(tmp_path: Path) -> MlflowConfig:
 KILLED_TRAINING = """
 import os, signal
 from anomaly_pipelines.core.config import MlflowConfig
-from anomaly_pipelines.core.registry import ModelRegistry, _start_run
+from anomaly_pipelines.core.registry import ModelRegistry
+from anomaly_pipelines.core.registry.store import start_run
 registry = ModelRegistry(MlflowConfig(tracking_uri={uri!r}, artifact_location={artifacts!r}))
-with _start_run(registry.experiment_id(), "killed-training", {{"project": "anomaly_pipelines"}}):
+with start_run(registry.experiment_id(), "killed-training", {{"project": "anomaly_pipelines"}}):
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of a training
 """
 
@@ -51,9 +53,9 @@ def test_a_run_left_running_by_a_killed_process_is_closed_on_the_next_start(tmp_
 
     registry = ModelRegistry(settings)
     experiment = registry.experiment_id()  # the next start
-    with _start_run(experiment, "alive", {"project": "anomaly_pipelines"}) as alive:
+    with start_run(experiment, "alive", {"project": "anomaly_pipelines"}) as alive:
         # A second process start while this run is open: a live owner's run is not touched.
-        assert ModelRegistry(settings).close_orphaned_runs(experiment) == []
+        assert ModelRegistry(settings).store.close_orphaned_runs(experiment) == []
         assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     closed = client.get_run(orphan.info.run_id)
     assert closed.info.status == "KILLED"
@@ -125,7 +127,7 @@ def test_a_training_killed_at_a_random_point_leaves_a_consistent_registry(tmp_pa
     registry = ModelRegistry(config.mlflow)
     experiment = registry.experiment_id()  # the next start closes what the kill left open
     series = regularize(_coerce(registry_worker.kill_test_usage(np, pd, days)), config.preprocess)
-    registry.log_training(fit_detectors(series, config), config, run_name="re-run")
+    registry.log_training(fit_detectors(series, config), run_name="re-run")
 
     client = MlflowClient(tracking_uri=registry.tracking_uri)
     statuses = [run.info.status for run in client.search_runs([experiment])]
@@ -135,5 +137,5 @@ def test_a_training_killed_at_a_random_point_leaves_a_consistent_registry(tmp_pa
         versions = registry.versions(cid)
         assert versions == [str(v) for v in range(1, len(versions) + 1)], (where, cid, versions)
         assert registry.champion_version(cid) == versions[-1], (where, cid)
-    scores = score_series(series, registry.load_champions(customers), config)
+    scores = score_series(series, registry.load_champions(customers, config), config)
     assert len(scores) == sum(len(s) for s in series) and scores["hybrid_score"].notna().all(), where

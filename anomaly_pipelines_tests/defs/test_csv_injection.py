@@ -90,7 +90,7 @@ def test_training_summary_csv_artifact_is_neutralised(tmp_path: Path) -> None:
     )
     fitted = fit_detectors(regularize(_coerce(usage), config.preprocess), config)
     registry = ModelRegistry(config.mlflow)
-    record = registry.log_training(fitted, config, run_name="hostile-ids")
+    record = registry.log_training(fitted, run_name="hostile-ids")
     client = MlflowClient(tracking_uri=registry.tracking_uri)
     out = tmp_path / "download"
     out.mkdir()

@@ -69,7 +69,7 @@ def score_with_champions(
     newest step of each series (same values, a fraction of the work: the daily run)."""
     from anomaly_pipelines.core.detector import score_latest, score_series
 
-    champions = mlflow_registry.registry(config).load_champions([s.customer_id for s in series])
+    champions = mlflow_registry.registry(config).load_champions([s.customer_id for s in series], config)
     if latest_only:
         return score_latest(series, champions, config, steps=1)
     return score_series(series, champions, config)

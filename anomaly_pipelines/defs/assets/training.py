@@ -61,7 +61,7 @@ def _current_champions(
     versions = registry.champion_versions(ids)
     if not versions:
         return {}, None
-    return versions, registry.load_champions(sorted(versions))
+    return versions, registry.load_champions(sorted(versions), config)
 
 
 def _gate_promotions(
@@ -190,7 +190,6 @@ def trained_models(
     plot = training_plot(series, fitted, config, context.run_id)
     record = registry.log_training(
         fitted,
-        config,
         run_name=f"dagster-{context.run_id[:8]}-{len(series)}-customers",
         plots=[plot] if plot is not None else None,
         tags={"dagster_run_id": context.run_id, "dagster_job": context.job_name},
