@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from anomaly_pipelines.core.api import input_rows, usage_series
 from anomaly_pipelines.core.detector import FittedDetectors, score_series
@@ -42,7 +42,9 @@ SIGNATURE = ModelSignature(
     inputs=Schema(
         [
             ColSpec("string", "customer_id", required=False),
-            ColSpec("datetime", "timestamp"),
+            # Any: MLflow's datetime type takes naive times only, and zoned ones are valid input
+            # (a calendar day in that zone); JSON clients post strings, parsed like detect()'s.
+            ColSpec(AnyType(), "timestamp"),
             ColSpec("double", "cost"),
         ]
     ),
