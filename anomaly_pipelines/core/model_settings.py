@@ -5,9 +5,13 @@ representation, seasonal cycles, history cleaning, the detectors' own settings..
 under other values of those settings would mix two methods without a word, which is what an
 edited YAML file or an alias moved back to an older model used to do. So a model carries a copy
 of its settings, and the live configuration contributes only what a decision is made with
-(``LIVE``): the decision threshold, what counts as a repeat, which rows are accepted. Any other
-difference is an error that names the setting, so the choice (retrain, or put the setting back)
-is the person's, not the code's.
+(``LIVE``): the decision threshold, what counts as a repeat, which rows are accepted. Settings
+of training effort (``TRAINING_EFFORT``: seed, epochs, sample sizes) are recorded but apply to
+the next training only. Every other setting of the model sections defines the model (a new one
+too, until it is listed here): the window, representation, seasonal cycles, history cleaning,
+how thresholds are learned, the detectors' own settings, how signals combine. A difference in
+one is an error that names it, so the choice (retrain, or put the setting back) is the
+person's, not the code's.
 """
 
 from __future__ import annotations
@@ -30,16 +34,34 @@ MODEL_SECTIONS = (
     "hybrid",
 )
 # Settings of those sections read from the live configuration at every scoring: how a score is
-# turned into a decision and a repeat, and which customers and rows are taken in. Changing them
-# needs no retraining.
+# turned into a decision and a repeat, and which rows are taken in. Changing them needs no
+# retraining.
 LIVE = frozenset(
     {
         "hybrid.decision_threshold",
         "hybrid.quiet_windows",
         "hybrid.quiet_period",
-        "preprocess.min_history",
         "preprocess.duplicates",
         "preprocess.max_failure_rate",
+    }
+)
+# Settings of how hard training tries (seed, epochs, sample sizes, who has enough history): the
+# model records them, but scoring never reads them and they do not change what a score means,
+# so a new value simply applies from the next training (a per-run override of the seed, say).
+TRAINING_EFFORT = frozenset(
+    {
+        "preprocess.min_history",
+        "training.seed",
+        "training.train_fraction",
+        "lstm.epochs",
+        "lstm.batch_size",
+        "lstm.patience",
+        "lstm.validation_fraction",
+        "lstm.learning_rate",
+        "lstm.customers_per_model",
+        "lstm.max_training_windows",
+        "isolation_forest.max_training_windows",
+        "local_outlier_factor.max_training_windows",
     }
 )
 _UNSET = "(unset)"
@@ -96,7 +118,7 @@ class ModelSettings:
         trained, live = self.flat(), ModelSettings.of(config).flat()
         out = []
         for name in sorted(set(trained) | set(live)):
-            if name in LIVE:
+            if name in LIVE or name in TRAINING_EFFORT:
                 continue
             was, now = trained.get(name, _UNSET), live.get(name, _UNSET)
             if was != now:

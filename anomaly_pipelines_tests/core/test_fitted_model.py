@@ -78,7 +78,8 @@ def test_saved_and_loaded_it_scores_bit_for_bit_like_the_fitted_model(
         ({"windows": {"representation": "scaled"}}, "windows.representation"),
         ({"hybrid": {"clean_history_z": 3.0}}, "hybrid.clean_history_z"),
         ({"hybrid": {"weights": {"lstm": 0.5}}}, "hybrid.weights.lstm"),
-        ({"lstm": {"epochs": 3}}, "lstm.epochs"),
+        ({"lstm": {"units": 8}}, "lstm.units"),
+        ({"hybrid": {"component_quantile": 0.9}}, "hybrid.component_quantile"),
     ],
 )
 def test_a_model_saved_under_one_setting_and_scored_under_another_raises(
@@ -92,8 +93,15 @@ def test_a_model_saved_under_one_setting_and_scored_under_another_raises(
         score_latest(fitted.series, loaded, fitted.config.merged(override))
 
 
-def test_decision_time_settings_come_from_the_live_configuration(fitted: Fitted) -> None:
+def test_decision_time_and_training_effort_settings_may_differ(fitted: Fitted) -> None:
     assert {"hybrid.decision_threshold", "hybrid.quiet_period"} <= LIVE
+    # Training effort is recorded but not compared: a new seed applies to the next training.
+    reseeded = fitted.config.merged({"training": {"seed": 7}, "lstm": {"epochs": 9}})
+    pd.testing.assert_frame_equal(
+        score_series(fitted.series, fitted.model, reseeded),
+        score_series(fitted.series, fitted.model, fitted.config),
+        check_exact=True,
+    )
     lenient = fitted.config.merged({"hybrid": {"decision_threshold": 0.2, "quiet_windows": 0}})
     scores = score_series(fitted.series, fitted.model, lenient)
     default = score_series(fitted.series, fitted.model, fitted.config)

@@ -51,7 +51,7 @@ class Trained:
     config: PipelineConfig
     series: list[CustomerSeries]  # the first data set, plus one customer too short to train
     fitted_a: FittedDetectors  # trained on the first data set
-    fitted_b: FittedDetectors  # other data, same settings: a "retraining"
+    fitted_b: FittedDetectors  # other data, other seed: a "retraining"
 
 
 def _series(seed: int, config: PipelineConfig, short: bool) -> list[CustomerSeries]:
@@ -69,7 +69,9 @@ def trained() -> Trained:
     config = PipelineConfig().merged({"lstm": {"epochs": 2}})
     series = _series(1, config, short=True)
     fitted_a = fit_detectors(series, config)
-    fitted_b = fit_detectors(_series(2, config, short=False), config)
+    fitted_b = fit_detectors(
+        _series(2, config, short=False), config.merged({"training": {"seed": 7}})
+    )
     assert SHORT in fitted_a.skipped and sorted(fitted_a.calibrations) == CUSTOMERS
     return Trained(config, series, fitted_a, fitted_b)
 
