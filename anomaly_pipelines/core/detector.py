@@ -225,6 +225,7 @@ def _expectations(
         block_cals = [cals[s.customer_id] for s in members]
         timestamps = members[0].timestamps
         values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
+        declared = np.vstack([_declared_normal(s) for s in members])
         seasonal = _seasonal(values, timestamps, block_cals, config)
         monthly = _monthly(values, seasonal, timestamps, block_cals)
         expected = seasonal + monthly
@@ -234,8 +235,9 @@ def _expectations(
             first = expected
             for _ in range(config.hybrid.clean_history_passes):
                 surprising = np.abs(values - expected) > limit * spread
-                # Early expectations are too rough to replace data with.
-                surprising &= warmed_up
+                # Early expectations are too rough to replace data with; what a person
+                # declared normal stays.
+                surprising &= warmed_up & ~declared
                 if not surprising.any():
                     break
                 cleaned = np.where(surprising, np.nan, values)
@@ -251,6 +253,12 @@ def _expectations(
         for row, series in enumerate(members):
             out[series.customer_id] = (expected[row], spread[row])
     return out
+
+
+def _declared_normal(series: CustomerSeries) -> np.ndarray:
+    if series.declared_normal is None:
+        return np.zeros(len(series), dtype=bool)
+    return np.asarray(series.declared_normal, dtype=bool)
 
 
 def _annual_recurrence(
@@ -392,6 +400,7 @@ def _threshold_masks(
     excluded = np.zeros(n, dtype=bool)
     if config.hybrid.threshold_exclude_run > 0 and config.hybrid.clean_history_z > 0:
         surprising = np.abs(np.nan_to_num(z[:n], nan=0.0)) > config.hybrid.clean_history_z
+        surprising &= ~_declared_normal(series)[:n]
         excluded = scoring.long_runs(surprising, config.hybrid.threshold_exclude_run)
     return usable & ~excluded, usable & ~scoring.trailing_any(excluded, cal.window)
 
@@ -692,6 +701,7 @@ def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
         values=series.values[-steps:],
         filled=series.filled[-steps:],
         frequency=series.frequency,
+        declared_normal=None if series.declared_normal is None else series.declared_normal[-steps:],
     )
 
 
