@@ -6,7 +6,9 @@ This is the one place that runs the method; ``detect()`` and the Dagster assets 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -457,8 +459,16 @@ def training_layout(series: CustomerSeries, config: PipelineConfig) -> tuple[int
     return n_train, window
 
 
-def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> FittedDetectors:
-    """Train all three models per customer and learn every threshold from the training part."""
+def fit_detectors(
+    series_list: list[CustomerSeries],
+    config: PipelineConfig,
+    progress: Callable[[str], None] | None = None,
+) -> FittedDetectors:
+    """Train all three models per customer and learn every threshold from the training part.
+
+    ``progress`` receives a line per LSTM epoch (customers done of total, epoch, losses, time
+    left), so a training of thousands of customers shows it is alive in a run log.
+    """
     fitted = FittedDetectors()
     prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray]]] = defaultdict(list)
     fitted_series: dict[str, CustomerSeries] = {}
@@ -493,13 +503,18 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
         prepared[window].append((series, cal, windows))
 
     seed = config.training.seed
+    report = _TrainingProgress(sum(len(group) for group in prepared.values()), progress)
     for window_group in prepared.values():
         chunk = config.lstm.customers_per_model
         for start in range(0, len(window_group), chunk):
             part = window_group[start : start + chunk]
             ids = [s.customer_id for s, _, _ in part]
             windows = [w for _, _, w in part]
-            fitted.autoencoders.append(lstm.train_autoencoders(ids, windows, config.lstm, seed))
+            report.start_cohort(len(ids))
+            fitted.autoencoders.append(
+                lstm.train_autoencoders(ids, windows, config.lstm, seed, report.epoch if progress else None)
+            )
+            report.end_cohort()
             train = pooled(windows, config.isolation_forest.max_training_windows, seed)
             forest = fit_isolation_forest(train, config.isolation_forest, seed)
             train = pooled(windows, config.local_outlier_factor.max_training_windows, seed)
@@ -527,6 +542,40 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
             else np.inf
         )
     return fitted
+
+
+class _TrainingProgress:
+    """Progress lines for ``fit_detectors``: customers done of total, the current cohort's epoch
+    and losses, and the time left, extrapolated from the customers trained so far (the first
+    cohort, from its epochs so far)."""
+
+    # At most a line this often (seconds), so thousands of customers do not flood the log.
+    INTERVAL = 10.0
+
+    def __init__(self, total: int, say: Callable[[str], None] | None) -> None:
+        self.total, self.say, self.done, self.cohort = total, say, 0, 0
+        self.started = time.perf_counter()
+        self.last = -np.inf
+
+    def start_cohort(self, size: int) -> None:
+        self.cohort = size
+
+    def end_cohort(self) -> None:
+        self.done += self.cohort
+
+    def epoch(self, epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
+        now = time.perf_counter()
+        if self.say is None or (epoch > 1 and now - self.last < self.INTERVAL):
+            return
+        self.last = now
+        elapsed = now - self.started
+        share = (self.done + self.cohort * epoch / epochs) / max(self.total, 1)
+        left = elapsed * (1 - share) / share if share > 0 else float("nan")
+        self.say(
+            f"LSTM training: {self.done} of {self.total} customers done; cohort of {self.cohort}, "
+            f"epoch {epoch}/{epochs} (at most), loss {train_loss:.4g}, validation {val_loss:.4g}; "
+            f"about {left:.0f} s left"
+        )
 
 
 def _signals(

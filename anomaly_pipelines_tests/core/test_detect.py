@@ -284,3 +284,18 @@ def test_days_declared_normal_become_the_baseline_at_once() -> None:
     assert (error[shift + 7 : shift + 21] < 0.15).all()
     assert not normal["is_anomaly"].to_numpy()[shift + 10 :].any()
     assert held_out["is_anomaly"].to_numpy()[shift + 10 : shift + 21].all()
+
+
+def test_training_reports_progress_and_keeps_the_loss_curve() -> None:
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors
+    from anomaly_pipelines.core.series import regularize
+
+    usage = pd.concat([_daily("a", 200, 1), _daily("b", 200, 2)], ignore_index=True)
+    lines: list[str] = []
+    config = PipelineConfig().merged({"lstm": {"epochs": 3, "patience": 5}})
+    fitted = fit_detectors(regularize(usage), config, progress=lines.append)
+    (fit,) = fitted.autoencoders
+    assert len(fit.history) == 3 and all(np.isfinite(v) for pair in fit.history for v in pair)
+    assert lines[0].startswith("LSTM training: 0 of 2 customers done; cohort of 2, epoch 1/3")
+    assert "s left" in lines[0]

@@ -193,7 +193,7 @@ def trained_models(
         )
     else:
         started = time.perf_counter()
-        fitted = fit_detectors(series, config)
+        fitted = fit_detectors(series, config, progress=context.log.info)
         training_seconds = time.perf_counter() - started
         checkpoint.save(fitted, training_seconds)
     plot = training_plot(series, fitted, config, context.run_id)
