@@ -797,7 +797,7 @@ def _score_columns(
     fired = {k: v for k, v in normalised.items() if k != "decrease"}
     return {
         "customer_id": series.customer_id,
-        "timestamp": np.asarray(series.timestamps),
+        "timestamp": _utc_values(series.timestamps),
         "cost": series.values,
         "expected_cost": sig["expected"],
         "hybrid_score": score,
@@ -811,11 +811,20 @@ def _score_columns(
         "local_outlier_factor_score": sig["local_outlier_factor"],
         "decrease_rate": sig["decrease_rate"],
         "decrease_flag": decrease_flag,
-        "reasons": np.array(scoring.reasons(fired, {"decrease": decrease_flag}), dtype=object),
+        "reasons": scoring.reasons(fired, {"decrease": decrease_flag}),
         "is_filled": series.filled,
         "split": np.where(np.asarray(series.timestamps <= cal.train_end), "train", "test"),
         "status": np.where(warm, "warmup", "scored"),
     }
+
+
+def _utc_values(timestamps: pd.DatetimeIndex) -> np.ndarray:
+    """Timestamps as naive UTC datetime64 (``_frame`` marks them UTC again): ``np.asarray`` of
+    a zoned index builds one Python object per step, the slowest part of scoring a day of
+    thousands of customers."""
+    if timestamps.tz is not None:
+        timestamps = timestamps.tz_convert("UTC").tz_localize(None)
+    return timestamps.to_numpy()
 
 
 def quiet_steps(frequency: pd.Timedelta, window: int, config: PipelineConfig) -> int:
@@ -832,7 +841,7 @@ def _unscored_columns(series: CustomerSeries, reason: str) -> dict[str, Any]:
     false = np.zeros(n, dtype=bool)
     return {
         "customer_id": series.customer_id,
-        "timestamp": np.asarray(series.timestamps),
+        "timestamp": _utc_values(series.timestamps),
         "cost": series.values,
         "expected_cost": nan,
         "hybrid_score": np.zeros(n),
