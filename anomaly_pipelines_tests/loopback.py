@@ -22,7 +22,10 @@ from typing import Any
 class WebhookReceiver:
     url: str
     requests: list[dict[str, Any]] = field(default_factory=list)
-    # Behaviour of the next requests, consumed in order: an int status or ("sleep", seconds).
+    # Behaviour of the next requests, consumed in order: an int status, ("sleep", seconds) (a
+    # slow receiver that then accepts), or ("stall", seconds) (one that never answers in time:
+    # it stays silent that long, then fails without recording the request, so what was received
+    # does not depend on how fast the test machine is).
     script: list[Any] = field(default_factory=list)
     default_status: int = 200
     attempts: int = 0
@@ -44,9 +47,9 @@ def webhook_server(path: str = "/hook") -> Iterator[WebhookReceiver]:
             with lock:
                 receiver.attempts += 1
                 action = receiver.script.pop(0) if receiver.script else receiver.default_status
-            if isinstance(action, tuple) and action[0] == "sleep":
+            if isinstance(action, tuple):
                 time.sleep(action[1])
-                action = 200
+                action = 200 if action[0] == "sleep" else 504
             if action == 200:
                 with lock:
                     receiver.requests.append(

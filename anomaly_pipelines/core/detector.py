@@ -6,8 +6,9 @@ This is the one place that runs the method; ``detect()`` and the Dagster assets 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ class FittedDetectors:
                         np.asarray(fit.train_loss)[rows],
                         np.asarray(fit.val_loss)[rows],
                         np.asarray(fit.epochs)[rows],
+                        fit.history,  # the stacked model's curve: shared, like the model
                     )
                 )
         return FittedDetectors(
@@ -304,6 +306,7 @@ def _expectations(
         block_cals = [cals[s.customer_id] for s in members]
         timestamps = members[0].timestamps
         values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
+        declared = np.vstack([_declared_normal(s) for s in members])
         seasonal = _seasonal(values, timestamps, block_cals, config)
         monthly = _monthly(values, seasonal, timestamps, block_cals)
         expected = seasonal + monthly
@@ -313,8 +316,9 @@ def _expectations(
             first = expected
             for _ in range(config.hybrid.clean_history_passes):
                 surprising = np.abs(values - expected) > limit * spread
-                # Early expectations are too rough to replace data with.
-                surprising &= warmed_up
+                # Early expectations are too rough to replace data with; what a person
+                # declared normal stays.
+                surprising &= warmed_up & ~declared
                 if not surprising.any():
                     break
                 cleaned = np.where(surprising, np.nan, values)
@@ -330,6 +334,12 @@ def _expectations(
         for row, series in enumerate(members):
             out[series.customer_id] = (expected[row], spread[row])
     return out
+
+
+def _declared_normal(series: CustomerSeries) -> np.ndarray:
+    if series.declared_normal is None:
+        return np.zeros(len(series), dtype=bool)
+    return np.asarray(series.declared_normal, dtype=bool)
 
 
 def _annual_recurrence(
@@ -471,6 +481,7 @@ def _threshold_masks(
     excluded = np.zeros(n, dtype=bool)
     if config.hybrid.threshold_exclude_run > 0 and config.hybrid.clean_history_z > 0:
         surprising = np.abs(np.nan_to_num(z[:n], nan=0.0)) > config.hybrid.clean_history_z
+        surprising &= ~_declared_normal(series)[:n]
         excluded = scoring.long_runs(surprising, config.hybrid.threshold_exclude_run)
     return usable & ~excluded, usable & ~scoring.trailing_any(excluded, cal.window)
 
@@ -527,8 +538,16 @@ def training_layout(series: CustomerSeries, config: PipelineConfig) -> tuple[int
     return n_train, window
 
 
-def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> FittedDetectors:
-    """Train all three models per customer and learn every threshold from the training part."""
+def fit_detectors(
+    series_list: list[CustomerSeries],
+    config: PipelineConfig,
+    progress: Callable[[str], None] | None = None,
+) -> FittedDetectors:
+    """Train all three models per customer and learn every threshold from the training part.
+
+    ``progress`` receives a line per LSTM epoch (customers done of total, epoch, losses, time
+    left), so a training of thousands of customers shows it is alive in a run log.
+    """
     fitted = FittedDetectors(settings=ModelSettings.of(config))
     prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray]]] = defaultdict(list)
     fitted_series: dict[str, CustomerSeries] = {}
@@ -563,13 +582,18 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
         prepared[window].append((series, cal, windows))
 
     seed = config.training.seed
+    report = _TrainingProgress(sum(len(group) for group in prepared.values()), progress)
     for window_group in prepared.values():
         chunk = config.lstm.customers_per_model
         for start in range(0, len(window_group), chunk):
             part = window_group[start : start + chunk]
             ids = [s.customer_id for s, _, _ in part]
             windows = [w for _, _, w in part]
-            fitted.autoencoders.append(lstm.train_autoencoders(ids, windows, config.lstm, seed))
+            report.start_cohort(len(ids))
+            fitted.autoencoders.append(
+                lstm.train_autoencoders(ids, windows, config.lstm, seed, report.epoch if progress else None)
+            )
+            report.end_cohort()
             train = pooled(windows, config.isolation_forest.max_training_windows, seed)
             forest = fit_isolation_forest(train, config.isolation_forest, seed)
             train = pooled(windows, config.local_outlier_factor.max_training_windows, seed)
@@ -597,6 +621,40 @@ def fit_detectors(series_list: list[CustomerSeries], config: PipelineConfig) -> 
             else np.inf
         )
     return fitted
+
+
+class _TrainingProgress:
+    """Progress lines for ``fit_detectors``: customers done of total, the current cohort's epoch
+    and losses, and the time left, extrapolated from the customers trained so far (the first
+    cohort, from its epochs so far)."""
+
+    # At most a line this often (seconds), so thousands of customers do not flood the log.
+    INTERVAL = 10.0
+
+    def __init__(self, total: int, say: Callable[[str], None] | None) -> None:
+        self.total, self.say, self.done, self.cohort = total, say, 0, 0
+        self.started = time.perf_counter()
+        self.last = -np.inf
+
+    def start_cohort(self, size: int) -> None:
+        self.cohort = size
+
+    def end_cohort(self) -> None:
+        self.done += self.cohort
+
+    def epoch(self, epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
+        now = time.perf_counter()
+        if self.say is None or (epoch > 1 and now - self.last < self.INTERVAL):
+            return
+        self.last = now
+        elapsed = now - self.started
+        share = (self.done + self.cohort * epoch / epochs) / max(self.total, 1)
+        left = elapsed * (1 - share) / share if share > 0 else float("nan")
+        self.say(
+            f"LSTM training: {self.done} of {self.total} customers done; cohort of {self.cohort}, "
+            f"epoch {epoch}/{epochs} (at most), loss {train_loss:.4g}, validation {val_loss:.4g}; "
+            f"about {left:.0f} s left"
+        )
 
 
 def _signals(
@@ -775,6 +833,7 @@ def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
         values=series.values[-steps:],
         filled=series.filled[-steps:],
         frequency=series.frequency,
+        declared_normal=None if series.declared_normal is None else series.declared_normal[-steps:],
     )
 
 
@@ -821,7 +880,7 @@ def _score_columns(
     fired = {k: v for k, v in normalised.items() if k != "decrease"}
     return {
         "customer_id": series.customer_id,
-        "timestamp": np.asarray(series.timestamps),
+        "timestamp": _utc_values(series.timestamps),
         "cost": series.values,
         "expected_cost": sig["expected"],
         "hybrid_score": score,
@@ -835,11 +894,20 @@ def _score_columns(
         "local_outlier_factor_score": sig["local_outlier_factor"],
         "decrease_rate": sig["decrease_rate"],
         "decrease_flag": decrease_flag,
-        "reasons": np.array(scoring.reasons(fired, {"decrease": decrease_flag}), dtype=object),
+        "reasons": scoring.reasons(fired, {"decrease": decrease_flag}),
         "is_filled": series.filled,
         "split": np.where(np.asarray(series.timestamps <= cal.train_end), "train", "test"),
         "status": np.where(warm, "warmup", "scored"),
     }
+
+
+def _utc_values(timestamps: pd.DatetimeIndex) -> np.ndarray:
+    """Timestamps as naive UTC datetime64 (``_frame`` marks them UTC again): ``np.asarray`` of
+    a zoned index builds one Python object per step, the slowest part of scoring a day of
+    thousands of customers."""
+    if timestamps.tz is not None:
+        timestamps = timestamps.tz_convert("UTC").tz_localize(None)
+    return timestamps.to_numpy()
 
 
 def quiet_steps(frequency: pd.Timedelta, window: int, config: PipelineConfig) -> int:
@@ -856,7 +924,7 @@ def _unscored_columns(series: CustomerSeries, reason: str) -> dict[str, Any]:
     false = np.zeros(n, dtype=bool)
     return {
         "customer_id": series.customer_id,
-        "timestamp": np.asarray(series.timestamps),
+        "timestamp": _utc_values(series.timestamps),
         "cost": series.values,
         "expected_cost": nan,
         "hybrid_score": np.zeros(n),

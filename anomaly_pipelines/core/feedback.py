@@ -204,6 +204,35 @@ def exclude_from_training(
     return out, replaced
 
 
+def mark_declared_normal(
+    series: list[CustomerSeries], store: OperationsStore
+) -> tuple[list[CustomerSeries], dict[str, int]]:
+    """``series`` with the steps of incidents marked ``not-anomaly`` or ``planned`` set in
+    ``declared_normal``, so history cleaning keeps them and the expectation learns from them (a
+    planned migration becomes the new normal at once instead of being held out as an
+    incident). Apply before fitting and before scoring. Returns the new series and, per
+    customer, how many steps were marked."""
+    normal = training_normal_days(store)
+    if not normal:
+        return series, {}
+    out: list[CustomerSeries] = []
+    marked: dict[str, int] = {}
+    for s in series:
+        days = normal.get(s.customer_id)
+        hit = (
+            np.asarray(s.timestamps.normalize().isin(pd.DatetimeIndex(days).normalize()))
+            if days
+            else np.zeros(len(s), dtype=bool)
+        )
+        if not hit.any():
+            out.append(s)
+            continue
+        previous = s.declared_normal if s.declared_normal is not None else np.zeros(len(s), dtype=bool)
+        marked[s.customer_id] = int(hit.sum())
+        out.append(dataclasses.replace(s, declared_normal=previous | hit))
+    return out, marked
+
+
 def precision_over_time(store: OperationsStore, freq: str = "W") -> pd.DataFrame:
     """Per period of the incidents' start: incidents marked, marked accurate, and precision
     (accurate / marked), from the latest judgement of each incident."""

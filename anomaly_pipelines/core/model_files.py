@@ -61,6 +61,7 @@ def save(fitted: FittedDetectors, directory: Path) -> Path:
                 "train_loss": _floats(fit.train_loss),
                 "val_loss": _floats(fit.val_loss),
                 "epochs": [int(e) for e in np.asarray(fit.epochs)],
+                "history": [_floats(epoch) for epoch in fit.history],
             }
         )
     for kind, file in OUTLIER_FILES.items():
@@ -102,6 +103,7 @@ def load(directory: Path) -> FittedDetectors:
             np.array(entry["train_loss"], dtype=float),
             np.array(entry["val_loss"], dtype=float),
             np.array(entry["epochs"], dtype=int),
+            [tuple(np.array(epoch, dtype=float).tolist()) for epoch in entry.get("history", [])],
         )
         for entry in manifest["autoencoders"]
     ]

@@ -321,14 +321,22 @@ def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float], cap: fl
     return top2.mean(axis=0)
 
 
-def reasons(normalised: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> list[str]:
+def reasons(normalised: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> np.ndarray:
+    """Per step, the comma-separated names (sorted) of the signals at or above their threshold
+    and of the raised flags. Each step's set is coded as bits, so thousands of customers' steps
+    cost one string per distinct combination, not one per step."""
+    names = sorted(set(normalised) | set(flags))
     n = len(next(iter(normalised.values())))
-    fired = [[] for _ in range(n)]
-    for name, values in normalised.items():
-        for i in np.flatnonzero(values >= 1.0):
-            fired[i].append(name)
-    for name, mask in flags.items():
-        for i in np.flatnonzero(mask):
-            if name not in fired[i]:
-                fired[i].append(name)
-    return [",".join(sorted(f)) for f in fired]
+    code = np.zeros(n, dtype=np.int64)
+    for bit, name in enumerate(names):
+        fired = np.zeros(n, dtype=bool)
+        if name in normalised:
+            fired |= np.asarray(normalised[name]) >= 1.0
+        if name in flags:
+            fired |= np.asarray(flags[name], dtype=bool)
+        code |= fired.astype(np.int64) << bit
+    distinct, position = np.unique(code, return_inverse=True)
+    text = np.array(
+        [",".join(name for bit, name in enumerate(names) if int(c) >> bit & 1) for c in distinct], dtype=object
+    )
+    return text[position.reshape(-1)] if n else np.array([], dtype=object)

@@ -21,7 +21,9 @@ _DAY_NS = pd.Timedelta(days=1).value
 
 @dataclass
 class CustomerSeries:
-    """One customer's regular series. ``filled`` marks steps that were gaps in the input."""
+    """One customer's regular series. ``filled`` marks steps that were gaps in the input;
+    ``declared_normal`` (optional) steps a person marked normal (feedback ``not-anomaly`` or
+    ``planned``), which history cleaning keeps however surprising they look."""
 
     customer_id: str
     timestamps: pd.DatetimeIndex
@@ -29,6 +31,7 @@ class CustomerSeries:
     filled: np.ndarray
     frequency: pd.Timedelta
     dimensions: pd.DataFrame | None = field(default=None, repr=False)
+    declared_normal: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:

@@ -185,7 +185,7 @@ def test_server_errors_and_timeouts_are_retried_with_backoff_then_recorded(
         for day in range(5):
             _run_day(config, store, scores, day)
         # Day 5: 500, a stall past the timeout, then 200: delivered on the third attempt.
-        hook.script = [500, ("sleep", 1.0)]
+        hook.script = [500, ("stall", 1.0)]
         sleeps: list[float] = []
         summary = _run_day(config, store, scores, 5, sleeps=sleeps)
         assert summary.sent == 1 and summary.failed == 0
@@ -213,7 +213,7 @@ def test_timeout_is_recorded_as_timeout(tmp_path: Path, monkeypatch: pytest.Monk
         monkeypatch.setenv("TEST_HOOK_URL", hook.url)
         config = _config(tmp_path, [_hook()], timeout_seconds=0.2, max_attempts=2)
         store = OperationsStore.for_config(config)
-        hook.script = [("sleep", 0.8), ("sleep", 0.8)]
+        hook.script = [("stall", 0.8), ("stall", 0.8)]
         summary = _run_day(config, store, _scores(6, {5: 2000.0}), 5)
         assert summary.failed == 1
         assert store.deliveries(statuses=("failed",)).iloc[0]["last_error"] == "timeout"
@@ -439,6 +439,43 @@ def test_accurate_incidents_are_replaced_by_the_usual_level_before_training(
     np.testing.assert_array_equal(cleaned.values, values)  # the usual level of those weekdays
     assert list(np.flatnonzero(cleaned.filled)) == [29, 30]
     assert untouched is other and series.values[29] == 999.0  # inputs are not modified
+
+
+def test_planned_incidents_are_marked_normal_for_training_and_scoring(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from anomaly_pipelines.core.feedback import mark_declared_normal
+    from anomaly_pipelines.core.series import CustomerSeries
+
+    monkeypatch.delenv("TEST_HOOK_URL", raising=False)
+    config = _config(tmp_path, [])
+    store = OperationsStore.for_config(config)
+    stamps = pd.date_range(START, periods=35, freq="D", tz="UTC")
+    values = np.full(35, 10.0)
+    values[29:] = 30.0  # a planned migration: the new level from day 29 on
+    scores = pd.DataFrame(
+        {
+            "customer_id": "acme",
+            "timestamp": stamps,
+            "cost": values,
+            "expected_cost": 10.0,
+            "hybrid_score": [3.0 if i >= 29 else 0.1 for i in range(35)],
+            "is_anomaly": [i >= 29 for i in range(35)],
+        }
+    )
+    incidents = explain_incidents(scores, None, config.explain)
+    process_day(config, store, "2024-04-05", incidents, {"acme": stamps[-1]}, sleep=lambda s: None)
+    series = CustomerSeries("acme", pd.DatetimeIndex(stamps), values, np.zeros(35, bool), pd.Timedelta(days=1))
+    same, marked = mark_declared_normal([series], store)
+    assert marked == {} and same[0] is series
+    record_feedback(store, "acme-20240330T0000", "accurate")
+    record_feedback(store, "acme-20240330T0000", "planned", note="migration to the new cluster")
+    (declared,), marked = mark_declared_normal([series], store)  # the latest judgement counts
+    assert marked == {"acme": 6}
+    assert list(np.flatnonzero(declared.declared_normal)) == list(range(29, 35))
+    assert series.declared_normal is None  # inputs are not modified
 
 
 def test_concurrent_runs_of_the_same_day_send_each_alert_once(

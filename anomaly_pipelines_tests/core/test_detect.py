@@ -259,3 +259,43 @@ def test_an_incident_does_not_echo_through_the_windows_after_it_online() -> None
     ungated = detect(usage, {**config, "hybrid": {"window_gate": 0}}, online=True)
     ungated_a = ungated[ungated.customer_id == "a"].reset_index(drop=True)
     assert (ungated_a.loc[253:259, "hybrid_score"] > a.loc[253:259, "hybrid_score"]).any()
+
+
+def test_days_declared_normal_become_the_baseline_at_once() -> None:
+    """A planned migration doubles the cost. Held out as an incident, it keeps alerting for
+    weeks; declared normal (feedback ``planned``), the expectation follows within days."""
+    import dataclasses
+
+    from anomaly_pipelines.core.config import as_config
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import CustomerSeries
+
+    n, shift = 240, 200
+    stamps = pd.date_range("2024-01-01", periods=n, freq="D", tz="UTC")
+    values = 100 + 20 * (stamps.day_of_week < 5) + np.random.default_rng(0).normal(0, 2, n)
+    values[shift:] *= 2.0
+    series = CustomerSeries("acme", stamps, values, np.zeros(n, bool), pd.Timedelta(days=1))
+    config = as_config({"lstm": {"epochs": 2}, "training": {"train_fraction": 0.75}})
+    fitted = fit_detectors([series], config)
+    held_out = score_series([series], fitted, config)
+    declared = dataclasses.replace(series, declared_normal=np.arange(n) >= shift)
+    normal = score_series([declared], fitted, config)
+    error = np.abs(normal["expected_cost"].to_numpy() - values) / values
+    assert (error[shift + 7 : shift + 21] < 0.15).all()
+    assert not normal["is_anomaly"].to_numpy()[shift + 10 :].any()
+    assert held_out["is_anomaly"].to_numpy()[shift + 10 : shift + 21].all()
+
+
+def test_training_reports_progress_and_keeps_the_loss_curve() -> None:
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors
+    from anomaly_pipelines.core.series import regularize
+
+    usage = pd.concat([_daily("a", 200, 1), _daily("b", 200, 2)], ignore_index=True)
+    lines: list[str] = []
+    config = PipelineConfig().merged({"lstm": {"epochs": 3, "patience": 5}})
+    fitted = fit_detectors(regularize(usage), config, progress=lines.append)
+    (fit,) = fitted.autoencoders
+    assert len(fit.history) == 3 and all(np.isfinite(v) for pair in fit.history for v in pair)
+    assert lines[0].startswith("LSTM training: 0 of 2 customers done; cohort of 2, epoch 1/3")
+    assert "s left" in lines[0]

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -56,6 +57,10 @@ def test_saved_and_loaded_it_scores_bit_for_bit_like_the_fitted_model(
     loaded = FittedDetectors.load(fitted.model.save(tmp_path / "model"))
     assert loaded.settings == fitted.model.settings
     assert loaded.skipped == fitted.model.skipped
+    for before, after in zip(fitted.model.autoencoders, loaded.autoencoders, strict=True):
+        assert after.customer_ids == before.customer_ids and len(before.history) >= 1
+        np.testing.assert_array_equal(np.array(after.history), np.array(before.history))
+        np.testing.assert_array_equal(after.val_loss, before.val_loss)
     pd.testing.assert_frame_equal(
         score_series(fitted.series, loaded, fitted.config, online=online),
         score_series(fitted.series, fitted.model, fitted.config, online=online),

@@ -96,7 +96,7 @@ def test_day_of_month_offsets_need_consistency() -> None:
 
 def test_reasons_lists_signals_at_threshold() -> None:
     out = scoring.reasons({"lstm": np.array([1.0, 0.2]), "residual": np.array([3.0, 0.0])}, {"decrease": np.array([False, True])})
-    assert out == ["lstm,residual", "decrease"]
+    assert list(out) == ["lstm,residual", "decrease"]
 
 
 def test_fast_nan_median_matches_numpy() -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -163,6 +164,9 @@ class AutoencoderFit:
     train_loss: np.ndarray
     val_loss: np.ndarray
     epochs: np.ndarray
+    # The training curve of the stacked model: per epoch, the mean training and validation loss
+    # over the customers still training (what the MLflow UI plots).
+    history: list[tuple[float, float]] = field(default_factory=list)
 
 
 def _pad(windows: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,14 +180,22 @@ def _pad(windows: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray
     return out, mask
 
 
+EpochCallback = Callable[[int, int, float, float], None]
+
+
 def train_autoencoders(
-    customer_ids: list[str], windows: list[np.ndarray], config: LSTMConfig, seed: int
+    customer_ids: list[str],
+    windows: list[np.ndarray],
+    config: LSTMConfig,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
 ) -> AutoencoderFit:
     """Train one autoencoder per customer on its (already scaled) training windows.
 
     The last ``validation_fraction`` of each customer's windows is held out for early stopping,
     like Keras' ``validation_split``; each epoch visits each customer's windows in a fresh
-    seeded order in batches of ``batch_size``.
+    seeded order in batches of ``batch_size``. ``on_epoch(epoch, epochs, train_loss, val_loss)``
+    is called after each epoch, so a long training can report progress while it runs.
     """
     keras = keras_module()
     import tensorflow as tf
@@ -229,7 +241,8 @@ def train_autoencoders(
     best_train = np.zeros(n_cust)
     cols = np.arange(n_cust)[None, :]
 
-    for _epoch in range(config.epochs):
+    history: list[tuple[float, float]] = []
+    for epoch in range(config.epochs):
         order = np.zeros((steps * batch, n_cust), dtype=np.int64)
         mask = np.zeros((steps * batch, n_cust), dtype=np.float32)
         for c, rng in enumerate(rngs):
@@ -254,13 +267,17 @@ def train_autoencoders(
                 b[improved] = cur[improved]
             best_val[improved] = val[improved]
             best_train[improved] = last_train[improved]
+        trained = active.copy()
         wait = np.where(improved, 0, wait + active)
         active &= wait < config.patience
+        history.append((float(last_train[trained].mean()), float(val[trained].mean())))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, config.epochs, *history[-1])
         if not active.any():
             break
 
     layer.set_weights(best_weights)
-    return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run)
+    return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run, history)
 
 
 def _masked_mse(layer: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -67,8 +67,12 @@ def score_with_champions(
     """Scores of ``series`` by each customer's ``champion`` model version; customers without a
     champion come back unscored, with the reason in ``reasons``. ``latest_only`` scores just the
     newest step of each series (same values, a fraction of the work: the daily run)."""
+    from anomaly_pipelines.core.alerts import OperationsStore
     from anomaly_pipelines.core.detector import score_latest, score_series
+    from anomaly_pipelines.core.feedback import mark_declared_normal
 
+    # Days people declared normal stay in the expectation's history, as in training.
+    series, _ = mark_declared_normal(series, OperationsStore.for_config(config))
     champions = mlflow_registry.registry(config).load_champions([s.customer_id for s in series], config)
     if latest_only:
         return score_latest(series, champions, config, steps=1)

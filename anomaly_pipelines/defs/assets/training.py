@@ -113,15 +113,24 @@ def _without_confirmed_incidents(
     context: AssetExecutionContext, series: list[Any], config: PipelineConfig
 ) -> list[Any]:
     """Days of incidents people marked ``accurate`` are real anomalies: keep them out of what
-    the models learn as normal (``core.feedback.exclude_from_training``)."""
+    the models learn as normal (``core.feedback.exclude_from_training``). Days marked
+    ``not-anomaly`` or ``planned`` are normal: history cleaning keeps them
+    (``core.feedback.mark_declared_normal``)."""
     from anomaly_pipelines.core.alerts import OperationsStore
-    from anomaly_pipelines.core.feedback import exclude_from_training
+    from anomaly_pipelines.core.feedback import exclude_from_training, mark_declared_normal
 
-    series, replaced = exclude_from_training(series, OperationsStore.for_config(config))
+    store = OperationsStore.for_config(config)
+    series, replaced = exclude_from_training(series, store)
     if replaced:
         context.log.info(
             f"feedback: {sum(replaced.values())} step(s) of incidents marked accurate replaced "
             f"by their usual level before training, for {len(replaced)} customer(s)"
+        )
+    series, marked = mark_declared_normal(series, store)
+    if marked:
+        context.log.info(
+            f"feedback: {sum(marked.values())} step(s) of incidents marked not-anomaly or planned "
+            f"kept as normal history, for {len(marked)} customer(s)"
         )
     return series
 
@@ -184,7 +193,7 @@ def trained_models(
         )
     else:
         started = time.perf_counter()
-        fitted = fit_detectors(series, config)
+        fitted = fit_detectors(series, config, progress=context.log.info)
         training_seconds = time.perf_counter() - started
         checkpoint.save(fitted, training_seconds)
     plot = training_plot(series, fitted, config, context.run_id)
