@@ -83,6 +83,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROJECT = "anomaly_pipelines"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, tokens); the
+# value below selects the model-training view (runs, metrics, registered models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 NO_CHAMPION = "no champion model registered"
 # The config sections that define a model; logged as params ``<section>.<field>``.
 PARAM_SECTIONS = (
@@ -213,7 +217,9 @@ class ModelRegistry:
             try:
                 self._experiment = _retry(
                     lambda: client.create_experiment(
-                        name, artifact_location=self.artifact_uri, tags={"project": PROJECT}
+                        name,
+                        artifact_location=self.artifact_uri,
+                        tags={"project": PROJECT, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                     ),
                     "create experiment",
                 )
@@ -228,6 +234,13 @@ class ModelRegistry:
                 f"MLflow experiment {name!r} in {_without_credentials(self.tracking_uri)} is deleted; "
                 "restore it or set "
                 "mlflow.experiment to another name"
+            )
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before the tag was set
+            _retry(
+                lambda: client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                ),
+                "tag experiment",
             )
         self.close_orphaned_runs(experiment.experiment_id)
         if experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):
