@@ -75,7 +75,7 @@ def test_a_run_queued_through_the_workspace_file_starts_under_dg_dev(tmp_path: P
         with create_temp_workspace_file(DgContext.for_project_environment(ROOT, {})) as workspace:
             assert _workspace_names(Path(workspace)) == ["anomaly_pipelines"]
             with dagster_daemon(workspace, ROOT, env):
-                deadline = time.monotonic() + 240
+                deadline = time.monotonic() + 480
                 while time.monotonic() < deadline:
                     current = instance.get_run_by_id(run.run_id)
                     assert current is not None

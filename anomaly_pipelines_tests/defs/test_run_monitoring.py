@@ -70,14 +70,14 @@ def _started_run(instance: dg.DagsterInstance, started_ago: float) -> str:
 
 def _run_monitoring_pass(home: Path, run_ids: list[str]) -> dict[str, DagsterRunStatus]:
     """Dagster's own run monitoring, as ``dg dev`` runs it: the real daemon on the instance in
-    ``home``, until it has failed the first run (or 90 s have passed), then stopped. Its
+    ``home``, until it has failed the first run (or 5 minutes have passed: a loaded machine is slow to start it), then stopped. Its
     workspace is empty: run monitoring needs no code, and the project's schedules and sensors
     must not start runs from a test."""
     workspace = home / "empty-workspace.yaml"
     workspace.write_text("load_from: []\n", encoding="utf-8")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     with dagster_daemon(workspace, home, env), dg.DagsterInstance.from_config(str(home)) as instance:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             run = instance.get_run_by_id(run_ids[0])
             if run is not None and run.status == DagsterRunStatus.FAILURE:
