@@ -38,19 +38,23 @@ from anomaly_pipelines.defs.resources import (
     gemini_resource,
 )
 from anomaly_pipelines.defs.schedules import daily_scoring_schedule
-from anomaly_pipelines.defs.settings import definition_config
 
 
 def build_definitions(
     config_path: str = "", overrides: dict[str, Any] | None = None
 ) -> dg.Definitions:
-    """All definitions, with the pipeline settings bound to ``config_path`` and ``overrides``
-    (empty: ``$ANOMALY_PIPELINES_CONFIG`` or ``configs/pipeline.yaml``). Tests and the demo use
-    this to point one run's outputs, MLflow store and data size somewhere else."""
-    settings = PipelineSettings(config_path=config_path, overrides=overrides or {})
-    # Storage follows the output directory of the configuration the definitions are built with.
-    storage = Path(settings.load().output.directory) / "storage"
-    orchestration = definition_config().orchestration
+    """All definitions, built from ONE reading of the configuration: ``config_path`` (empty:
+    ``$ANOMALY_PIPELINES_CONFIG`` or ``configs/pipeline.yaml``) plus ``overrides``.
+
+    Everything that is part of the code location (the daily partitions, the schedule, the
+    executor, the alert lookback, where assets are stored) and everything a run reads (the
+    ``pipeline_settings`` resource) comes from that one reading, so a configuration passed here
+    is honoured whole. Tests and the demo use this to point outputs, the MLflow store and the
+    data size somewhere else."""
+    settings = PipelineSettings.from_file(config_path, overrides)
+    config = settings.config
+    storage = Path(config.output.directory) / "storage"
+    orchestration = config.orchestration
     executor = (
         dg.in_process_executor
         if orchestration.executor == "in_process"
@@ -59,12 +63,17 @@ def build_definitions(
         )
     )
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(
-            [ingest, series, training, scoring, reporting, alerts, drift]
-        ),
+        assets=[
+            *dg.load_assets_from_modules(
+                [ingest, series, training, scoring, reporting, alerts, drift]
+            ),
+            ingest.daily_usage_asset(config),
+            scoring.daily_scores_asset(config),
+            alerts.daily_alerts_asset(config),
+        ],
         asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
         jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job, drift_job],
-        schedules=[daily_scoring_schedule],
+        schedules=[daily_scoring_schedule(orchestration)],
         sensors=[
             sensors.daily_files_sensor,
             sensors.retrain_sensor,

@@ -27,7 +27,14 @@ def detect(
     ``usage`` is a long frame with ``customer_id``, ``timestamp`` and ``cost`` (other columns are
     ignored). Each series' frequency is inferred, so daily, hourly and 5-minute data all work.
     Series too short to model come back with ``is_anomaly`` False and the reason in ``reasons``.
-    Gaps are filled to fit the models but only timestamps present in the input are returned.
+    Gaps are filled to fit the models but only timestamps present in the input are returned,
+    in the input's dtype and zone (naive in, naive out), so the result merges back onto
+    ``usage`` by ``customer_id`` and ``timestamp``.
+
+    A missing cost (NaN) is a missing observation: the models treat it as any other gap and
+    its row comes back with ``status`` ``"missing"``. An infinite or negative cost (a credit or
+    refund is not usage) is left out the same way, its row with ``status`` ``"invalid"``; both
+    say why in ``reasons`` and are never flagged.
 
     ``online=True`` scores every step from data up to and including it only (models fitted on
     the training part as usual): each row is what the scheduled daily run would have reported
@@ -36,19 +43,105 @@ def detect(
     hindsight.
     """
     cfg = as_config(config)
-    series = usage_series(usage, cfg)
+    observed, left_out = observations(_coerce(usage))
+    series = regularize(observed, cfg.preprocess)
     fitted = fit_detectors(series, cfg)
-    return input_rows(score_series(series, fitted, cfg, online=online))
+    scores = score_series(series, fitted, cfg, online=online)
+    out = with_left_out_rows(scores, left_out)
+    out["timestamp"] = as_input_time(out["timestamp"], usage["timestamp"])
+    return out
 
 
 def usage_series(usage: pd.DataFrame, config: PipelineConfig) -> list[CustomerSeries]:
-    """``detect()``'s input checks and regularisation: one regular series per customer."""
-    return regularize(_coerce(usage), config.preprocess)
+    """``detect()``'s input checks and regularisation: one regular series per customer, from
+    the rows with a usable cost."""
+    return regularize(observations(_coerce(usage))[0], config.preprocess)
 
 
 def input_rows(scores: pd.DataFrame) -> pd.DataFrame:
     """Scores of the timestamps present in the input (gaps were filled only to fit the models)."""
     return scores[~scores["is_filled"].astype(bool)].drop(columns="is_filled").reset_index(drop=True)
+
+
+MISSING, INVALID = "missing", "invalid"
+
+
+def observations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows the models see, one row per customer and timestamp that has no usable cost).
+
+    A cost that is NaN, infinite or negative is left out, so the step becomes a gap that
+    ``regularize`` fills like any other; a step with at least one usable row (a service's cost
+    among others) is observed. The second frame carries ``status`` and ``reasons`` for the
+    steps with none."""
+    cost = frame["cost"].to_numpy(dtype=float)
+    nan, inf, negative = np.isnan(cost), np.isinf(cost), cost < 0
+    usable = ~(nan | inf | negative)
+    observed = frame[usable]
+    unusable = frame[~usable].assign(
+        _nan=nan[~usable], _inf=inf[~usable], _negative=negative[~usable]
+    )
+    keys = ["customer_id", "timestamp"]
+    if len(observed):
+        known = pd.MultiIndex.from_frame(observed[keys])
+        unusable = unusable[~pd.MultiIndex.from_frame(unusable[keys]).isin(known)]
+    if unusable.empty:
+        return observed, pd.DataFrame(columns=[*keys, "cost", "status", "reasons"])
+    grouped = unusable.groupby(keys, sort=True)
+    left_out = grouped.agg(
+        cost=("cost", lambda c: c.sum(min_count=1)),
+        _nan=("_nan", "all"),
+        _inf=("_inf", "any"),
+        _negative=("_negative", "any"),
+    ).reset_index()
+    left_out["status"] = np.where(left_out["_nan"], MISSING, INVALID)
+    left_out["reasons"] = np.select(
+        [left_out["_nan"], left_out["_inf"]],
+        [
+            "missing cost (NaN): treated as a gap",
+            "infinite cost: left out, treated as a gap",
+        ],
+        "negative cost (credits and refunds are not usage): left out, treated as a gap",
+    )
+    return observed, left_out[[*keys, "cost", "status", "reasons"]]
+
+
+def with_left_out_rows(scores: pd.DataFrame, left_out: pd.DataFrame) -> pd.DataFrame:
+    """The input's observed rows (``input_rows``) plus one row per left-out step: its input
+    cost, the expectation of the filled step where there is one, no signal and no flag."""
+    kept = input_rows(scores)
+    if left_out.empty:
+        return kept
+    keys = ["customer_id", "timestamp"]
+    filled = scores[scores["is_filled"].astype(bool)][[*keys, "expected_cost", "split"]]
+    rows = left_out.merge(filled, on=keys, how="left")
+    rows["split"] = rows["split"].fillna("none")
+    for name in kept.columns:
+        if name not in rows.columns:
+            rows[name] = False if kept[name].dtype == bool else np.nan
+    rows = rows[list(kept.columns)].astype(kept.dtypes.to_dict())
+    out = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
+    return out.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def as_input_time(stamps: pd.Series, original: pd.Series) -> pd.Series:
+    """Output timestamps (UTC) in the input's dtype and zone: naive in, naive out (UTC wall
+    time, which is how naive input was read); zoned in, the same zone out. Text or objects come
+    back as the datetimes they were read as: naive, one zone, or UTC for a mix of zones."""
+    dtype = original.dtype
+    utc = pd.to_datetime(stamps, utc=True)
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return utc.dt.tz_convert(dtype.tz).astype(dtype)
+    if pd.api.types.is_datetime64_dtype(dtype):
+        return utc.dt.tz_localize(None).astype(dtype)
+    try:
+        parsed = pd.to_datetime(original)
+    except (ValueError, TypeError, OverflowError):
+        return utc
+    if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        return utc.dt.tz_convert(parsed.dtype.tz)
+    if pd.api.types.is_datetime64_dtype(parsed.dtype):
+        return utc.dt.tz_localize(None)
+    return utc
 
 
 def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
@@ -180,8 +273,8 @@ def _timestamps(values: pd.Series) -> pd.Series:
 
 
 def _costs(values: pd.Series) -> pd.Series:
-    """Costs as floats; booleans are refused (True is not a cost of 1.0), as are missing and
-    infinite values."""
+    """Costs as floats; booleans are refused (True is not a cost of 1.0). Missing (NaN),
+    infinite and negative values stay: ``observations`` leaves them out with a reason."""
     is_bool = (
         pd.Series(True, index=values.index)
         if pd.api.types.is_bool_dtype(values.dtype)
@@ -209,11 +302,4 @@ def _costs(values: pd.Series) -> pd.Series:
             f"detect(): column 'cost' is not numeric: {exc}; convert it first, e.g. "
             "pd.to_numeric(usage['cost'].str.replace(',', ''))"
         ) from exc
-    bad = ~np.isfinite(cost.to_numpy(dtype=float))
-    if bad.any():
-        first = values.index[bad][0]
-        raise ValueError(
-            f"detect(): column 'cost' has {int(bad.sum())} missing or infinite value(s), "
-            f"first at row {first}; clean them or load the data through a source with quarantine"
-        )
     return cost

@@ -29,30 +29,11 @@ from anomaly_pipelines.core.models.outlier import (
     window_detector,
     window_features,
 )
+
+# The scores table's columns and types are defined once, by its pandera model.
+from anomaly_pipelines.core.score_schema import SCORE_COLUMNS
 from anomaly_pipelines.core.series import CustomerSeries
 from anomaly_pipelines.core.windows import Scaler, season_period, sliding_windows, window_size
-
-SCORE_COLUMNS = [
-    "customer_id",
-    "timestamp",
-    "cost",
-    "expected_cost",
-    "hybrid_score",
-    "is_anomaly",
-    "is_repeat",
-    "residual_score",
-    "lstm_error",
-    "lstm_threshold",
-    "lstm_flag",
-    "isolation_forest_score",
-    "local_outlier_factor_score",
-    "decrease_rate",
-    "decrease_flag",
-    "reasons",
-    "is_filled",
-    "split",
-    "status",
-]
 
 
 @dataclass

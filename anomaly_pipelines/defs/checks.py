@@ -28,7 +28,7 @@ def validated_usage_failure_rate(
     usage_quarantine: pd.DataFrame,
     pipeline_settings: PipelineSettings,
 ) -> dg.AssetCheckResult:
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     rejected = _rejected_rows(usage_quarantine)
     total = len(validated_usage) + rejected
     rate = rejected / total if total else 0.0
@@ -65,7 +65,7 @@ def _rejected_rows(quarantine: pd.DataFrame) -> int:
 def validated_usage_customers(
     validated_usage: pd.DataFrame, pipeline_settings: PipelineSettings
 ) -> dg.AssetCheckResult:
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     if validated_usage.empty:
         return dg.AssetCheckResult(
             passed=False, metadata={"customers": 0, "reason": "no valid rows"}
@@ -134,9 +134,9 @@ def anomaly_scores_rate(anomaly_scores: pd.DataFrame) -> dg.AssetCheckResult:
     description="The Parquet and CSV exports exist, have the documented columns and agree.",
 )
 def scores_export_schema(pipeline_settings: PipelineSettings) -> dg.AssetCheckResult:
-    from anomaly_pipelines.core.detector import SCORE_COLUMNS
+    from anomaly_pipelines.core.score_schema import AnomalyScores, conform
 
-    parquet_path, csv_path = export_paths(pipeline_settings.load())
+    parquet_path, csv_path = export_paths(pipeline_settings.config)
     if not parquet_path.is_file() or not csv_path.is_file():
         return dg.AssetCheckResult(
             passed=False, metadata={"missing": f"{parquet_path} or {csv_path}"}
@@ -144,17 +144,16 @@ def scores_export_schema(pipeline_settings: PipelineSettings) -> dg.AssetCheckRe
     frame = pd.read_parquet(parquet_path)
     csv_columns = list(pd.read_csv(csv_path, nrows=0).columns)
     problems = []
-    if list(frame.columns) != SCORE_COLUMNS:
-        problems.append(f"parquet columns {list(frame.columns)} != {SCORE_COLUMNS}")
+    try:
+        # The stored types must already be right: coercion would hide a lossy round trip.
+        if not conform(frame, AnomalyScores, "the Parquet export").dtypes.equals(frame.dtypes):
+            problems.append(f"parquet types differ from AnomalyScores: {frame.dtypes.to_dict()}")
+    except ValueError as exc:
+        problems.append(str(exc))
     if csv_columns != list(frame.columns):
         problems.append("CSV and Parquet columns differ")
-    if len(frame):
-        if not isinstance(frame["timestamp"].dtype, pd.DatetimeTZDtype):
-            problems.append(f"timestamp is {frame['timestamp'].dtype}, expected UTC datetimes")
-        if frame["is_anomaly"].dtype != bool:
-            problems.append(f"is_anomaly is {frame['is_anomaly'].dtype}, expected bool")
-        if frame.duplicated(["customer_id", "timestamp"]).any():
-            problems.append("duplicate (customer_id, timestamp) rows")
+    if frame.duplicated(["customer_id", "timestamp"]).any():
+        problems.append("duplicate (customer_id, timestamp) rows")
     return dg.AssetCheckResult(
         passed=not problems,
         metadata={
@@ -178,7 +177,7 @@ def validated_usage_schema(
 
     from anomaly_pipelines.core.schemas import validated_schema
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     schema = validated_schema(config.source, usage=True, now=pd.Timestamp.now(tz="UTC"))
     failures = pd.DataFrame()
     try:

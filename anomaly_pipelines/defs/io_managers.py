@@ -1,5 +1,11 @@
 """Asset storage on the local disk: Parquet for tables, pickle for everything else.
 
+A table that Parquet cannot type (a column of mixed Python objects) is an error naming the
+asset, never silently pickled: a pickled table would load back with other types than a Parquet
+one, and only in some runs. A table whose asset declares a pandera model (definition metadata
+``pandera_model``, a name in ``core.score_schema.TABLE_MODELS``) is validated and coerced to
+it when stored and when loaded, so a frame that breaks the contract fails the step that made it.
+
 Storage is one file per asset and partition (``<base_dir>/<asset>/<partition>.parquet``), even
 when a single run computes many customer partitions at once: a batch run then leaves exactly
 what per-customer runs would have left, so the two kinds of run can be mixed freely, and parallel
@@ -25,6 +31,8 @@ from anomaly_pipelines.core.ids import customer_key
 
 PARQUET = ".parquet"
 PICKLE = ".pkl"
+# Definition metadata naming the pandera model of a stored table (``core.score_schema``).
+MODEL_METADATA_KEY = "pandera_model"
 
 
 class PartitionedStorageIOManager(dg.ConfigurableIOManager):
@@ -58,6 +66,9 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         asset_key = context.asset_key
+        obj = _conform(obj, context.definition_metadata, asset_key)
+        if MODEL_METADATA_KEY in (context.definition_metadata or {}):
+            context.add_output_metadata({"dagster/column_schema": _column_schema(obj)})
         if not context.has_asset_partitions:
             path = self._write(asset_key, None, obj)
             context.add_output_metadata({"storage_path": dg.MetadataValue.path(str(path))})
@@ -80,11 +91,11 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
             target = stem.with_name(stem.name + PARQUET)
             try:
                 atomic_write(target, lambda p: obj.to_parquet(p, index=False))
-            except (TypeError, ValueError, NotImplementedError):
-                # Arrow's errors subclass these; columns it cannot type (mixed Python objects)
-                # are still stored, as pickle.
-                target = stem.with_name(stem.name + PICKLE)
-                atomic_write(target, lambda p: p.write_bytes(pickle.dumps(obj)))
+            except (TypeError, ValueError, NotImplementedError) as exc:  # Arrow's errors
+                raise TypeError(
+                    f"asset {asset_key.to_user_string()!r}: cannot store this table as Parquet "
+                    f"({exc}); give each column one type (e.g. text or numbers, not both)"
+                ) from exc
         else:
             target = stem.with_name(stem.name + PICKLE)
             atomic_write(target, lambda p: p.write_bytes(pickle.dumps(obj)))
@@ -106,7 +117,7 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
                     f"asset {asset_key.to_user_string()!r} has no stored value under "
                     f"{self._stem(asset_key, None).parent}; materialize it first"
                 )
-            return _read(path)
+            return _conform(_read(path), _upstream_metadata(context), asset_key)
         keys = list(context.asset_partition_keys)
         found: dict[str, Any] = {}
         missing: list[str] = []
@@ -122,14 +133,39 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
                     f"asset {asset_key.to_user_string()!r} partition {keys[0]!r} has no stored "
                     f"value under {self._stem(asset_key, keys[0]).parent}; materialize it first"
                 )
-            return found[keys[0]]
+            return _conform(found[keys[0]], _upstream_metadata(context), asset_key)
         if missing:
             shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
             context.log.warning(
                 f"{asset_key.to_user_string()}: skipping {len(missing)} of {len(keys)} partitions "
                 f"that were never materialized: {shown}"
             )
-        return _combine(list(found.values()), context)
+        combined = _combine(list(found.values()), context)
+        return _conform(combined, _upstream_metadata(context), asset_key)
+
+
+def _upstream_metadata(context: dg.InputContext) -> Any:
+    upstream = context.upstream_output
+    return upstream.definition_metadata if upstream is not None else {}
+
+
+def _conform(obj: Any, metadata: Any, asset_key: dg.AssetKey) -> Any:
+    """A table validated against its asset's pandera model, if it declares one."""
+    name = (metadata or {}).get(MODEL_METADATA_KEY)
+    if name is None or not isinstance(obj, pd.DataFrame):
+        return obj
+    if obj.columns.empty:  # no partition was ever stored: the reader says what to do about it
+        return obj
+    from anomaly_pipelines.core.score_schema import TABLE_MODELS, conform
+
+    return conform(obj, TABLE_MODELS[str(name)], f"asset {asset_key.to_user_string()!r}")
+
+
+def _column_schema(frame: pd.DataFrame) -> dg.TableSchema:
+    """The validated table's columns and types, for the asset page in the UI."""
+    return dg.TableSchema(
+        columns=[dg.TableColumn(str(name), str(dtype)) for name, dtype in frame.dtypes.items()]
+    )
 
 
 def _read(path: Path) -> Any:

@@ -12,7 +12,6 @@ import dagster as dg
 
 CUSTOMER_ASSETS = (
     "customer_series",
-    "windowed_sequences",
     "lstm_autoencoder",
     "isolation_forest",
     "local_outlier_factor",

@@ -19,7 +19,7 @@ from anomaly_pipelines.defs.resources import PipelineSettings
 def daily_alerts_delivered(pipeline_settings: PipelineSettings) -> dg.AssetCheckResult:
     from anomaly_pipelines.core.alerts import OperationsStore
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     store = OperationsStore.for_config(config)
     all_rows = store.deliveries()
     undelivered = (

@@ -13,17 +13,20 @@ import warnings
 
 import dagster as dg
 
-from anomaly_pipelines.defs.settings import definition_config
+from anomaly_pipelines.core.config import OrchestrationConfig
 
 CUSTOMERS = "customers"
 
 customer_partitions = dg.DynamicPartitionsDefinition(name=CUSTOMERS)
 
-_orchestration = definition_config().orchestration
 
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=_orchestration.daily_start_date, timezone=_orchestration.timezone
-)
+def daily_partitions(orchestration: OrchestrationConfig) -> dg.DailyPartitionsDefinition:
+    """The days of the code location's configuration (``orchestration.daily_start_date`` and
+    ``timezone``): built by ``build_definitions``, never at import, so a configuration passed to
+    it decides them."""
+    return dg.DailyPartitionsDefinition(
+        start_date=orchestration.daily_start_date, timezone=orchestration.timezone
+    )
 
 
 def recent_days(days: int) -> dg.TimeWindowPartitionMapping:

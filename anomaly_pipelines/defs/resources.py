@@ -1,4 +1,4 @@
-"""Resources: the run's configuration, the MLflow model registry and the explainer.
+"""Resources: the pipeline configuration, the MLflow model registry and the explainer.
 
 Heavy libraries (MLflow, google-genai) are imported inside methods so that loading the code
 location stays fast; only a run that needs them pays for the import.
@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from anomaly_pipelines.core.config import ExplainConfig, PipelineConfig
 from anomaly_pipelines.defs.settings import default_config_path, read_config
@@ -21,24 +21,54 @@ GEMINI_KEY_ENV = "GEMINI_API_KEY"
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """The pipeline configuration of one run: a YAML file plus nested overrides.
+    """The pipeline configuration, resolved once when the code location is built and handed to
+    every asset, check and sensor of a run.
 
-    Both can be set per run (run config ``resources.pipeline_settings.config``), so one launch
-    can try other thresholds or another source without editing the committed YAML.
+    ``build_definitions`` reads the YAML file once and hands the result in (``resolved``), so
+    the partitions, the schedule and the runs all see the same settings, and no asset re-reads
+    a file that may have changed since the code location loaded. ``overrides`` can be set per run
+    (run config ``resources.pipeline_settings.config.overrides``), so one launch can try other
+    thresholds or another source without editing the committed YAML.
+
+    ``resolved`` is a resource dependency holding a plain ``PipelineConfig``, not a config field:
+    Dagster replaces a resource's whole config with a run's, so as a config field it would fall
+    back to its default whenever a run sets only ``overrides``.
     """
 
-    config_path: str = Field(
-        default="",
-        description="YAML file with pipeline settings; empty: $ANOMALY_PIPELINES_CONFIG or "
-        "configs/pipeline.yaml.",
-    )
+    resolved: dg.ResourceDependency[PipelineConfig]
     overrides: dict[str, Any] = Field(
         default={},
-        description="Nested settings applied on top of the file, e.g. {lstm: {epochs: 5}}.",
+        description="Nested settings applied on top for one run, e.g. {lstm: {epochs: 5}}.",
     )
+    _config: PipelineConfig | None = PrivateAttr(default=None)
 
-    def load(self) -> PipelineConfig:
-        return read_config(self.config_path or default_config_path(), self.overrides)
+    @classmethod
+    def of(cls, config: PipelineConfig) -> "PipelineSettings":
+        """The resource for an already resolved configuration."""
+        return cls(resolved=config)
+
+    @classmethod
+    def from_file(
+        cls, config_path: str = "", overrides: dict[str, Any] | None = None
+    ) -> "PipelineSettings":
+        """The resource for a YAML file (empty: ``$ANOMALY_PIPELINES_CONFIG`` or
+        ``configs/pipeline.yaml``) plus overrides, read now."""
+        return cls.of(read_config(config_path or default_config_path(), overrides))
+
+    @classmethod
+    def in_definitions(cls, defs: dg.Definitions) -> "PipelineSettings":
+        """The settings a code location was built with."""
+        settings = defs.resources["pipeline_settings"]
+        if not isinstance(settings, cls):
+            raise TypeError(f"pipeline_settings is a {type(settings).__name__}, not {cls.__name__}")
+        return settings
+
+    @property
+    def config(self) -> PipelineConfig:
+        """The run's configuration, validated once per resource instance."""
+        if self._config is None:
+            self._config = self.resolved.merged(self.overrides)
+        return self._config
 
 
 class MlflowRegistryResource(dg.ConfigurableResource):

@@ -28,9 +28,8 @@ _PID_REUSE_SLACK_SECONDS = 5.0
 
 
 def _local(instance: dg.DagsterInstance) -> bool:
-    from dagster._core.storage.runs import SqliteRunStorage
-
-    return isinstance(instance.run_storage, SqliteRunStorage)
+    """SQLite run storage, named rather than imported: Dagster exports no public class for it."""
+    return type(instance.run_storage).__name__ == "SqliteRunStorage"
 
 
 def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:

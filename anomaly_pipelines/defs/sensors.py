@@ -27,11 +27,11 @@ def daily_files_sensor(
     makes a re-evaluation after a crash request nothing twice."""
     from anomaly_pipelines.core.sources import list_daily_partitions
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     if config.source.kind != "daily_folder":
         yield dg.SkipReason(f"source.kind is {config.source.kind!r}, not 'daily_folder'")
         return
-    valid = set(daily_partitions.get_partition_keys())
+    valid = set(daily_partitions(config.orchestration).get_partition_keys())
     days = sorted(d for d in list_daily_partitions(config.source) if d in valid)
     new = [d for d in days if context.cursor is None or d > context.cursor]
     if not new:

@@ -41,12 +41,6 @@ def read_config(path: str | None, overrides: dict[str, Any] | None = None) -> Pi
     return load_config(file, overrides)
 
 
-def definition_config() -> PipelineConfig:
-    """The configuration as the code location sees it when it loads: only its ``orchestration``
-    section is used at that time (partitions, schedule, executor)."""
-    return read_config(default_config_path())
-
-
 # -- the commented reference file (configs/pipeline.yaml) ------------------------------------------
 
 REFERENCE_HEADER = """\
@@ -56,14 +50,15 @@ REFERENCE_HEADER = """\
 #     .venv/bin/python -m anomaly_pipelines.defs.settings > configs/pipeline.yaml
 # A test fails when this file and the code disagree, so regenerate it after changing a default.
 #
-# Who reads it: every Dagster run (resource `pipeline_settings`; another file with
-# $ANOMALY_PIPELINES_CONFIG or run config `resources.pipeline_settings.config.config_path`) and
-# `anomaly-pipelines demo` (`--config-file`). Per-run overrides go in run config
+# Who reads it: the code location, once, when it loads (another file with
+# $ANOMALY_PIPELINES_CONFIG); every run gets that reading through the `pipeline_settings`
+# resource, so edit this file, then reload the code location. `anomaly-pipelines demo` reads
+# `--config-file`. Per-run overrides go in run config
 # `resources.pipeline_settings.config.overrides` (nested like this file), e.g.
 #     dg launch --job customer_job --partition customer-001 \\
 #       --config-json '{"resources": {"pipeline_settings": {"config": {"overrides": {"lstm": {"epochs": 5}}}}}}'
-# The `orchestration` section is read once when the code location loads (partitions, schedule,
-# executor): change it, then reload the code location.
+# Overrides of the `orchestration` section have no effect per run: partitions, the schedule and
+# the executor are part of the code location.
 # Relative paths are relative to the working directory (the project root for dg / dagster dev).
 """
 

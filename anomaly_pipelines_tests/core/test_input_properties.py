@@ -21,7 +21,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anomaly_pipelines.core.api import _coerce
+from anomaly_pipelines.core.api import _coerce, observations
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.sources import LoadedUsage, SourceError, load_usage
 
@@ -126,4 +126,7 @@ def test_detect_input_checks_accept_or_refuse_with_a_value_error(
         return
     assert len(typed) == len(frame)
     assert typed["customer_id"].map(lambda v: isinstance(v, str)).all()
-    assert typed["timestamp"].notna().all() and np.isfinite(typed["cost"].to_numpy()).all()
+    assert typed["timestamp"].notna().all() and typed["cost"].dtype == float
+    observed, left_out = observations(typed)  # NaN, infinite, negative: left out with a reason
+    assert np.isfinite(observed["cost"].to_numpy()).all() and (observed["cost"] >= 0).all()
+    assert left_out["reasons"].str.len().gt(0).all()

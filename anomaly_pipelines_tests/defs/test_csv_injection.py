@@ -60,9 +60,9 @@ def test_scores_export_csv_is_neutralised_and_parquet_untouched(tmp_path: Path) 
         [pd.DataFrame({"customer_id": cid, "timestamp": days, "cost": 1.0}) for cid in HOSTILE]
     )
     scores = detect(usage)
-    settings = PipelineSettings(config_path=str(write_config(tmp_path)))
+    settings = PipelineSettings.from_file(str(write_config(tmp_path)))
     scores_export(context=dg.build_asset_context(), anomaly_scores=scores, pipeline_settings=settings)
-    parquet_path, csv_path = export_paths(settings.load())
+    parquet_path, csv_path = export_paths(settings.config)
     _assert_no_formula(csv_path)
     assert set(pd.read_parquet(parquet_path)["customer_id"]) == set(HOSTILE)
     with csv_path.open(newline="", encoding="utf-8") as handle:

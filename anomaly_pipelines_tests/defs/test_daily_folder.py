@@ -2,6 +2,7 @@
 partition stages that day's file, validates it and registers new customers."""
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -40,51 +41,38 @@ def folder_setup(tmp_path: Path) -> tuple[Path, Path]:
     return folder, config
 
 
+def _tick(
+    defs: dg.Definitions, config: Path, instance: dg.DagsterInstance, cursor: str | None = None
+) -> Any:
+    """One evaluation of ``daily_files_sensor`` with the settings resource of ``config``."""
+    sensor = defs.resolve_sensor_def("daily_files_sensor")
+    resources = {"pipeline_settings": PipelineSettings.from_file(str(config))}
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=resources,
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
 def test_sensor_requests_each_new_day_once(folder_setup: tuple[Path, Path]) -> None:
     folder, config = folder_setup
     defs = build_definitions(config_path=str(config))
-    sensor = defs.resolve_sensor_def("daily_files_sensor")
-    resources = {"pipeline_settings": PipelineSettings(config_path=str(config))}
     with dg.instance_for_test() as instance:
-        first = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, resources=resources, repository_def=defs.get_repository_def()
-            )
-        )
+        first = _tick(defs, config, instance)
         assert [r.partition_key for r in first.run_requests] == ["2024-03-01", "2024-03-02"]
         assert first.cursor == "2024-03-02"
-        again = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance,
-                cursor=first.cursor,
-                resources=resources,
-                repository_def=defs.get_repository_def(),
-            )
-        )
+        again = _tick(defs, config, instance, first.cursor)
         assert not again.run_requests and again.skip_message == "no new daily files"
         _day_file(folder, "2024-03-03", [("acme", 12.0)])
-        third = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance,
-                cursor=first.cursor,
-                resources=resources,
-                repository_def=defs.get_repository_def(),
-            )
-        )
+        third = _tick(defs, config, instance, first.cursor)
         assert [r.partition_key for r in third.run_requests] == ["2024-03-03"]
         assert third.run_requests[0].job_name in (None, "daily_scoring_job")
 
 
 def test_sensor_skips_other_sources(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    sensor = build_definitions(config_path=str(config)).resolve_sensor_def("daily_files_sensor")
     with dg.instance_for_test() as instance:
-        result = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance,
-                resources={"pipeline_settings": PipelineSettings(config_path=str(config))},
-            )
-        )
+        result = _tick(build_definitions(config_path=str(config)), config, instance)
     assert not result.run_requests and "not 'daily_folder'" in result.skip_message
 
 

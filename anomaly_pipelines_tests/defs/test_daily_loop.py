@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from anomaly_pipelines import cli
+from anomaly_pipelines import cli, run_demo
 from anomaly_pipelines.core.alerts import OperationsStore
 from anomaly_pipelines.core.alerts.store import dispose_engines
 from anomaly_pipelines.core.registry import ModelRegistry
@@ -100,7 +100,7 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
         defs = build_definitions(config_path=str(config_path))
         job = defs.resolve_job_def("daily_scoring_job")
         with dg.instance_for_test() as instance:
-            cli.run_demo(str(config_path), instance=instance, log_level="WARNING")
+            run_demo(str(config_path), instance=instance, log_level="WARNING")
 
             def run(day: int) -> dg.ExecuteInProcessResult:
                 key = (START + pd.Timedelta(days=day)).strftime("%Y-%m-%d")

@@ -19,15 +19,16 @@ from anomaly_pipelines.defs.jobs import (
     OPERATIONS_ASSETS,
     REPORT_ASSETS,
 )
+from anomaly_pipelines.defs.resources import PipelineSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN = [
     ("raw_usage", "validated_usage"),
     ("validated_usage", "customer_series"),
-    ("customer_series", "windowed_sequences"),
-    ("windowed_sequences", "lstm_autoencoder"),
-    ("windowed_sequences", "isolation_forest"),
-    ("windowed_sequences", "local_outlier_factor"),
+    ("customer_series", "lstm_autoencoder"),
+    ("customer_series", "isolation_forest"),
+    ("customer_series", "local_outlier_factor"),
+    ("customer_series", "anomaly_scores"),
     ("lstm_autoencoder", "anomaly_scores"),
     ("isolation_forest", "anomaly_scores"),
     ("local_outlier_factor", "anomaly_scores"),
@@ -100,10 +101,76 @@ def test_build_definitions_binds_the_given_config(tmp_path: Path) -> None:
 
     path = write_config(tmp_path)
     built = build_definitions(config_path=str(path), overrides={"lstm": {"epochs": 1}})
-    settings = built.resources["pipeline_settings"]
-    assert settings.load().lstm.epochs == 1
-    assert settings.load().output.directory == str(tmp_path / "outputs")
+    settings = PipelineSettings.in_definitions(built)
+    assert settings.config.lstm.epochs == 1
+    assert settings.config.output.directory == str(tmp_path / "outputs")
     assert built.resources["io_manager"].base_dir == str(tmp_path / "outputs" / "storage")
+
+
+def test_build_definitions_honours_the_orchestration_of_the_given_config(tmp_path: Path) -> None:
+    """The partitions, the schedule, the executor and the alert lookback are part of the code
+    location: they must follow the configuration passed in, not the default file."""
+    from anomaly_pipelines_tests.defs.conftest import write_config
+
+    orchestration = {
+        "daily_start_date": "2025-03-01",
+        "timezone": "Europe/Berlin",
+        "daily_hour": 9,
+        "daily_minute": 30,
+        "schedule_running_by_default": False,
+        "executor": "in_process",
+    }
+    path = write_config(tmp_path, {"orchestration": orchestration, "alerts": {"lookback_days": 3}})
+    built = build_definitions(config_path=str(path))
+    graph = built.resolve_asset_graph()
+    for name in DAILY_ASSETS:
+        days = graph.get(dg.AssetKey(name)).partitions_def
+        assert isinstance(days, dg.DailyPartitionsDefinition), name
+        assert days.start.strftime("%Y-%m-%d") == "2025-03-01", name
+        assert days.timezone == "Europe/Berlin", name
+    schedule = built.resolve_schedule_def("daily_scoring_schedule")
+    assert schedule.cron_schedule == "30 9 * * *"
+    assert schedule.execution_timezone == "Europe/Berlin"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert built.resolve_job_def("batch_job").executor_def.name == "in_process"
+    alerts = built.resolve_assets_def("daily_alerts")
+    mapping = alerts.get_partition_mapping(dg.AssetKey("daily_scores"))
+    assert isinstance(mapping, dg.TimeWindowPartitionMapping) and mapping.start_offset == -2
+    # The default code location is unchanged by building another one.
+    default_days = defs.resolve_asset_graph().get(dg.AssetKey("daily_scores")).partitions_def
+    assert default_days.start.strftime("%Y-%m-%d") != "2025-03-01"
+
+
+def test_runs_use_the_configuration_read_when_the_code_location_was_built(tmp_path: Path) -> None:
+    """One reading per code location: a run does not re-read the YAML (which may have been
+    edited or removed since), and a run's overrides go on top of that reading, not on top of
+    the defaults (Dagster replaces a resource's whole run config)."""
+    from anomaly_pipelines_tests.defs.conftest import write_config
+
+    path = write_config(tmp_path, {"source": {"synthetic": {"customers": 2, "days": 60}}})
+    built = build_definitions(config_path=str(path))
+    path.unlink()
+    with dg.instance_for_test() as instance:
+        result = built.resolve_job_def("ingest_job").execute_in_process(instance=instance)
+        assert result.success
+        usage = result.output_for_node("validated_usage", "validated_usage")
+        assert usage["customer_id"].nunique() == 2
+        assert usage["timestamp"].nunique() == 60
+        overridden = built.resolve_job_def("ingest_job").execute_in_process(
+            instance=instance,
+            run_config={
+                "resources": {
+                    "pipeline_settings": {
+                        "config": {"overrides": {"source": {"synthetic": {"customers": 3}}}}
+                    }
+                }
+            },
+        )
+        usage = overridden.output_for_node("validated_usage", "validated_usage")
+        assert usage["customer_id"].nunique() == 3
+        assert usage["timestamp"].nunique() == 60  # the file's days, not the default's
+    # Everything the runs stored went where the file said, not into the checkout's data/.
+    assert any((tmp_path / "outputs" / "storage").iterdir())
 
 
 def test_loading_imports_no_heavy_library() -> None:
@@ -111,7 +178,7 @@ def test_loading_imports_no_heavy_library() -> None:
     location (``dg dev`` reloads it on every code change)."""
     code = (
         "import sys, json, anomaly_pipelines.definitions as d; "
-        "print(json.dumps([m for m in ('tensorflow', 'keras', 'mlflow', 'google.genai', 'sklearn') "
+        "print(json.dumps([m for m in ('tensorflow', 'keras', 'mlflow', 'google.genai', 'sklearn', 'pandera') "
         "if m in sys.modules]))"
     )
     out = subprocess.run(

@@ -54,7 +54,7 @@ def test_scores_export_metadata_in_dagster_is_escaped(tmp_path: Path) -> None:
         [pd.DataFrame({"customer_id": cid, "timestamp": days, "cost": 1.0}) for cid in HOSTILE]
     )
     scores = detect(usage).assign(is_anomaly=True)  # every row listed in latest_anomalies
-    settings = PipelineSettings(config_path=str(write_config(tmp_path)))
+    settings = PipelineSettings.from_file(str(write_config(tmp_path)))
     result = scores_export(
         context=dg.build_asset_context(), anomaly_scores=scores, pipeline_settings=settings
     )

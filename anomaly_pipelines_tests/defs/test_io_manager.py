@@ -7,12 +7,9 @@ import dagster as dg
 import pandas as pd
 import pytest
 from dagster import AssetExecutionContext
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
 
 from anomaly_pipelines.core.ids import customer_key
+from anomaly_pipelines.defs.demo import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from anomaly_pipelines.defs.io_managers import PartitionedStorageIOManager
 
 IDS = ["Acme/EU", "beta", "Gamma Ltd"]  # one needs a hashed key, one is plain
@@ -59,7 +56,7 @@ def bad_type(context: AssetExecutionContext) -> list[int]:
 
 
 def _range(first: str, last: str) -> dict[str, str]:
-    return {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+    return {PARTITION_RANGE_START_TAG: first, PARTITION_RANGE_END_TAG: last}
 
 
 def _io(tmp_path: Path) -> dict[str, PartitionedStorageIOManager]:
@@ -146,3 +143,90 @@ def test_values_that_cannot_be_split_fail_clearly(
             e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
         )
         assert expected in str(failure.event_specific_data.error)
+
+
+@dg.asset
+def mixed_objects() -> pd.DataFrame:
+    return pd.DataFrame({"customer_id": ["a", "b"], "value": [1.5, {"not": "a number"}]})
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE)
+    return str(failure.event_specific_data.error)
+
+
+def test_a_table_parquet_cannot_type_fails_and_is_not_pickled(tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [mixed_objects], instance=instance, resources=_io(tmp_path), raise_on_error=False
+        )
+    assert not result.success
+    message = _failure(result)
+    assert "'mixed_objects'" in message and "cannot store this table as Parquet" in message
+    assert not list((tmp_path / "storage").rglob("mixed_objects*"))  # neither .parquet nor .pkl
+
+
+def _scores(customer_id: str, days: int = 3) -> pd.DataFrame:
+    from anomaly_pipelines.core.score_schema import SCORE_COLUMNS
+
+    frame = pd.DataFrame(
+        {
+            "customer_id": customer_id,
+            "timestamp": pd.date_range("2024-01-01", periods=days, freq="D", tz="UTC"),
+            "cost": 10.0,
+            "expected_cost": 10.0,
+            "hybrid_score": 0.1,
+            "is_anomaly": False,
+            "is_repeat": False,
+            "residual_score": 0.1,
+            "lstm_error": 0.01,
+            "lstm_threshold": 0.05,
+            "lstm_flag": 0,  # an int flag: the schema coerces it to bool
+            "isolation_forest_score": 0.2,
+            "local_outlier_factor_score": 0.3,
+            "decrease_rate": 0.0,
+            "decrease_flag": False,
+            "reasons": "",
+            "is_filled": False,
+            "split": "test",
+            "status": "scored",
+        }
+    )
+    return frame[SCORE_COLUMNS]
+
+
+@dg.asset(metadata={"pandera_model": "AnomalyScores"})
+def good_scores() -> pd.DataFrame:
+    return _scores("acme")
+
+
+@dg.asset(metadata={"pandera_model": "AnomalyScores"})
+def scores_without_status() -> pd.DataFrame:
+    return _scores("acme").drop(columns=["status"])
+
+
+@dg.asset
+def reads_scores(good_scores: pd.DataFrame) -> int:
+    assert good_scores["lstm_flag"].dtype == bool
+    return len(good_scores)
+
+
+def test_a_scores_table_is_validated_against_its_pandera_model(tmp_path: Path) -> None:
+    with dg.instance_for_test() as instance:
+        good = dg.materialize(
+            [good_scores, reads_scores], instance=instance, resources=_io(tmp_path)
+        )
+        bad = dg.materialize(
+            [scores_without_status], instance=instance, resources=_io(tmp_path),
+            raise_on_error=False,
+        )
+    assert good.success and good.output_for_node("reads_scores") == 3
+    stored = pd.read_parquet(tmp_path / "storage" / "good_scores.parquet")
+    assert stored["lstm_flag"].dtype == bool  # stored as the schema's type, not as produced
+    materialization = good.asset_materializations_for_node("good_scores")[0]
+    columns = materialization.metadata["dagster/column_schema"].value.columns
+    assert [c.name for c in columns][:3] == ["customer_id", "timestamp", "cost"]
+    assert not bad.success
+    message = _failure(bad)
+    assert "AnomalyScores" in message and "status" in message
+    assert not (tmp_path / "storage" / "scores_without_status.parquet").exists()

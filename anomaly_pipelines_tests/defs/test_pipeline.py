@@ -111,7 +111,6 @@ def retrained(
         "resources": {
             "pipeline_settings": {
                 "config": {
-                    "config_path": str(config_path),
                     # The promotion gate off: this test is about the alias following a new
                     # training (the gate has its own tests in test_promotion.py).
                     "overrides": {"training": {"seed": 1234}, "drift": {"gate_promotion": False}},

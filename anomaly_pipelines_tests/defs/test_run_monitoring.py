@@ -18,10 +18,16 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.events import DagsterEvent, DagsterEventType
-from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunsFilter
-from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+from dagster import (
+    DagsterEvent,
+    DagsterEventType,
+    DagsterRun,
+    DagsterRunStatus,
+    EventLogEntry,
+    RunsFilter,
+)
+
+from anomaly_pipelines_tests.daemon import dagster_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAINS = {"anomaly_pipelines/trains": "true"}
@@ -62,44 +68,47 @@ def _started_run(instance: dg.DagsterInstance, started_ago: float) -> str:
     return run_id
 
 
-def _monitor(instance: dg.DagsterInstance, run_id: str) -> DagsterRunStatus:
-    record = instance.get_run_record_by_id(run_id)
-    assert record is not None and record.dagster_run.status == DagsterRunStatus.STARTED
-    monitor_started_run(instance, None, record, logging.getLogger("test"))  # type: ignore[arg-type]
-    run = instance.get_run_by_id(run_id)
-    assert run is not None
-    return run.status
+def _run_monitoring_pass(home: Path, run_ids: list[str]) -> dict[str, DagsterRunStatus]:
+    """Dagster's own run monitoring, as ``dg dev`` runs it: the real daemon on the instance in
+    ``home``, until it has failed the first run (or 5 minutes have passed: a loaded machine is slow to start it), then stopped. Its
+    workspace is empty: run monitoring needs no code, and the project's schedules and sensors
+    must not start runs from a test."""
+    workspace = home / "empty-workspace.yaml"
+    workspace.write_text("load_from: []\n", encoding="utf-8")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    with dagster_daemon(workspace, home, env), dg.DagsterInstance.from_config(str(home)) as instance:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            run = instance.get_run_by_id(run_ids[0])
+            if run is not None and run.status == DagsterRunStatus.FAILURE:
+                break
+            time.sleep(1)
+        return {
+            run_id: instance.get_run_by_id(run_id).status  # type: ignore[union-attr]
+            for run_id in run_ids
+        }
 
 
-def test_a_killed_training_run_is_failed_and_frees_the_training_slot(
-    instance: dg.DagsterInstance,
+def test_run_monitoring_fails_a_killed_training_run_and_leaves_a_young_one(
+    instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
+    """A run older than ``max_runtime_seconds`` whose worker is gone is failed by the daemon, so
+    the tag limit of 1 no longer blocks the next training; a young run is left alone."""
     dead = _started_run(instance, instance.run_monitoring_max_runtime_seconds + 60)
-    assert _monitor(instance, dead) == DagsterRunStatus.FAILURE
+    young = _started_run(instance, 60)
+    statuses = _run_monitoring_pass(tmp_path, [dead, young])
+    assert statuses == {dead: DagsterRunStatus.FAILURE, young: DagsterRunStatus.STARTED}
     in_progress = instance.get_runs(
         RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING], tags=TRAINS)
     )
-    assert in_progress == []  # the tag limit of 1 no longer blocks the next training
-
-
-def test_a_young_run_is_left_alone(instance: dg.DagsterInstance) -> None:
-    young = _started_run(instance, 60)
-    record = instance.get_run_record_by_id(young)
-    assert record is not None
-    monitor_started_run(instance, None, record, logging.getLogger("test"))  # type: ignore[arg-type]
-    run = instance.get_run_by_id(young)
-    assert run is not None and run.status == DagsterRunStatus.STARTED
+    assert [r.run_id for r in in_progress] == [young]
 
 
 def _worker_started(instance: dg.DagsterInstance, run_id: str, pid: int) -> None:
     """What a daemon-launched run worker reports first."""
-    from dagster._core.events import EngineEventData
-
     run = instance.get_run_by_id(run_id)
     assert run is not None
-    instance.report_engine_event(
-        f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
-    )
+    instance.report_engine_event(f"Started process for run (pid: {pid}).", run)
 
 
 def _dead_pid() -> int:

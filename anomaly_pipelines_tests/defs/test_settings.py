@@ -56,9 +56,13 @@ def test_settings_resource_layers_file_env_and_overrides(
     path = tmp_path / "mine.yaml"
     path.write_text("lstm:\n  epochs: 7\n  units: 8\n", encoding="utf-8")
     monkeypatch.setenv(CONFIG_ENV, str(path))
-    from_env = PipelineSettings().load()
-    assert (from_env.lstm.epochs, from_env.lstm.units) == (7, 8)
-    overridden = PipelineSettings(overrides={"lstm": {"epochs": 2}}).load()
-    assert (overridden.lstm.epochs, overridden.lstm.units) == (2, 8)  # deep merge, key by key
+    from_env = PipelineSettings.from_file()
+    assert (from_env.config.lstm.epochs, from_env.config.lstm.units) == (7, 8)
+    # A run's overrides go on top of what the code location resolved, key by key.
+    per_run = PipelineSettings(resolved=from_env.resolved, overrides={"lstm": {"epochs": 2}})
+    assert (per_run.config.lstm.epochs, per_run.config.lstm.units) == (2, 8)
+    assert per_run.config is per_run.config  # validated once, not on every access
     with pytest.raises(ValueError, match="epochz"):
-        PipelineSettings(overrides={"lstm": {"epochz": 2}}).load()
+        _ = PipelineSettings(resolved=PipelineConfig(), overrides={"lstm": {"epochz": 2}}).config
+    with pytest.raises(ValueError, match="epochz"):
+        PipelineSettings.from_file(overrides={"lstm": {"epochz": 2}})

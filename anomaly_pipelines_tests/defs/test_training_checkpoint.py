@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from anomaly_pipelines.core.api import _coerce
 from anomaly_pipelines.core.registry import ModelRegistry
-from anomaly_pipelines.core.series import regularize
+from anomaly_pipelines.core.series import regularize, series_to_frame
 from anomaly_pipelines.defs.assets.training import trained_models, training_checkpoint_dir
 from anomaly_pipelines.defs.partitions import CUSTOMERS, customer_partitions
 from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSettings
@@ -35,14 +35,14 @@ def _series() -> Any:
     return series
 
 
-@dg.asset(partitions_def=customer_partitions, name="windowed_sequences")
-def windowed_stub() -> dict[str, dict[str, Any]]:
-    return {KEY: {"series": _series()}}
+@dg.asset(partitions_def=customer_partitions, name="customer_series")
+def series_stub() -> pd.DataFrame:
+    return series_to_frame([_series()])
 
 
 def test_failed_registration_keeps_the_training_for_the_retry(tmp_path: Path) -> None:
-    settings = PipelineSettings(config_path=str(write_config(tmp_path, {"lstm": {"epochs": 1}})))
-    config = settings.load()
+    settings = PipelineSettings.from_file(str(write_config(tmp_path, {"lstm": {"epochs": 1}})))
+    config = settings.config
     registry = ModelRegistry(config.mlflow)
     registry.experiment_id()
     client = MlflowClient(tracking_uri=registry.tracking_uri, registry_uri=registry.tracking_uri)
@@ -52,7 +52,7 @@ def test_failed_registration_keeps_the_training_for_the_retry(tmp_path: Path) ->
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(CUSTOMERS, [KEY])
         first = dg.materialize(
-            [windowed_stub, trained_models], partition_key=KEY, instance=instance,
+            [series_stub, trained_models], partition_key=KEY, instance=instance,
             resources=resources, raise_on_error=False,
         )
         assert not first.success
@@ -61,7 +61,7 @@ def test_failed_registration_keeps_the_training_for_the_retry(tmp_path: Path) ->
 
         client.delete_registered_model(name)  # the conflict is resolved
         second = dg.materialize(
-            [windowed_stub, trained_models], partition_key=KEY, instance=instance,
+            [series_stub, trained_models], partition_key=KEY, instance=instance,
             resources=resources,
             selection=[dg.AssetKey("lstm_autoencoder"), dg.AssetKey("isolation_forest"),
                        dg.AssetKey("local_outlier_factor")],

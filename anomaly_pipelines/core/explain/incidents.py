@@ -18,6 +18,7 @@ import pandas as pd
 
 from anomaly_pipelines.core.explain import formatting as fmt
 from anomaly_pipelines.core.ids import customer_key
+from anomaly_pipelines.core.score_schema import INCIDENT_INPUT_COLUMNS
 
 # Dimensions a root cause can be attributed to, in the order ties are broken.
 DIMENSION_COLUMNS = ("service", "region", "sub_account", "charge_category")
@@ -45,14 +46,6 @@ INCIDENT_COLUMNS = [
     "step_seconds",
 ]
 
-SCORE_INPUT_COLUMNS = (
-    "customer_id",
-    "timestamp",
-    "cost",
-    "expected_cost",
-    "hybrid_score",
-    "is_anomaly",
-)
 
 SIGNAL_LABELS = {
     "residual": "cost far from its usual level for this weekday/time",
@@ -134,7 +127,7 @@ def find_incidents(
     """
     if max_gap_steps < 0:
         raise ValueError(f"find_incidents: max_gap_steps must be >= 0, got {max_gap_steps}")
-    _require(scores, SCORE_INPUT_COLUMNS, "scores")
+    _require(scores, INCIDENT_INPUT_COLUMNS, "scores")
     if scores.empty:
         return _empty_incidents()
     frame = scores.copy()

@@ -30,13 +30,17 @@ LAYER_NAME = "stacked_lstm_autoencoder"
 
 @cache
 def keras_module() -> Any:
-    """Import Keras (TensorFlow backend) once, quietly, with deterministic ops."""
+    """Import Keras (TensorFlow backend) once, quietly.
+
+    Training is reproducible without TensorFlow's process-wide op determinism
+    (``tf.config.experimental.enable_op_determinism``), which cannot be switched off again and
+    makes every unseeded random op of the caller's own Keras models raise: the weights start
+    from NumPy generators seeded per customer, each epoch's batch order comes from NumPy too,
+    and training uses no TensorFlow random op."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
-    import tensorflow as tf
 
-    tf.config.experimental.enable_op_determinism()
     _register_layer(keras)
     return keras
 

@@ -19,10 +19,18 @@ from anomaly_pipelines.core.registry.runs import (
     SUMMARY_PARQUET,
     TrainingRecord,
 )
-from anomaly_pipelines.core.registry.store import ORPHANED_TAG, PROJECT, MlflowStore
+from anomaly_pipelines.core.registry.store import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    ORPHANED_TAG,
+    PROJECT,
+    MlflowStore,
+)
 from anomaly_pipelines.core.registry.versions import ModelRegistry, VersionRequest
 
 __all__ = [
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "MODEL_NAME",
     "NO_CHAMPION",
     "ORPHANED_TAG",

@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROJECT = "anomaly_pipelines"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, tokens); the
+# value below selects the model-training view (runs, metrics, registered models).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Owner of a run (see ``MlflowStore.close_orphaned_runs``).
 OWNER_HOST_TAG = "anomaly_pipelines/host"
 OWNER_PID_TAG = "anomaly_pipelines/pid"
@@ -93,7 +97,9 @@ class MlflowStore:
             try:
                 self._experiment = retry(
                     lambda: client.create_experiment(
-                        name, artifact_location=self.artifact_uri, tags={"project": PROJECT}
+                        name,
+                        artifact_location=self.artifact_uri,
+                        tags={"project": PROJECT, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                     ),
                     "create experiment",
                 )
@@ -108,6 +114,13 @@ class MlflowStore:
                 f"MLflow experiment {name!r} in {without_credentials(self.tracking_uri)} is deleted; "
                 "restore it or set "
                 "mlflow.experiment to another name"
+            )
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # created before the tag was set
+            retry(
+                lambda: client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                ),
+                "tag experiment",
             )
         self.close_orphaned_runs(experiment.experiment_id)
         if experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):

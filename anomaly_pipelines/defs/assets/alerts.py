@@ -13,16 +13,11 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
+from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.defs.metadata import markdown_table, md
 from anomaly_pipelines.defs.partitions import daily_partitions, recent_days
 from anomaly_pipelines.defs.resources import ExplainerResource, PipelineSettings
-from anomaly_pipelines.defs.settings import definition_config
-
-# Read when the code location loads, like the partitions: how many days of daily scores one
-# alert pass merges into incidents.
-LOOKBACK_DAYS = max(1, definition_config().alerts.lookback_days)
-RECENT_DAYS = recent_days(LOOKBACK_DAYS)
 
 
 def recent_scores(scores: pd.DataFrame, as_of: str) -> pd.DataFrame:
@@ -53,27 +48,6 @@ def _plots(
     return out
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    group_name="daily",
-    kinds={"python"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "daily_data_arrived",
-            asset="daily_alerts",
-            description="The day's billing data arrived (for a daily_folder source: its file).",
-        ),
-        dg.AssetCheckSpec(
-            "customers_fresh",
-            asset="daily_alerts",
-            description="No customer's newest data is alerts.no_data_after_days or more behind.",
-        ),
-    ],
-    ins={
-        "daily_scores": dg.AssetIn(partition_mapping=RECENT_DAYS),
-        "daily_usage": dg.AssetIn(partition_mapping=RECENT_DAYS),
-    },
-)
 def daily_alerts(
     context: AssetExecutionContext,
     daily_scores: pd.DataFrame,
@@ -88,7 +62,7 @@ def daily_alerts(
     from anomaly_pipelines.core.alerts import OperationsStore, process_day
     from anomaly_pipelines.core.explain import explain_incidents
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     as_of = context.partition_key
     scores = recent_scores(daily_scores, as_of)
     today = (
@@ -190,3 +164,31 @@ def _freshness(last_scored: dict[str, pd.Timestamp], as_of: str, limit: int) -> 
             "stale": md(markdown_table(pd.DataFrame(rows))),
         },
     )
+
+
+def daily_alerts_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+    """``daily_alerts`` on the code location's days, reading the last ``alerts.lookback_days``
+    daily scores: both are part of the asset graph, so they come from the configuration
+    ``build_definitions`` resolved, not from a file read at import."""
+    recent = recent_days(max(1, config.alerts.lookback_days))
+    return dg.asset(
+        partitions_def=daily_partitions(config.orchestration),
+        group_name="daily",
+        kinds={"python"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                "daily_data_arrived",
+                asset="daily_alerts",
+                description="The day's billing data arrived (for a daily_folder source: its file).",
+            ),
+            dg.AssetCheckSpec(
+                "customers_fresh",
+                asset="daily_alerts",
+                description="No customer's newest data is alerts.no_data_after_days or more behind.",
+            ),
+        ],
+        ins={
+            "daily_scores": dg.AssetIn(partition_mapping=recent),
+            "daily_usage": dg.AssetIn(partition_mapping=recent),
+        },
+    )(daily_alerts)

@@ -64,7 +64,7 @@ def model_drift(
     from anomaly_pipelines.core.drift import drift_measures, retrain_keys
     from anomaly_pipelines.core.promotion import champion_registered_at
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     history = recent_history(anomaly_scores, daily_scores)
     ids = sorted(set(history["customer_id"].astype(str))) if len(history) else []
     created = champion_registered_at(mlflow_registry.registry(config), ids) if ids else {}

@@ -53,7 +53,7 @@ def raw_usage(
     a parse problem can be inspected without re-reading the files."""
     from anomaly_pipelines.core.validation import LoadedUsage
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     raw = read_raw(config)
     if isinstance(raw, LoadedUsage):
         metadata: dict[str, Any] = {
@@ -108,7 +108,7 @@ def validated_usage(
     register a customer partition for every customer found."""
     from anomaly_pipelines.core.validation import LoadedUsage, validate_rows
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     loaded = (
         raw_usage
         if isinstance(raw_usage, LoadedUsage)
@@ -163,7 +163,6 @@ def validated_usage(
     )
 
 
-@dg.asset(partitions_def=daily_partitions, group_name="daily", kinds={"pandas"})
 def daily_usage(
     context: AssetExecutionContext, pipeline_settings: PipelineSettings
 ) -> dg.Output[pd.DataFrame]:
@@ -174,7 +173,7 @@ def daily_usage(
     from anomaly_pipelines.core.sources import load_day, load_usage, stage_daily_file
     from anomaly_pipelines.core.sources.daily import daily_deliveries
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     day = context.partition_key
     staged: Path | None = None
     notices: list[str] = []
@@ -223,3 +222,11 @@ def _empty_usage() -> pd.DataFrame:
             "cost": pd.Series(dtype=float),
         }
     )
+
+
+def daily_usage_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+    """``daily_usage`` on the code location's days (``orchestration`` of the configuration
+    ``build_definitions`` resolved)."""
+    return dg.asset(
+        partitions_def=daily_partitions(config.orchestration), group_name="daily", kinds={"pandas"}
+    )(daily_usage)

@@ -67,7 +67,7 @@ def anomaly_plots(
     at a glance whether a flag is a real event. Files: ``<output>/plots/<customer key>.png``."""
     from anomaly_pipelines.core.plots import plot_customer
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     directory = output_dir(config, "plots")
     paths: dict[str, str] = {}
     for cid, group in anomaly_scores.groupby("customer_id", sort=True):
@@ -108,7 +108,7 @@ def scores_export(
 ) -> dg.MaterializeResult:
     """Every customer's scores in one table for BI tools and notebooks, as Parquet (typed) and
     CSV (anything can read it), at ``<output.directory>/scores/anomaly_scores.{parquet,csv}``."""
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     require_scores(anomaly_scores)
     parquet_path, csv_path = export_paths(config)
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def anomaly_report(
     from anomaly_pipelines.core.plots import plot_portfolio
     from anomaly_pipelines.core.report import write_report
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     require_scores(anomaly_scores)
     directory = output_dir(config, "report")
     portfolio = plot_portfolio(

@@ -16,6 +16,7 @@ from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.series import CustomerSeries, frame_to_series, regularize
 from anomaly_pipelines.defs.assets.series import rows_for_partitions
+from anomaly_pipelines.defs.io_managers import MODEL_METADATA_KEY
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions, daily_partitions, recent_days
 from anomaly_pipelines.defs.resources import (
@@ -122,36 +123,29 @@ def score_metadata(scores: pd.DataFrame, decision_threshold: float) -> dict[str,
     backfill_policy=SINGLE_RUN,
     group_name="scoring",
     kinds={"tensorflow", "sklearn", "mlflow"},
-    ins={
-        "customer_series": dg.AssetIn(),
-        "lstm_autoencoder": dg.AssetIn(),
-        "isolation_forest": dg.AssetIn(),
-        "local_outlier_factor": dg.AssetIn(),
-    },
+    # Training hands over through the registry, not through a stored value: the three model
+    # assets register versions and move the champion alias, and scoring loads whatever the alias
+    # names. So they are dependencies (scoring runs after training), not loaded inputs.
+    deps=["lstm_autoencoder", "isolation_forest", "local_outlier_factor"],
+    metadata={MODEL_METADATA_KEY: "AnomalyScores"},
 )
 def anomaly_scores(
     context: AssetExecutionContext,
     customer_series: pd.DataFrame,
-    lstm_autoencoder: dict[str, dict[str, Any]],
-    isolation_forest: dict[str, dict[str, Any]],
-    local_outlier_factor: dict[str, dict[str, Any]],
     pipeline_settings: PipelineSettings,
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[pd.DataFrame]:
     """The hybrid score of every step of every customer of the run, with each detector's signal
     and the reasons, scored by the registry's ``champion`` versions (which need not be the
-    versions the last training produced; the metadata says which were used)."""
-    config = pipeline_settings.load()
+    versions the last training produced: a promotion gate or a rollback may keep an older one;
+    the metadata says which were used)."""
+    config = pipeline_settings.config
     series = frame_to_series(customer_series)
     scores = score_with_champions(series, mlflow_registry, config)
     metadata = score_metadata(scores, config.hybrid.decision_threshold)
     champions = mlflow_registry.registry(config).champion_versions([s.customer_id for s in series])
     versions = [
-        {
-            "customer_id": s.customer_id,
-            "latest_trained_version": lstm_autoencoder.get(s.key, {}).get("version"),
-            "champion_version": champions.get(s.customer_id),
-        }
+        {"customer_id": s.customer_id, "champion_version": champions.get(s.customer_id)}
         for s in series
     ]
     metadata["model_versions"] = md(markdown_table(pd.DataFrame(versions), max_rows=50))
@@ -164,7 +158,6 @@ def anomaly_scores(
             for s in series
         },
     )
-    del isolation_forest, local_outlier_factor  # lineage only: one registered bundle per customer
     return dg.Output(scores, metadata=metadata)
 
 
@@ -186,7 +179,7 @@ def anomaly_explanations(
     only rephrases the same facts when configured."""
     from anomaly_pipelines.core.explain import explain_incidents
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     keys = list(context.partition_keys)
     dimensions = rows_for_partitions(validated_usage, keys, context)
     explanations = explain_incidents(
@@ -223,18 +216,6 @@ def anomaly_explanations(
     )
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    group_name="daily",
-    kinds={"pandas", "mlflow"},
-    ins={
-        # The days since the last ingest, not only the day itself: without them the days between
-        # the stored history and the day would be interpolated, and the window and the weekly
-        # expectation would be judged on invented values.
-        "daily_usage": dg.AssetIn(partition_mapping=recent_days(DAILY_HISTORY_DAYS)),
-        "customer_series": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
-    },
-)
 def daily_scores(
     context: AssetExecutionContext,
     daily_usage: pd.DataFrame,
@@ -247,7 +228,7 @@ def daily_scores(
     appended to each customer's stored history, which
     gives the seasonal expectation and the windows their context. A customer whose newest data is
     older than the day (billing lag) is scored on its newest day and counted as stale."""
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     window = context.partition_time_window
     day_start = pd.Timestamp(window.start).tz_convert("UTC")
     day_end = pd.Timestamp(window.end).tz_convert("UTC")
@@ -262,7 +243,9 @@ def daily_scores(
         context.log.warning(
             f"no history and no usage for {context.partition_key}: nothing to score"
         )
-        empty = pd.DataFrame(columns=[*columns, "as_of"])
+        from anomaly_pipelines.core.detector import empty_scores
+
+        empty = empty_scores().assign(as_of=pd.Series(dtype=str))
         return dg.Output(empty, metadata={"row_count": 0, "customers": 0, "anomaly_count": 0})
     # A day both ingested and delivered as a daily file counts once, as delivered; a file's rows
     # (services, regions) are summed into the day by ``regularize`` as always.
@@ -285,3 +268,21 @@ def daily_scores(
         mean_hybrid_score=float(np.nanmean(newest["hybrid_score"])) if len(newest) else 0.0,
     )
     return dg.Output(newest, metadata=metadata)
+
+
+def daily_scores_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+    """``daily_scores`` on the code location's days (``orchestration`` of the configuration
+    ``build_definitions`` resolved)."""
+    return dg.asset(
+        partitions_def=daily_partitions(config.orchestration),
+        group_name="daily",
+        kinds={"pandas", "mlflow"},
+        metadata={MODEL_METADATA_KEY: "DailyScores"},
+        ins={
+            # The days since the last ingest, not only the day itself: without them the days between
+            # the stored history and the day would be interpolated, and the window and the weekly
+            # expectation would be judged on invented values.
+            "daily_usage": dg.AssetIn(partition_mapping=recent_days(DAILY_HISTORY_DAYS)),
+            "customer_series": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+        },
+    )(daily_scores)

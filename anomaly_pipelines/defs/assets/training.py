@@ -17,6 +17,7 @@ import pandas as pd
 from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.config import PipelineConfig
+from anomaly_pipelines.core.series import frame_to_series
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions
 from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSettings
@@ -161,7 +162,7 @@ def training_checkpoint_dir(config: PipelineConfig) -> Path:
 )
 def trained_models(
     context: AssetExecutionContext,
-    windowed_sequences: dict[str, dict[str, Any]],
+    customer_series: pd.DataFrame,
     pipeline_settings: PipelineSettings,
     mlflow_registry: MlflowRegistryResource,
 ) -> Iterator[dg.Output[dict[str, dict[str, Any]]]]:
@@ -174,9 +175,9 @@ def trained_models(
     from anomaly_pipelines.core.checkpoints import TrainingCheckpoint
     from anomaly_pipelines.core.detector import fit_detectors
 
-    config = pipeline_settings.load()
+    config = pipeline_settings.config
     keys = list(context.partition_keys)
-    series = [windowed_sequences[k]["series"] for k in keys if k in windowed_sequences]
+    series = [s for s in frame_to_series(customer_series) if s.key in keys]
     series = _without_confirmed_incidents(context, series, config)
     registry = mlflow_registry.registry(config)
     # The store first: a store that cannot be opened fails the run before the expensive part.
