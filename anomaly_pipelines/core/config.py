@@ -399,8 +399,9 @@ class OrchestrationConfig(_Section):
     schedule_running_by_default: bool = True
     # "in_process": every step of a run in one process (one process per run, least memory);
     # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time;
-    # "celery": steps go to celery workers (dagster-celery, configs/deploy/), see ``celery_config``.
-    executor: Literal["in_process", "multiprocess", "celery"] = "in_process"
+    # "celery": steps go to celery workers (dagster-celery, configs/deploy/), see ``celery_config``;
+    # "k8s": each step in its own Kubernetes pod (dagster-k8s, configs/deploy/k8s-values.yaml).
+    executor: Literal["in_process", "multiprocess", "celery", "k8s"] = "in_process"
     max_concurrent_steps: int = 2
     # The celery executor's settings (broker, result backend, celery options), a YAML file with
     # an ``execution: config:`` block; the workers are started with the same file.

@@ -1,7 +1,8 @@
 """The executor every job runs on, chosen by ``orchestration.executor``.
 
 The laptop default stays in-process on SQLite; ``celery`` sends each step to a celery worker
-(``dagster-celery``, installed with the ``deploy`` extra). The celery settings live in one YAML
+(``dagster-celery``, installed with the ``deploy`` extra); ``k8s`` starts a pod per step
+(``dagster-k8s``, installed in the cluster's image only: it is not run anywhere here). The celery settings live in one YAML
 file (``orchestration.celery_config``) that the workers are started with too, so the run and
 the workers cannot disagree on the broker.
 """
@@ -41,6 +42,17 @@ def run_executor(orchestration: OrchestrationConfig) -> dg.ExecutorDefinition:
         return dg.multiprocess_executor.configured(
             {"max_concurrent": orchestration.max_concurrent_steps}
         )
+    if orchestration.executor == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as exc:
+            raise ImportError(
+                "orchestration.executor is 'k8s' but dagster-k8s is not installed: install "
+                "dagster-k8s (the same 0.x release as dagster-celery) in the image"
+            ) from exc
+        # Pod settings come from the Helm chart (runK8sConfig); how many cohort pods run at
+        # once is the instance's pool limit (concurrency.pools), not a per-run number.
+        return k8s_job_executor
     try:
         from dagster_celery import celery_executor
     except ImportError as exc:  # pragma: no cover - the deploy extra is part of dev and CI
