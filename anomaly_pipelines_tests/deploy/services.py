@@ -116,7 +116,7 @@ def redis_available() -> None:
 # ---------------------------------------------------------------------- processes
 
 
-def _stop(process: subprocess.Popen[Any], timeout: float = 20) -> None:
+def _stop(process: subprocess.Popen[Any], timeout: float = 5) -> None:
     """SIGTERM the process group (the worker and its pool), then SIGKILL what is left."""
     if process.poll() is not None:
         return

@@ -299,3 +299,24 @@ def test_two_runs_training_at_once_lose_no_version_and_keep_the_right_champions(
             assert version.run_id in own
     # The earlier batch was not touched by the two runs.
     assert registry.champion_versions(BATCH) == dict.fromkeys(BATCH, "1")
+
+
+def test_the_deploy_instance_keeps_everything_in_postgres_and_queues_runs(
+    cluster: SimpleNamespace,
+) -> None:
+    """configs/deploy/dagster.yaml as the cluster loads it: the storages, the queue and its
+    limits, and models served by the tracking server rather than written to a worker's disk."""
+    instance = cluster.instance
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+    assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    concurrency = instance.get_concurrency_config()
+    assert concurrency.run_queue_config.tag_concurrency_limits == [
+        {"key": "anomaly_pipelines/trains", "value": "true", "limit": 2}
+    ]
+    assert concurrency.pool_config.default_pool_limit >= 2
+    registry = _registry(cluster.server.uri)
+    experiment = registry._client().get_experiment(registry.experiment_id())
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    assert any(cluster.server.artifacts.rglob("MLmodel"))
