@@ -42,6 +42,15 @@ class CohortPlan(dg.Config):
         ge=0,
         description="Customers per step; 0: orchestration.cohort_size, else lstm.customers_per_model.",
     )
+    customer_partitions: bool = Field(
+        default=True,
+        description=(
+            "Register each customer as a partition and record its anomaly_scores "
+            "materialization, for the UI. Dagster advises staying under about 100,000 "
+            "partitions per asset: turn this off beyond that (docs/scaling.md); the scores "
+            "are stored either way."
+        ),
+    )
 
 
 def cohorts(customer_ids: list[str], size: int) -> list[list[str]]:
@@ -51,7 +60,7 @@ def cohorts(customer_ids: list[str], size: int) -> list[list[str]]:
     return [ordered[i : i + size] for i in range(0, len(ordered), max(size, 1))]
 
 
-@dg.op(out=dg.DynamicOut(pd.DataFrame, io_manager_key=COHORT_STORAGE))
+@dg.op(out=dg.DynamicOut(dict, io_manager_key=COHORT_STORAGE))
 def plan_cohorts(
     context: dg.OpExecutionContext,
     config: CohortPlan,
@@ -59,7 +68,7 @@ def plan_cohorts(
     io_manager: dg.ResourceParam[PartitionedStorageIOManager],
 ) -> Any:
     """The usage rows of each cohort (from the stored ``validated_usage``), one dynamic output
-    per cohort (mapping key ``cohort_<n>``). Only rows travel to the workers, through shared
+    per cohort (mapping key ``cohort_<n>``), with whether to record customer partitions. Only rows travel to the workers, through shared
     storage: the workers need neither the source nor the other cohorts' data."""
     settings = pipeline_settings.load()
     validated_usage = io_manager.stored(dg.AssetKey("validated_usage"))
@@ -74,15 +83,17 @@ def plan_cohorts(
         or settings.orchestration.cohort_size
         or settings.lstm.customers_per_model
     )
-    keys = sorted({customer_key(cid) for cid in wanted})
-    known = set(context.instance.get_dynamic_partitions(CUSTOMERS))
-    if new := [k for k in keys if k not in known]:
-        context.instance.add_dynamic_partitions(CUSTOMERS, new)
+    if config.customer_partitions:
+        keys = sorted({customer_key(cid) for cid in wanted})
+        known = set(context.instance.get_dynamic_partitions(CUSTOMERS))
+        if new := [k for k in keys if k not in known]:
+            context.instance.add_dynamic_partitions(CUSTOMERS, new)
     planned = cohorts(wanted, size)
     context.log.info(f"{len(wanted)} customers in {len(planned)} cohort(s) of up to {size}")
     for index, members in enumerate(planned):
         rows = validated_usage[ids.isin(members)].reset_index(drop=True)
-        yield dg.DynamicOutput(rows, mapping_key=f"cohort_{index:05d}")
+        cohort = {"usage": rows, "customer_partitions": config.customer_partitions}
+        yield dg.DynamicOutput(cohort, mapping_key=f"cohort_{index:05d}")
 
 
 @dg.op(
@@ -93,7 +104,7 @@ def plan_cohorts(
 )
 def train_cohort(
     context: dg.OpExecutionContext,
-    usage: pd.DataFrame,
+    cohort: dict[str, Any],
     pipeline_settings: PipelineSettings,
     mlflow_registry: MlflowRegistryResource,
     io_manager: dg.ResourceParam[PartitionedStorageIOManager],
@@ -108,7 +119,7 @@ def train_cohort(
 
     config = pipeline_settings.load()
     label = context.get_mapping_key() or "cohort"
-    series = regularize(usage, config.preprocess)
+    series = regularize(cohort["usage"], config.preprocess)
     series, fitted, record, decisions, seconds = train_and_register(
         context, series, config, mlflow_registry.registry(config), run_label=label
     )
@@ -117,6 +128,8 @@ def train_cohort(
     for s in series:
         part = by_key.get(s.key, scores.iloc[0:0]).reset_index(drop=True)
         io_manager.store(SCORES, s.key, part)
+        if not cohort["customer_partitions"]:
+            continue
         context.log_event(
             dg.AssetMaterialization(
                 SCORES,
