@@ -267,6 +267,21 @@ def deployment(user: str, workdir: Path, pipeline_config: Path) -> Iterator[Depl
         finally:
             for worker in deploy.workers:
                 _stop(worker)
+            _forget(prefix)
+
+
+def _forget(prefix: str) -> None:
+    """Delete this test's queues and results from Redis (only keys under its own prefix)."""
+    import redis
+
+    for db in (0, 1):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
+        finally:
+            client.close()
 
 
 def start_workers(deploy: Deployment, count: int, workdir: Path) -> list[str]:
