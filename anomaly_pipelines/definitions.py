@@ -22,6 +22,8 @@ from anomaly_pipelines.defs.assets import (
     series,
     training,
 )
+from anomaly_pipelines.defs.cohorts import COHORT_STORAGE, cohort_batch_job
+from anomaly_pipelines.defs.executors import run_executor
 from anomaly_pipelines.defs.io_managers import PartitionedStorageIOManager
 from anomaly_pipelines.defs.jobs import (
     batch_job,
@@ -33,9 +35,9 @@ from anomaly_pipelines.defs.jobs import (
 )
 from anomaly_pipelines.defs.resources import (
     ExplainerResource,
-    MlflowRegistryResource,
     PipelineSettings,
     gemini_resource,
+    mlflow_registry_resource,
 )
 from anomaly_pipelines.defs.schedules import daily_scoring_schedule
 
@@ -55,13 +57,6 @@ def build_definitions(
     config = settings.config
     storage = Path(config.output.directory) / "storage"
     orchestration = config.orchestration
-    executor = (
-        dg.in_process_executor
-        if orchestration.executor == "in_process"
-        else dg.multiprocess_executor.configured(
-            {"max_concurrent": orchestration.max_concurrent_steps}
-        )
-    )
     return dg.Definitions(
         assets=[
             *dg.load_assets_from_modules(
@@ -72,7 +67,15 @@ def build_definitions(
             alerts.daily_alerts_asset(config),
         ],
         asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
-        jobs=[ingest_job, customer_job, batch_job, report_job, daily_scoring_job, drift_job],
+        jobs=[
+            ingest_job,
+            customer_job,
+            batch_job,
+            cohort_batch_job(orchestration),
+            report_job,
+            daily_scoring_job,
+            drift_job,
+        ],
         schedules=[daily_scoring_schedule(orchestration)],
         sensors=[
             sensors.daily_files_sensor,
@@ -82,11 +85,14 @@ def build_definitions(
         ],
         resources={
             "pipeline_settings": settings,
-            "mlflow_registry": MlflowRegistryResource(),
+            "mlflow_registry": mlflow_registry_resource(),
             "explainer": ExplainerResource(gemini=gemini_resource()),
             "io_manager": PartitionedStorageIOManager(base_dir=str(storage)),
+            # What the cohort steps hand each other (each cohort's rows, its summary): files,
+            # so a celery or Kubernetes worker can read them (shared storage on a cluster).
+            COHORT_STORAGE: dg.FilesystemIOManager(base_dir=str(storage.parent / "steps")),
         },
-        executor=executor,
+        executor=run_executor(orchestration),
     )
 
 

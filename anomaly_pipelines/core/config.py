@@ -337,6 +337,8 @@ class HybridConfig(_Section):
 
 class MlflowConfig(_Section):
     tracking_uri: str = "sqlite:///.mlflow/mlflow.db"
+    # Where a new experiment keeps its artifacts; empty: the tracking server's own choice (an
+    # `mlflow server --serve-artifacts` then stores them, see configs/deploy/pipeline.yaml).
     artifact_location: str = ".mlflow/artifacts"
     experiment: str = "anomaly_pipelines"
     model_prefix: str = "anomaly_pipelines"
@@ -396,9 +398,20 @@ class OrchestrationConfig(_Section):
     timezone: str = "UTC"
     schedule_running_by_default: bool = True
     # "in_process": every step of a run in one process (one process per run, least memory);
-    # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time.
-    executor: Literal["in_process", "multiprocess"] = "in_process"
+    # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time;
+    # "celery": steps go to celery workers (dagster-celery, configs/deploy/), see ``celery_config``;
+    # "k8s": each step in its own Kubernetes pod (dagster-k8s, configs/deploy/k8s-values.yaml).
+    executor: Literal["in_process", "multiprocess", "celery", "k8s"] = "in_process"
     max_concurrent_steps: int = 2
+    # The celery executor's settings (broker, result backend, celery options), a YAML file with
+    # an ``execution: config:`` block; the workers are started with the same file.
+    celery_config: str = "configs/deploy/celery.yaml"
+    # Customers per step of ``cohort_batch_job`` (0: ``lstm.customers_per_model``, one stacked
+    # model per step); each cohort is one step that any worker can take.
+    cohort_size: int = Field(default=0, ge=0)
+    # Attempts after the first for a cohort step that failed (a lost connection to MLflow or
+    # Postgres); a step whose worker process died is redelivered by celery instead.
+    step_retries: int = Field(default=2, ge=0)
 
     _check_timezone = field_validator("timezone")(time_zone)
 

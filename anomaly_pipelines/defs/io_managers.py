@@ -84,6 +84,23 @@ class PartitionedStorageIOManager(dg.ConfigurableIOManager):
             }
         )
 
+    def store(self, asset_key: dg.AssetKey, partition: str, obj: Any) -> Path:
+        """Store one partition's value outside an asset's own output: ``cohort_batch_job`` writes
+        each customer's scores where the ``anomaly_scores`` asset would, so the report and the
+        UI see a cohort run's customers like any other."""
+        return self._write(asset_key, partition, obj)
+
+    def stored(self, asset_key: dg.AssetKey) -> Any:
+        """The stored value of an unpartitioned asset, for an op that reads it outside the asset
+        graph (``cohort_batch_job`` reads ``validated_usage``)."""
+        path = self._existing(asset_key, None)
+        if path is None:
+            raise FileNotFoundError(
+                f"asset {asset_key.to_user_string()!r} has no stored value under "
+                f"{self._stem(asset_key, None).parent}; materialize it first"
+            )
+        return _read(path)
+
     def _write(self, asset_key: dg.AssetKey, partition: str | None, obj: Any) -> Path:
         stem = self._stem(asset_key, partition)
         stem.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from anomaly_pipelines.core.registry import ModelRegistry
 
 GEMINI_KEY_ENV = "GEMINI_API_KEY"
+MLFLOW_TRACKING_URI_ENV = "ANOMALY_PIPELINES_MLFLOW_TRACKING_URI"
 
 
 class PipelineSettings(dg.ConfigurableResource):
@@ -92,6 +93,15 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         return ModelRegistry(
             config.mlflow.model_copy(update={k: v for k, v in updates.items() if v})
         )
+
+
+def mlflow_registry_resource() -> MlflowRegistryResource:
+    """The registry resource, bound to ``$ANOMALY_PIPELINES_MLFLOW_TRACKING_URI`` when that is
+    set (a deployment's tracking server). Through ``EnvVar`` the address, which may carry a
+    password, is read in each run and never shown in the run's config in the UI."""
+    if os.environ.get(MLFLOW_TRACKING_URI_ENV):
+        return MlflowRegistryResource(tracking_uri=dg.EnvVar(MLFLOW_TRACKING_URI_ENV))
+    return MlflowRegistryResource()
 
 
 class GeminiResource(dg.ConfigurableResource):

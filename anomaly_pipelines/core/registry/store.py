@@ -98,7 +98,7 @@ class MlflowStore:
                 self._experiment = retry(
                     lambda: client.create_experiment(
                         name,
-                        artifact_location=self.artifact_uri,
+                        artifact_location=self.artifact_uri or None,
                         tags={"project": PROJECT, EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
                     ),
                     "create experiment",
@@ -123,7 +123,7 @@ class MlflowStore:
                 "tag experiment",
             )
         self.close_orphaned_runs(experiment.experiment_id)
-        if experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):
+        if self.artifact_uri and experiment.artifact_location.rstrip("/") != self.artifact_uri.rstrip("/"):
             log.warning(
                 "MLflow experiment %r keeps its artifacts in %s, not in the configured %s "
                 "(an experiment's artifact location is fixed when it is created)",
@@ -225,6 +225,11 @@ def _resolve_tracking_uri(uri: str) -> str:
 
 
 def _resolve_artifact_uri(location: str) -> str:
+    """An absolute URI; empty stays empty: the tracking server then chooses (with
+    ``--serve-artifacts``, ``mlflow-artifacts:/<experiment>``, so clients never write to a
+    path of their own disk that other machines cannot read)."""
+    if not location:
+        return ""
     parsed = urlparse(location)
     if parsed.scheme and len(parsed.scheme) > 1:  # a URI (file:, s3:, ...), not "C:\..."
         return location

@@ -27,7 +27,7 @@ TRAINING_PLOT_CUSTOMERS = 20
 
 
 def training_plot(
-    series: list[Any], fitted: Any, config: PipelineConfig, run_id: str
+    series: list[Any], fitted: Any, config: PipelineConfig, run_id: str, label: str = ""
 ) -> Path | None:
     """The freshly fitted models' scores over their own history, as one portfolio plot logged
     with the MLflow run: a reviewer comparing two trainings sees what each would have flagged."""
@@ -43,9 +43,8 @@ def training_plot(
     )
     directory = Path(config.output.directory) / "plots" / "training"
     directory.mkdir(parents=True, exist_ok=True)
-    return plot_portfolio(
-        scores, incidents, directory / f"training-{run_id[:8]}.png", top_n=TRAINING_PLOT_CUSTOMERS
-    )
+    name = f"training-{run_id[:8]}" + (f"-{label}" if label else "")
+    return plot_portfolio(scores, incidents, directory / f"{name}.png", top_n=TRAINING_PLOT_CUSTOMERS)
 
 
 MODEL_ASSETS = ("lstm_autoencoder", "isolation_forest", "local_outlier_factor")
@@ -141,6 +140,59 @@ def training_checkpoint_dir(config: PipelineConfig) -> Path:
     return Path(config.output.directory) / "training_checkpoints"
 
 
+def train_and_register(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    series: list[Any],
+    config: PipelineConfig,
+    registry: Any,
+    run_label: str = "",
+) -> tuple[list[Any], Any, Any, list[Any], float]:
+    """Train ``series``, register one version per customer and gate the champions; shared by
+    the customer assets (all keys of a run in one call) and ``cohort_batch_job`` (one cohort
+    per step), so both train, checkpoint and promote the same way.
+
+    Returns ``(series without confirmed incidents, fitted, registry record, promotion
+    decisions, training seconds)``."""
+    from anomaly_pipelines.core.checkpoints import TrainingCheckpoint
+    from anomaly_pipelines.core.detector import fit_detectors
+
+    series = _without_confirmed_incidents(context, series, config)
+    # The store first: a store that cannot be opened fails the run before the expensive part.
+    registry.experiment_id()
+    # The champions before this training: a new version must beat them to take the alias.
+    champions = _current_champions(registry, series, config)
+    checkpoint = TrainingCheckpoint(training_checkpoint_dir(config), series, config)
+    saved = checkpoint.load()
+    if saved is not None:
+        fitted, training_seconds = saved
+        context.log.info(
+            f"registering the training saved at {checkpoint.path} (same customers, data and "
+            "settings; its registration failed before), not training again"
+        )
+    else:
+        started = time.perf_counter()
+        fitted = fit_detectors(series, config, progress=context.log.info)
+        training_seconds = time.perf_counter() - started
+        checkpoint.save(fitted, training_seconds)
+    label = f"{run_label}-" if run_label else ""
+    plot = training_plot(series, fitted, config, context.run_id, run_label)
+    tags = {"dagster_run_id": context.run_id, "dagster_job": context.job_name}
+    if run_label:
+        tags["dagster_step"] = run_label
+    record = registry.log_training(
+        fitted,
+        run_name=f"dagster-{context.run_id[:8]}-{label}{len(series)}-customers",
+        plots=[plot] if plot is not None else None,
+        tags=tags,
+        training_seconds=training_seconds,
+    )
+    checkpoint.discard()
+    for cid, reason in fitted.skipped.items():
+        context.log.warning(f"customer {cid!r} not trained: {reason}")
+    decisions = _gate_promotions(context, registry, series, fitted, champions, record, config)
+    return series, fitted, record, decisions, training_seconds
+
+
 @dg.multi_asset(
     outs={
         "lstm_autoencoder": dg.AssetOut(
@@ -172,43 +224,12 @@ def trained_models(
     The fitted detectors are saved before logging and deleted after it, so a registration that
     fails (store locked, disk full, a name conflict) does not cost the training: the retry of
     the same customers, data and settings registers the saved one."""
-    from anomaly_pipelines.core.checkpoints import TrainingCheckpoint
-    from anomaly_pipelines.core.detector import fit_detectors
-
     config = pipeline_settings.config
     keys = list(context.partition_keys)
     series = [s for s in frame_to_series(customer_series) if s.key in keys]
-    series = _without_confirmed_incidents(context, series, config)
-    registry = mlflow_registry.registry(config)
-    # The store first: a store that cannot be opened fails the run before the expensive part.
-    registry.experiment_id()
-    # The champions before this training: a new version must beat them to take the alias.
-    champions = _current_champions(registry, series, config)
-    checkpoint = TrainingCheckpoint(training_checkpoint_dir(config), series, config)
-    saved = checkpoint.load()
-    if saved is not None:
-        fitted, training_seconds = saved
-        context.log.info(
-            f"registering the training saved at {checkpoint.path} (same customers, data and "
-            "settings; its registration failed before), not training again"
-        )
-    else:
-        started = time.perf_counter()
-        fitted = fit_detectors(series, config, progress=context.log.info)
-        training_seconds = time.perf_counter() - started
-        checkpoint.save(fitted, training_seconds)
-    plot = training_plot(series, fitted, config, context.run_id)
-    record = registry.log_training(
-        fitted,
-        run_name=f"dagster-{context.run_id[:8]}-{len(series)}-customers",
-        plots=[plot] if plot is not None else None,
-        tags={"dagster_run_id": context.run_id, "dagster_job": context.job_name},
-        training_seconds=training_seconds,
+    series, fitted, record, decisions, training_seconds = train_and_register(
+        context, series, config, mlflow_registry.registry(config)
     )
-    checkpoint.discard()
-    for cid, reason in fitted.skipped.items():
-        context.log.warning(f"customer {cid!r} not trained: {reason}")
-    decisions = _gate_promotions(context, registry, series, fitted, champions, record, config)
 
     summary = fitted.training_summary()
     by_customer = summary.set_index("customer_id") if len(summary) else pd.DataFrame()
