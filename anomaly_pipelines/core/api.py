@@ -43,7 +43,7 @@ def detect(
     hindsight.
     """
     cfg = as_config(config)
-    observed, left_out = observations(_coerce(usage))
+    observed, left_out = observations(coerce(usage))
     series = regularize(observed, cfg.preprocess)
     fitted = fit_detectors(series, cfg)
     scores = score_series(series, fitted, cfg, online=online)
@@ -55,7 +55,7 @@ def detect(
 def usage_series(usage: pd.DataFrame, config: PipelineConfig) -> list[CustomerSeries]:
     """``detect()``'s input checks and regularisation: one regular series per customer, from
     the rows with a usable cost."""
-    return regularize(observations(_coerce(usage))[0], config.preprocess)
+    return regularize(observations(coerce(usage))[0], config.preprocess)
 
 
 def input_rows(scores: pd.DataFrame) -> pd.DataFrame:
@@ -117,8 +117,13 @@ def with_left_out_rows(scores: pd.DataFrame, left_out: pd.DataFrame) -> pd.DataF
     rows["split"] = rows["split"].fillna("none")
     for name in kept.columns:
         if name not in rows.columns:
-            rows[name] = False if kept[name].dtype == bool else np.nan
-    rows = rows[list(kept.columns)].astype(kept.dtypes.to_dict())
+            # flags by name: when every row was left out, ``kept`` is empty and untyped
+            flag = kept[name].dtype == bool or name.startswith("is_") or name.endswith("_flag")
+            rows[name] = False if flag else np.nan
+    if len(kept):
+        rows = rows[list(kept.columns)].astype(kept.dtypes.to_dict())
+    else:
+        rows = rows[list(kept.columns)]
     out = pd.concat([kept, rows], ignore_index=True) if len(kept) else rows
     return out.sort_values(keys, kind="stable").reset_index(drop=True)
 
@@ -144,7 +149,7 @@ def as_input_time(stamps: pd.Series, original: pd.Series) -> pd.Series:
     return utc
 
 
-def _coerce(usage: pd.DataFrame) -> pd.DataFrame:
+def coerce(usage: pd.DataFrame) -> pd.DataFrame:
     """The three input columns, typed, or a ``ValueError`` that names the column and first row.
 
     A notebook frame has no quarantine, so anything that would otherwise be guessed (a missing

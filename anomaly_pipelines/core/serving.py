@@ -33,8 +33,9 @@ from mlflow.models.model import ModelInfo
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
-from anomaly_pipelines.core.api import input_rows, usage_series
+from anomaly_pipelines.core.api import coerce, observations, with_left_out_rows
 from anomaly_pipelines.core.detector import FittedDetectors, score_series
+from anomaly_pipelines.core.series import regularize
 
 # The name of the model directory among the pyfunc model's artifacts.
 ARTIFACT = "detectors"
@@ -88,11 +89,13 @@ class DetectorsModel(mlflow.pyfunc.PythonModel):
             rows["customer_id"] = customers[0]
         config = self.fitted.settings.config()
         try:
-            series = usage_series(rows, config)
+            observed, left_out = observations(coerce(rows))
         except ValueError as exc:  # a bad request, not a server error
             raise MlflowException(str(exc), INVALID_PARAMETER_VALUE) from exc
+        series = regularize(observed, config.preprocess)
         online = bool((params or {}).get("online", True))
-        return input_rows(score_series(series, self.fitted, config, online=online))
+        # As ``detect()``: a missing, infinite or negative cost comes back with the reason.
+        return with_left_out_rows(score_series(series, self.fitted, config, online=online), left_out)
 
 
 def log_model(fitted: FittedDetectors, name: str) -> ModelInfo:

@@ -60,7 +60,7 @@ def train_and_register(mlflow_settings: dict[str, Any], days: int) -> None:
     import numpy as np
     import pandas as pd
 
-    from anomaly_pipelines.core.api import _coerce
+    from anomaly_pipelines.core.api import coerce
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors
     from anomaly_pipelines.core.registry import ModelRegistry
@@ -70,7 +70,7 @@ def train_and_register(mlflow_settings: dict[str, Any], days: int) -> None:
     registry = ModelRegistry(config.mlflow)
     registry.experiment_id()
     print("fitting", flush=True)
-    fitted = fit_detectors(regularize(_coerce(kill_test_usage(np, pd, days)), config.preprocess), config)
+    fitted = fit_detectors(regularize(coerce(kill_test_usage(np, pd, days)), config.preprocess), config)
     print("logging", flush=True)
     registry.log_training(fitted, run_name="killable")
     print("done", flush=True)

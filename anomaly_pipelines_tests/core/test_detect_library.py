@@ -123,3 +123,12 @@ def test_after_detect_an_unseeded_keras_model_still_trains() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("trained")
+
+
+def test_a_frame_of_only_unusable_costs_comes_back_typed() -> None:
+    usage = pd.DataFrame(
+        {"customer_id": "a", "timestamp": pd.date_range("2024-01-01", periods=2), "cost": [np.inf, -1.0]}
+    )
+    out = detect(usage)
+    assert list(out["status"]) == ["invalid", "invalid"]
+    assert out["is_anomaly"].dtype == bool and not out["is_anomaly"].any()

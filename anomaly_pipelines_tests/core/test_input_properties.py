@@ -21,7 +21,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anomaly_pipelines.core.api import _coerce, observations
+from anomaly_pipelines.core.api import coerce, observations
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.sources import LoadedUsage, SourceError, load_usage
 
@@ -121,7 +121,7 @@ def test_detect_input_checks_accept_or_refuse_with_a_value_error(
 ) -> None:
     frame = pd.DataFrame(rows, columns=["customer_id", "timestamp", "cost"], dtype=object)
     try:
-        typed = _coerce(frame)
+        typed = coerce(frame)
     except ValueError:
         return
     assert len(typed) == len(frame)

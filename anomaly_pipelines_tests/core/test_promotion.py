@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from anomaly_pipelines import cli
-from anomaly_pipelines.core.api import _coerce
+from anomaly_pipelines.core.api import coerce
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.detector import fit_detectors, score_series
 from anomaly_pipelines.core.promotion import (
@@ -47,7 +47,7 @@ def _quiet_copy(series: CustomerSeries, seed: int) -> CustomerSeries:
 def models() -> dict[str, Any]:
     config = PipelineConfig().merged({"lstm": {"epochs": 2}})
     usage = generate_usage(customers=2, days=120, seed=5).usage
-    series = regularize(_coerce(usage), config.preprocess)
+    series = regularize(coerce(usage), config.preprocess)
     good = fit_detectors(series, config)
     bad = fit_detectors([_quiet_copy(s, i) for i, s in enumerate(series)], config)
     return {"config": config, "series": series, "good": good, "bad": bad}

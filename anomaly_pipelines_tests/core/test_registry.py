@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from anomaly_pipelines.core.api import _coerce
+from anomaly_pipelines.core.api import coerce
 from anomaly_pipelines.core.config import MlflowConfig, PipelineConfig
 from anomaly_pipelines.core.detector import (
     SCORE_COLUMNS,
@@ -61,7 +61,7 @@ def _series(seed: int, config: PipelineConfig, short: bool) -> list[CustomerSeri
         days = first["timestamp"].drop_duplicates().sort_values().iloc[:30]
         extra = first[first["timestamp"].isin(days)].assign(customer_id=SHORT)
         usage = pd.concat([usage, extra], ignore_index=True)
-    return regularize(_coerce(usage), config.preprocess)
+    return regularize(coerce(usage), config.preprocess)
 
 
 @pytest.fixture(scope="module")
@@ -552,3 +552,15 @@ def test_a_locked_database_is_waited_out_not_reported(tmp_path: Path, blank: Pat
     assert outcome == ["1"]
     assert registry.versions("locked-out") == ["1"]
     assert registry.champion_version("locked-out") == "1"
+
+
+def test_run_spans_the_training_and_draws_its_loss_curve(trained: Trained, logged: Logged) -> None:
+    client = logged.client
+    run = client.get_run(logged.record.run_id)
+    # The run was started 1.5 s before logging began: the training it records.
+    assert run.info.end_time - run.info.start_time >= 1500
+    (fit,) = trained.fitted_a.autoencoders
+    curve = client.get_metric_history(run.info.run_id, "epoch_loss")
+    assert [m.step for m in curve] == list(range(1, len(fit.history) + 1))
+    assert [m.value for m in curve] == pytest.approx([loss for loss, _ in fit.history])
+    assert len(client.get_metric_history(run.info.run_id, "epoch_val_loss")) == len(fit.history)

@@ -98,7 +98,7 @@ def test_a_training_killed_at_a_random_point_leaves_a_consistent_registry(tmp_pa
     import numpy as np
     import pandas as pd
 
-    from anomaly_pipelines.core.api import _coerce
+    from anomaly_pipelines.core.api import coerce
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors, score_series
     from anomaly_pipelines.core.series import regularize
@@ -126,7 +126,7 @@ def test_a_training_killed_at_a_random_point_leaves_a_consistent_registry(tmp_pa
     config = PipelineConfig().merged({"lstm": {"epochs": 1}, "mlflow": settings.model_dump()})
     registry = ModelRegistry(config.mlflow)
     experiment = registry.experiment_id()  # the next start closes what the kill left open
-    series = regularize(_coerce(registry_worker.kill_test_usage(np, pd, days)), config.preprocess)
+    series = regularize(coerce(registry_worker.kill_test_usage(np, pd, days)), config.preprocess)
     registry.log_training(fit_detectors(series, config), run_name="re-run")
 
     client = MlflowClient(tracking_uri=registry.tracking_uri)

@@ -163,7 +163,13 @@ def test_the_champion_served_over_rest_scores_like_the_fitted_model(served: Serv
         assert status == 200, body
         _assert_same(pd.DataFrame(body["predictions"]), _expected(served, online=False))
 
-        # A bad row is the client's mistake: 400 with the reason, not a server error.
-        bad = {"dataframe_records": [{"timestamp": "2024-01-01", "cost": float("inf")}]}
-        status, body = _post(base, json.loads(json.dumps(bad).replace("Infinity", "1e999")))
+        # An infinite cost comes back unscored with the reason, as from detect().
+        odd = {"dataframe_records": [{"timestamp": "2024-01-01", "cost": float("inf")}]}
+        status, body = _post(base, json.loads(json.dumps(odd).replace("Infinity", "1e999")))
+        assert status == 200, body
+        (row,) = body["predictions"]
+        assert row["status"] == "invalid" and not row["is_anomaly"], row
+        # A row that cannot be read is the client's mistake: 400 with the reason, not a 500.
+        bad = {"dataframe_records": [{"timestamp": "not a date", "cost": 1.0}]}
+        status, body = _post(base, bad)
         assert status == 400, body

@@ -50,6 +50,6 @@ def test_cohorts_train_register_and_store_scores_without_partitions_when_asked(
     from anomaly_pipelines.core.config import MlflowConfig
     from anomaly_pipelines.core.registry import ModelRegistry
 
-    settings = defs.resources["pipeline_settings"].load().mlflow
+    settings = defs.resources["pipeline_settings"].config.mlflow
     registry = ModelRegistry(MlflowConfig(**settings.model_dump()))
     assert registry.champion_versions(CUSTOMERS) == dict.fromkeys(CUSTOMERS[1:], "1")

@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from anomaly_pipelines import detect
-from anomaly_pipelines.core.api import _coerce
+from anomaly_pipelines.core.api import coerce
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.detector import fit_detectors
 from anomaly_pipelines.core.registry import SUMMARY_CSV, SUMMARY_PARQUET, ModelRegistry
@@ -88,7 +88,7 @@ def test_training_summary_csv_artifact_is_neutralised(tmp_path: Path) -> None:
             },
         }
     )
-    fitted = fit_detectors(regularize(_coerce(usage), config.preprocess), config)
+    fitted = fit_detectors(regularize(coerce(usage), config.preprocess), config)
     registry = ModelRegistry(config.mlflow)
     record = registry.log_training(fitted, run_name="hostile-ids")
     client = MlflowClient(tracking_uri=registry.tracking_uri)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from anomaly_pipelines.core.api import _coerce
+from anomaly_pipelines.core.api import coerce
 from anomaly_pipelines.core.registry import ModelRegistry
 from anomaly_pipelines.core.series import regularize, series_to_frame
 from anomaly_pipelines.defs.assets.training import trained_models, training_checkpoint_dir
@@ -31,7 +31,7 @@ def _series() -> Any:
     rng = np.random.default_rng(4)
     days = pd.date_range("2024-01-01", periods=80, freq="D", tz="UTC")
     usage = pd.DataFrame({"customer_id": KEY, "timestamp": days, "cost": 100 + rng.normal(0, 3, 80)})
-    (series,) = regularize(_coerce(usage))
+    (series,) = regularize(coerce(usage))
     return series
 
 

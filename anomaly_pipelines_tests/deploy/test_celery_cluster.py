@@ -245,7 +245,7 @@ def test_a_killed_worker_process_is_redelivered_and_registers_nothing_twice(
     registry = _registry(cluster.server.uri)
     assert {cid: registry.versions(cid) for cid in BATCH} == {cid: ["1"] for cid in BATCH}
     assert registry.champion_versions(BATCH) == dict.fromkeys(BATCH, "1")
-    client = registry._client()
+    client = registry.client()
     trainings = client.search_runs(
         [registry.experiment_id()], filter_string=f"tags.dagster_run_id = '{run.run_id}'"
     )
@@ -281,7 +281,7 @@ def test_two_runs_training_at_once_lose_no_version_and_keep_the_right_champions(
     ]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
     registry = _registry(cluster.server.uri)
-    client = registry._client()
+    client = registry.client()
     for run, customers in zip(runs, (first, second), strict=True):
         trainings = client.search_runs(
             [registry.experiment_id()], filter_string=f"tags.dagster_run_id = '{run.run_id}'"
@@ -317,6 +317,6 @@ def test_the_deploy_instance_keeps_everything_in_postgres_and_queues_runs(
     ]
     assert concurrency.pool_config.default_pool_limit >= 2
     registry = _registry(cluster.server.uri)
-    experiment = registry._client().get_experiment(registry.experiment_id())
+    experiment = registry.client().get_experiment(registry.experiment_id())
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     assert any(cluster.server.artifacts.rglob("MLmodel"))

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, TypeVar
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from anomaly_pipelines.core import serving
 from anomaly_pipelines.core.detector import FittedDetectors
@@ -74,8 +76,11 @@ def log_training(
     customers = [cid for fit in fitted.autoencoders for cid in fit.customer_ids]
     run_tags = {**safe_mapping(tags or {}, "tag"), "project": PROJECT}
     model_versions: dict[str, str] = {}
-    with start_run(experiment_id, run_name, run_tags) as run:
+    # The run starts when training did, so its duration in the UI is the real cost.
+    started_at = time.time() - training_seconds if training_seconds else None
+    with start_run(experiment_id, run_name, run_tags, started_at) as run:
         run_id = run.info.run_id
+        _log_curves(run_id, fitted)
         if fitted.settings is not None:
             params = safe_mapping(fitted.settings.flat(), "param")
             retry(lambda: mlflow.log_params(params), "log params")
@@ -114,6 +119,24 @@ def log_training(
         )
     registered_names = {cid: registry.registered_name(cid) for cid in model_versions}
     return TrainingRecord(run_id, str(experiment_id), model_versions, registered_names)
+
+
+def _log_curves(run_id: str, fitted: FittedDetectors) -> None:
+    """Each stacked LSTM's loss per epoch as stepped metrics, so the MLflow UI draws the
+    training curves (``epoch_loss``/``epoch_val_loss``; ``.../model_<i>`` when one training
+    stacked several models)."""
+    curves = [fit.history for fit in fitted.autoencoders if fit.history]
+    now = int(time.time() * 1000)
+    points = []
+    for i, history in enumerate(curves):
+        suffix = f"/model_{i}" if len(curves) > 1 else ""
+        for epoch, (loss, val_loss) in enumerate(history, start=1):
+            for key, value in ((f"epoch_loss{suffix}", loss), (f"epoch_val_loss{suffix}", val_loss)):
+                if math.isfinite(value):
+                    points.append(Metric(key, float(value), now, epoch))
+    client = MlflowClient()
+    for chunk in _chunks(points, 1000):
+        retry(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk), "log curves")
 
 
 def log_report(

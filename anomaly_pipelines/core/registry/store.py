@@ -330,19 +330,39 @@ def without_credentials(uri: str) -> str:
 
 
 @contextlib.contextmanager
-def start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> Iterator[Any]:
+def start_run(
+    experiment_id: str, run_name: str, tags: dict[str, str], started_at: float | None = None
+) -> Iterator[Any]:
     """A run in our experiment, nested when the caller (a Dagster op, a notebook) has one open.
+
+    ``started_at`` (seconds since the epoch) backdates the run's start, so its duration in the
+    MLflow UI covers the training that happened before anything could be logged.
 
     Ending it is retried like every other write: ``mlflow.end_run`` takes the run off MLflow's
     stack and then writes its end without retrying, which on a busy store would fail the whole
     training after its versions were registered and leave the run RUNNING.
     """
-    nested = mlflow.active_run() is not None
+    parent = mlflow.active_run()
     tags = {**tags, **_owner_tags()}
-    run = retry(
-        lambda: mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested),
-        "start run",
-    )
+    if started_at is None:
+        run = retry(
+            lambda: mlflow.start_run(
+                experiment_id=experiment_id, run_name=run_name, tags=tags, nested=parent is not None
+            ),
+            "start run",
+        )
+    else:
+        if parent is not None:
+            tags["mlflow.parentRunId"] = parent.info.run_id
+        created = retry(
+            lambda: MlflowClient().create_run(
+                experiment_id, start_time=int(started_at * 1000), tags=tags, run_name=run_name
+            ),
+            "start run",
+        )
+        run = retry(
+            lambda: mlflow.start_run(run_id=created.info.run_id, nested=parent is not None), "start run"
+        )
     status = "FAILED"
     try:
         yield run
