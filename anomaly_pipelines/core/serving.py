@@ -122,7 +122,10 @@ def load_downloaded(model_dir: Path) -> FittedDetectors:
     flavor = Model.load(str(model_dir)).flavors.get("python_function", {})
     artifacts = flavor.get("artifacts") or {}
     if ARTIFACT not in artifacts:
-        raise ValueError(f"{model_dir} is not a model logged by this project (no {ARTIFACT!r})")
+        raise ValueError(
+            f"{model_dir.name} holds no saved model directory ({ARTIFACT!r}): logged by another "
+            "project, or registered before models carried their settings; retrain the customer"
+        )
     return FittedDetectors.load(model_dir / artifacts[ARTIFACT]["path"])
 
 
