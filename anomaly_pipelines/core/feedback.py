@@ -164,6 +164,13 @@ def training_normal_days(store: OperationsStore) -> dict[str, list[pd.Timestamp]
     return _days(store.incidents(), ids)
 
 
+def _on_days(series: CustomerSeries, days: list[pd.Timestamp] | None) -> np.ndarray:
+    """The steps of ``series`` that fall on one of ``days`` (calendar days)."""
+    if not days:
+        return np.zeros(len(series), dtype=bool)
+    return np.asarray(series.timestamps.normalize().isin(pd.DatetimeIndex(days).normalize()))
+
+
 def exclude_from_training(
     series: list[CustomerSeries], store: OperationsStore
 ) -> tuple[list[CustomerSeries], dict[str, int]]:
@@ -178,15 +185,11 @@ def exclude_from_training(
     out: list[CustomerSeries] = []
     replaced: dict[str, int] = {}
     for s in series:
-        days = exclusions.get(s.customer_id)
-        if not days:
-            out.append(s)
-            continue
-        stamps = s.timestamps
-        hit = np.asarray(stamps.normalize().isin(pd.DatetimeIndex(days).normalize()))
+        hit = _on_days(s, exclusions.get(s.customer_id))
         if not hit.any():
             out.append(s)
             continue
+        stamps = s.timestamps
         values = s.values.astype(float).copy()
         position = {t: i for i, t in enumerate(stamps)}
         for i in np.flatnonzero(hit):
@@ -218,12 +221,7 @@ def mark_declared_normal(
     out: list[CustomerSeries] = []
     marked: dict[str, int] = {}
     for s in series:
-        days = normal.get(s.customer_id)
-        hit = (
-            np.asarray(s.timestamps.normalize().isin(pd.DatetimeIndex(days).normalize()))
-            if days
-            else np.zeros(len(s), dtype=bool)
-        )
+        hit = _on_days(s, normal.get(s.customer_id))
         if not hit.any():
             out.append(s)
             continue
