@@ -397,40 +397,53 @@ def test_send_test_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         assert list(store.deliveries()["status"]) == ["sent"]
 
 
+def _incident_in_store(
+    tmp_path: Path, costs: Any, expected: Any, flagged: list[int], as_of: str
+) -> tuple[OperationsStore, Any]:
+    """A store holding the incidents of acme's ``flagged`` days (35 days from START), and
+    acme's series of ``costs``."""
+    import numpy as np
+
+    from anomaly_pipelines.core.series import CustomerSeries
+
+    config = _config(tmp_path, [])
+    store = OperationsStore.for_config(config)
+    stamps = pd.date_range(START, periods=len(costs), freq="D", tz="UTC")
+    scores = pd.DataFrame(
+        {
+            "customer_id": "acme",
+            "timestamp": stamps,
+            "cost": costs,
+            "expected_cost": expected,
+            "hybrid_score": [3.0 if i in flagged else 0.1 for i in range(len(costs))],
+            "is_anomaly": [i in flagged for i in range(len(costs))],
+        }
+    )
+    incidents = explain_incidents(scores, None, config.explain)
+    process_day(config, store, as_of, incidents, {"acme": stamps[-1]}, sleep=lambda s: None)
+    series = CustomerSeries(
+        "acme", pd.DatetimeIndex(stamps), costs, np.zeros(len(costs), bool), pd.Timedelta(days=1)
+    )
+    return store, series
+
+
 def test_accurate_incidents_are_replaced_by_the_usual_level_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import dataclasses
+
     import numpy as np
 
     from anomaly_pipelines.core.feedback import exclude_from_training
-    from anomaly_pipelines.core.series import CustomerSeries
 
     monkeypatch.delenv("TEST_HOOK_URL", raising=False)
-    config = _config(tmp_path, [])
-    store = OperationsStore.for_config(config)
     # Weekdays cost their index (Mon=0 ... Sun=6) x 10; days 29 and 30 spike.
     stamps = pd.date_range(START, periods=35, freq="D", tz="UTC")
     values = np.array([10.0 * t.weekday() + 1 for t in stamps])
     spiked = values.copy()
     spiked[[29, 30]] = 999.0
-    scores = pd.DataFrame(
-        {
-            "customer_id": "acme",
-            "timestamp": stamps,
-            "cost": spiked,
-            "expected_cost": values,
-            "hybrid_score": [3.0 if i in (29, 30) else 0.1 for i in range(35)],
-            "is_anomaly": [i in (29, 30) for i in range(35)],
-        }
-    )
-    incidents = explain_incidents(scores, None, config.explain)
-    process_day(config, store, "2024-04-04", incidents, {"acme": stamps[-1]}, sleep=lambda s: None)
-    series = CustomerSeries(
-        "acme", pd.DatetimeIndex(stamps), spiked, np.zeros(35, bool), pd.Timedelta(days=1)
-    )
-    other = CustomerSeries(
-        "globex", pd.DatetimeIndex(stamps), spiked, np.zeros(35, bool), pd.Timedelta(days=1)
-    )
+    store, series = _incident_in_store(tmp_path, spiked, values, [29, 30], "2024-04-04")
+    other = dataclasses.replace(series, customer_id="globex")
     same, replaced = exclude_from_training([series, other], store)
     assert replaced == {} and same[0] is series  # no feedback yet: nothing changes
     record_feedback(store, "acme-20240330T0000", "accurate")
@@ -447,27 +460,11 @@ def test_planned_incidents_are_marked_normal_for_training_and_scoring(
     import numpy as np
 
     from anomaly_pipelines.core.feedback import mark_declared_normal
-    from anomaly_pipelines.core.series import CustomerSeries
 
     monkeypatch.delenv("TEST_HOOK_URL", raising=False)
-    config = _config(tmp_path, [])
-    store = OperationsStore.for_config(config)
-    stamps = pd.date_range(START, periods=35, freq="D", tz="UTC")
     values = np.full(35, 10.0)
     values[29:] = 30.0  # a planned migration: the new level from day 29 on
-    scores = pd.DataFrame(
-        {
-            "customer_id": "acme",
-            "timestamp": stamps,
-            "cost": values,
-            "expected_cost": 10.0,
-            "hybrid_score": [3.0 if i >= 29 else 0.1 for i in range(35)],
-            "is_anomaly": [i >= 29 for i in range(35)],
-        }
-    )
-    incidents = explain_incidents(scores, None, config.explain)
-    process_day(config, store, "2024-04-05", incidents, {"acme": stamps[-1]}, sleep=lambda s: None)
-    series = CustomerSeries("acme", pd.DatetimeIndex(stamps), values, np.zeros(35, bool), pd.Timedelta(days=1))
+    store, series = _incident_in_store(tmp_path, values, 10.0, list(range(29, 35)), "2024-04-05")
     same, marked = mark_declared_normal([series], store)
     assert marked == {} and same[0] is series
     record_feedback(store, "acme-20240330T0000", "accurate")
