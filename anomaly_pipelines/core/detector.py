@@ -839,10 +839,10 @@ def _score_columns(
         share = np.minimum(1.0, normalised["residual"] / gate)
         for name in scoring.MODEL_SIGNALS:
             normalised[name] = np.minimum(normalised[name], config.hybrid.signal_cap * share)
-    # A drop only counts when the value is also well below what this weekday/hour usually is:
-    # a weekend dip or the day after a month-start invoice is a drop, but not a surprise.
+    # A drop only counts when the value is also well below what this weekday usually is
+    # (``decrease_rule.confirm_z``).
     applies = _decrease_applies(series.frequency, config)
-    confirmed = (sig["z"] < -2.0) & applies
+    confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     weights = {"decrease": 1.0, **config.hybrid.weights}
     score = scoring.hybrid(normalised, weights, config.hybrid.signal_cap)

@@ -39,6 +39,7 @@ MODEL_SECTIONS = (
 LIVE = frozenset(
     {
         "hybrid.decision_threshold",
+        "decrease_rule.confirm_z",
         "hybrid.quiet_windows",
         "hybrid.quiet_period",
         "preprocess.duplicates",

@@ -209,6 +209,30 @@ def test_the_decrease_rule_is_a_daily_rule() -> None:
     assert not scores["reasons"].str.contains("decrease").any()
 
 
+def test_a_drop_votes_only_when_it_is_confirm_z_spreads_below_its_expectation() -> None:
+    """``decrease_rule.confirm_z`` is read at scoring time: one fitted model, the same drop,
+    a vote from the decrease rule just below the step's own depth and none just above it."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    usage = _daily("dippy", 240, 9)
+    usage.loc[215, "cost"] *= 0.6  # a 40% one-day dip on a weekday
+    config = PipelineConfig().merged(FAST)
+    series = regularize(usage)
+    fitted = fit_detectors(series, config)
+    base = score_series(series, fitted, config)
+    depth = float(base["residual_score"].iloc[215])
+    assert base["decrease_flag"].iloc[215] and depth > 1.0, depth
+
+    def score_at(confirm_z: float) -> float:
+        settings = config.merged({"decrease_rule": {"confirm_z": confirm_z}})
+        return float(score_series(series, fitted, settings)["hybrid_score"].iloc[215])
+
+    assert score_at(depth - 0.1) > score_at(depth + 0.1)
+    assert score_at(depth + 0.1) == score_at(100.0)  # as if the rule never voted
+
+
 def test_thresholds_are_learned_without_a_long_training_incident() -> None:
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors
