@@ -831,6 +831,8 @@ def _score_columns(
     normalised = {
         name: scoring.normalise(sig[name], *thresholds[name]) for name in ("residual", *scoring.MODEL_SIGNALS)
     }
+    alone = {"residual": config.hybrid.residual_alone, "lstm": config.hybrid.lstm_alone}
+    uncapped = {name: normalised[name] for name in alone}
     gate = config.hybrid.window_gate
     if online and gate > 0:
         # A window ending on a step is judged on its whole shape, so an incident echoes through
@@ -846,12 +848,14 @@ def _score_columns(
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     weights = {"decrease": 1.0, **config.hybrid.weights}
     score = scoring.hybrid(normalised, weights, config.hybrid.signal_cap)
-    alone = config.hybrid.residual_alone
-    if alone > 0 and series.frequency < pd.Timedelta(days=1):
-        # Sub-daily: the residual's threshold is an extreme tail quantile fitted on thousands of
-        # training steps, trustworthy alone; a daily one (a month's budget is 3% of the days)
+    if series.frequency < pd.Timedelta(days=1):
+        # Sub-daily: thresholds are extreme tail quantiles fitted on thousands of training steps,
+        # trustworthy alone far enough out; a daily one (a month's budget is 3% of the days)
         # still needs a second detector to agree.
-        score = np.maximum(score, normalised["residual"] * config.hybrid.decision_threshold / alone)
+        for name, multiple in alone.items():
+            if multiple > 0:
+                vote = np.nan_to_num(uncapped[name], nan=0.0) * config.hybrid.decision_threshold / multiple
+                score = np.maximum(score, vote)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     n = len(series)
     # Timestamps, not positions, so a tail of the series (daily scoring) matches the full one.

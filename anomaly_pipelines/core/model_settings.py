@@ -40,6 +40,7 @@ LIVE = frozenset(
     {
         "hybrid.decision_threshold",
         "decrease_rule.confirm_z",
+        "hybrid.lstm_alone",
         "hybrid.quiet_windows",
         "hybrid.quiet_period",
         "preprocess.duplicates",

@@ -76,6 +76,39 @@ def test_five_minute_metrics_with_a_burst() -> None:
     assert scores["is_anomaly"].mean() < 0.02
 
 
+def test_on_sub_daily_series_the_lstm_alerts_alone_at_lstm_alone_times_its_threshold() -> None:
+    """``hybrid.lstm_alone`` is read at scoring time: one fitted 5-minute model, the step the
+    LSTM finds most unusual flagged once that step's LSTM score reaches ``lstm_alone`` times its
+    threshold, and nothing changed where the LSTM's vote is below the score already given."""
+    from anomaly_pipelines.core import scoring
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    rng = np.random.default_rng(4)
+    ts = pd.date_range("2024-03-01", periods=288 * 4, freq="5min", tz="UTC")
+    values = 50 + 20 * np.sin(2 * np.pi * np.arange(len(ts)) / 288) + rng.normal(0, 1.5, len(ts))
+    values[1000:1012] = values[1000:1012][::-1] + 8 * np.sin(np.arange(12))  # a shape, not a level
+    config = PipelineConfig().merged(FAST)
+    series = regularize(pd.DataFrame({"customer_id": "api", "timestamp": ts, "cost": values}))
+    fitted = fit_detectors(series, config)
+
+    def scored(multiple: float) -> pd.DataFrame:
+        return score_series(series, fitted, config.merged({"hybrid": {"lstm_alone": multiple}}))
+
+    never = scored(0.0)
+    lstm = scoring.normalise(never["lstm_error"].to_numpy(), *fitted.calibrations["api"].thresholds["lstm"])
+    lstm = np.nan_to_num(lstm, nan=0.0)
+    top = int(np.argmax(np.where(never["status"] == "scored", lstm, 0.0)))
+    assert lstm[top] > 0 and not never["is_anomaly"].iloc[top], lstm[top]
+    alone = scored(lstm[top])
+    assert alone["is_anomaly"].iloc[top] or alone["is_repeat"].iloc[top]
+    vote = lstm * config.hybrid.decision_threshold / lstm[top]
+    below = vote <= never["hybrid_score"].to_numpy()
+    np.testing.assert_array_equal(alone["hybrid_score"].to_numpy()[below], never["hybrid_score"].to_numpy()[below])
+    assert (alone["hybrid_score"].to_numpy()[~below] > never["hybrid_score"].to_numpy()[~below]).all()
+
+
 def test_constant_and_zero_series_do_not_crash() -> None:
     ts = pd.date_range("2024-01-01", periods=100, freq="D", tz="UTC")
     usage = pd.concat(
