@@ -12,7 +12,7 @@ from typing import Any
 
 import dagster as dg
 
-from anomaly_pipelines.defs import checks, operations_checks, run_health, sensors
+from anomaly_pipelines.defs import automation, checks, operations_checks, run_health, sensors
 from anomaly_pipelines.defs.assets import (
     alerts,
     drift,
@@ -65,6 +65,8 @@ def build_definitions(
             ingest.daily_usage_asset(config),
             scoring.daily_scores_asset(config),
             alerts.daily_alerts_asset(config),
+            # A spec, not computed by a run, so load_assets_from_modules does not collect it.
+            drift.customer_drift,
         ],
         asset_checks=dg.load_asset_checks_from_modules([checks, operations_checks]),
         jobs=[
@@ -79,8 +81,8 @@ def build_definitions(
         schedules=[daily_scoring_schedule(orchestration)],
         sensors=[
             sensors.daily_files_sensor,
-            sensors.retrain_sensor,
-            sensors.new_customer_sensor,
+            automation.customer_automation_sensor,
+            automation.drift_automation_sensor,
             run_health.dead_training_runs_sensor,
         ],
         resources={

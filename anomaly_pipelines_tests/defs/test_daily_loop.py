@@ -2,7 +2,10 @@
 daily job scores each day and sends alerts to a loopback webhook, a person marks an incident
 ``not-anomaly`` from the CLI, and its repeat is not alerted.
 
-One trained history (ingest + batch training, 2 epochs), then one daily run per simulated day.
+One trained history (ingest + batch training, 2 epochs), then one daily run per simulated day;
+then what the declarative automation requests (``dagster.evaluate_automation_conditions``, the
+evaluation the daemon's automation sensors run): the drift measurement, and the retraining of
+the customer whose level shifted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from anomaly_pipelines.core.alerts import OperationsStore
 from anomaly_pipelines.core.alerts.store import dispose_engines
 from anomaly_pipelines.core.registry import ModelRegistry
 from anomaly_pipelines.definitions import build_definitions
+from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT
+from anomaly_pipelines.defs.jobs import CUSTOMER_ASSETS
+from anomaly_pipelines.defs.partitions import CUSTOMERS as CUSTOMER_PARTITIONS
 from anomaly_pipelines.defs.settings import read_config
 from anomaly_pipelines_tests.defs.conftest import write_config
 from anomaly_pipelines_tests.loopback import webhook_server
@@ -58,15 +64,6 @@ def _write_day(folder: Path, day: int) -> None:
     )
 
 
-def _tick(defs: dg.Definitions, sensor: str, instance: dg.DagsterInstance) -> Any:
-    """One evaluation of a sensor, as the daemon does it: with the instance as the store of
-    dynamic partitions."""
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        return defs.resolve_sensor_def(sensor).evaluate_tick(
-            dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
-        )
-
-
 @pytest.fixture(autouse=True)
 def _engines() -> Any:
     yield
@@ -101,6 +98,10 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
         job = defs.resolve_job_def("daily_scoring_job")
         with dg.instance_for_test() as instance:
             run_demo(str(config_path), instance=instance, log_level="WARNING")
+            # The daemon's automation sensors, ticking from here on (their first tick requests
+            # nothing: the demo's customers were just trained).
+            automation = _Automation(defs, instance)
+            assert automation.tick() == {}
 
             def run(day: int) -> dg.ExecuteInProcessResult:
                 key = (START + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
@@ -135,27 +136,35 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
                         == 0
                     )
 
-            # Drift of every customer against its champion, then the retrain sensor's requests.
-            drift = defs.resolve_job_def("drift_job").execute_in_process(instance=instance)
+            # The days were scored: automation measures drift of every customer (one run).
+            assert automation.tick() == {"model_drift": {None}}
+            drift = defs.resolve_job_def("drift_job").execute_in_process(
+                instance=instance, tags=_run_tags(defs, "drift_automation_sensor")
+            )
             measures = drift.output_for_node("model_drift")
             assert sorted(measures["customer_id"]) == list(CUSTOMERS)
             assert measures["residual_ks"].notna().all() and (measures["model_age_days"] < 1).all()
-            tick = _tick(defs, "retrain_sensor", instance)
-            expected = sorted(
-                measures.loc[measures["drifted"] | measures["stale"], "partition_key"]
-            )
-            assert sorted(r.partition_key for r in tick.run_requests or []) == expected
+            expected = set(measures.loc[measures["drifted"] | measures["stale"], "partition_key"])
             # The level shift drifted; the steady customer did not.
             drifted = measures.set_index("customer_id")["drifted"]
             assert drifted["initech"] and not drifted["globex"], measures.to_dict("records")
-            # The requested retrain (after an ingest that reads the new files) registers a
-            # challenger, and the gate's decision is recorded in MLflow and followed by the alias.
+            # An ingest reads the new files; then automation requests the listed customers'
+            # series, models, scores, explanations and plots, and nothing else.
             defs.resolve_job_def("ingest_job").execute_in_process(instance=instance)
-            request = next(r for r in tick.run_requests if r.partition_key == "initech")
-            retrain = defs.resolve_job_def("customer_job").execute_in_process(
-                instance=instance, partition_key=request.partition_key, tags=request.tags
+            assert automation.tick() == {name: expected for name in CUSTOMER_ASSETS}
+            # initech's retraining (what the daemon launches, with the sensor's tags) registers
+            # a challenger, and the gate's decision is recorded in MLflow and followed by the
+            # alias.
+            selection = [dg.AssetKey(name) for name in CUSTOMER_ASSETS]
+            retrain = defs.resolve_implicit_job_def_def_for_assets(selection).execute_in_process(
+                instance=instance,
+                asset_selection=selection,
+                partition_key="initech",
+                tags=_run_tags(defs, "customer_automation_sensor"),
             )
             assert retrain.success
+            # Requested once per measurement; the retraining's new scores start no new one.
+            assert automation.tick() == {}
             registry = ModelRegistry(config.mlflow)
             assert registry.versions("initech") == ["1", "2"]
             client = MlflowClient(registry.tracking_uri, registry.tracking_uri)
@@ -195,51 +204,81 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
         )
 
 
-def test_retrain_sensor_requests_each_listed_customer_once_per_drift_measurement() -> None:
-    from anomaly_pipelines.defs.assets.drift import RETRAIN_KEYS
+def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[str | None]]:
+    """What one evaluation of the automation conditions requests: asset -> partition keys."""
+    return {
+        r.key.to_user_string(): set(result.get_requested_partitions(r.key))
+        for r in result.results
+        if result.get_num_requested(r.key)
+    }
 
-    defs = build_definitions()
-    with dg.instance_for_test() as instance:
 
-        def tick() -> Any:
-            return _tick(defs, "retrain_sensor", instance)
+def _run_tags(defs: dg.Definitions, sensor: str) -> dict[str, str]:
+    """The tags an automation sensor puts on the runs it launches."""
+    definition = defs.resolve_sensor_def(sensor)
+    assert isinstance(definition, dg.AutomationConditionSensorDefinition)
+    return dict(definition.run_tags)
 
-        assert "not been materialized" in (tick().skip_message or "")
-        instance.add_dynamic_partitions("customers", ["acme", "globex"])
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                "model_drift", metadata={RETRAIN_KEYS: dg.MetadataValue.json(["acme", "gone"])}
-            )
+
+class _Automation:
+    """Successive evaluations of every automation condition of ``defs`` on ``instance``, as the
+    daemon's sensors tick: each one continues from the previous one's cursor."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def tick(self) -> dict[str, set[str | None]]:
+        result = dg.evaluate_automation_conditions(
+            defs=self.defs, instance=self.instance, cursor=self.cursor
         )
-        first = tick()
-        # "gone" is no longer a customer partition: nothing to train.
-        assert [r.partition_key for r in first.run_requests] == ["acme"]
-        assert first.run_requests[0].run_key == tick().run_requests[0].run_key  # same measurement
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization(
-                "model_drift", metadata={RETRAIN_KEYS: dg.MetadataValue.json([])}
-            )
-        )
-        assert "no drifted" in (tick().skip_message or "")
+        self.cursor = result.cursor
+        return _requested(result)
 
 
-def test_new_customer_sensor_trains_partitions_never_trained() -> None:
-    defs = build_definitions()
-    with dg.instance_for_test() as instance:
+def _materialize(instance: dg.DagsterInstance, asset: str, partitions: list[str]) -> None:
+    for key in partitions:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
 
-        def tick() -> Any:
-            return _tick(defs, "new_customer_sensor", instance)
 
-        assert "every customer" in (tick().skip_message or "")
-        instance.add_dynamic_partitions("customers", ["acme", "globex"])
-        assert "run ingest_job first" in (tick().skip_message or "")
+def test_automation_trains_a_new_customer_once_its_rows_are_ingested() -> None:
+    with dg.DagsterInstance.ephemeral() as instance:
+        automation = _Automation(build_definitions(), instance)
+        assert automation.tick() == {}
+        # Registered by a day's file: validated_usage has no rows of it yet, nothing to train on.
+        instance.add_dynamic_partitions(CUSTOMER_PARTITIONS, ["acme"])
+        assert automation.tick() == {}
+        # The next ingest has its rows: series, models, scores, explanations, plots, in one go.
         instance.report_runless_asset_event(dg.AssetMaterialization("validated_usage"))
-        instance.report_runless_asset_event(
-            dg.AssetMaterialization("lstm_autoencoder", partition="acme")
-        )
-        first = tick()
-        assert [r.partition_key for r in first.run_requests] == ["globex"]
-        assert first.run_requests[0].run_key == tick().run_requests[0].run_key
-        # A new ingest (new rows) makes a new request for a customer still untrained.
+        assert automation.tick() == {name: {"acme"} for name in CUSTOMER_ASSETS}
+        assert automation.tick() == {}  # requested once
+        for name in CUSTOMER_ASSETS:  # the run did its work
+            _materialize(instance, name, ["acme"])
+        # A later ingest trains the newly registered customer only.
+        instance.add_dynamic_partitions(CUSTOMER_PARTITIONS, ["globex"])
         instance.report_runless_asset_event(dg.AssetMaterialization("validated_usage"))
-        assert tick().run_requests[0].run_key != first.run_requests[0].run_key
+        assert automation.tick() == {name: {"globex"} for name in CUSTOMER_ASSETS}
+
+
+def test_automation_retrains_the_customers_each_drift_measurement_lists_once() -> None:
+    with dg.DagsterInstance.ephemeral() as instance:
+        automation = _Automation(build_definitions(), instance)
+        instance.add_dynamic_partitions(CUSTOMER_PARTITIONS, ["acme", "globex"])
+        for name in CUSTOMER_ASSETS:
+            _materialize(instance, name, ["acme", "globex"])
+        assert automation.tick() == {}
+        # A drift measurement lists acme (model_drift records its customer_drift partition).
+        _materialize(instance, CUSTOMER_DRIFT, ["acme"])
+        assert automation.tick() == {name: {"acme"} for name in CUSTOMER_ASSETS}
+        assert automation.tick() == {}  # once per measurement
+        for name in CUSTOMER_ASSETS:  # the retraining rescored acme: no new measurement, no loop
+            _materialize(instance, name, ["acme"])
+        assert automation.tick() == {}
+        # A day was scored: drift is measured (once), though most days were never scored.
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("daily_scores", partition="2025-03-01")
+        )
+        assert automation.tick() == {"model_drift": {None}}
+        assert automation.tick() == {}
+        # That measurement lists acme again: retrained again; globex never.
+        _materialize(instance, CUSTOMER_DRIFT, ["acme"])
+        assert automation.tick() == {name: {"acme"} for name in CUSTOMER_ASSETS}

@@ -12,12 +12,14 @@ import dagster as dg
 import pytest
 
 from anomaly_pipelines.definitions import build_definitions, defs
+from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT, REASON_TAG
 from anomaly_pipelines.defs.jobs import (
     CUSTOMER_ASSETS,
     DAILY_ASSETS,
     INGEST_ASSETS,
     OPERATIONS_ASSETS,
     REPORT_ASSETS,
+    TRAINS,
 )
 from anomaly_pipelines.defs.resources import PipelineSettings
 
@@ -42,6 +44,8 @@ CHAIN = [
     ("daily_usage", "daily_alerts"),
     ("anomaly_scores", "model_drift"),
     ("daily_scores", "model_drift"),
+    (CUSTOMER_DRIFT, "customer_series"),
+    (CUSTOMER_DRIFT, "lstm_autoencoder"),
 ]
 
 
@@ -51,7 +55,14 @@ def test_definitions_validate() -> None:
 
 def test_every_asset_is_documented_grouped_and_kinded() -> None:
     specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
-    expected = {*INGEST_ASSETS, *CUSTOMER_ASSETS, *REPORT_ASSETS, *DAILY_ASSETS, *OPERATIONS_ASSETS}
+    expected = {
+        *INGEST_ASSETS,
+        *CUSTOMER_ASSETS,
+        *REPORT_ASSETS,
+        *DAILY_ASSETS,
+        *OPERATIONS_ASSETS,
+        CUSTOMER_DRIFT,
+    }
     assert set(specs) == expected
     for name, spec in specs.items():
         assert spec.description and len(spec.description) > 40, name
@@ -83,9 +94,6 @@ def test_jobs_schedule_and_sensor() -> None:
     names = {j.name for j in defs.resolve_all_job_defs()}
     assert {"ingest_job", "customer_job", "batch_job", "report_job", "daily_scoring_job"} <= names
     assert "drift_job" in names
-    retrain = defs.resolve_sensor_def("retrain_sensor")
-    assert retrain.job_name == "customer_job"
-    assert retrain.default_status == dg.DefaultSensorStatus.RUNNING
     assert (
         defs.resolve_schedule_def("daily_scoring_schedule").default_status
         == dg.DefaultScheduleStatus.RUNNING
@@ -94,6 +102,28 @@ def test_jobs_schedule_and_sensor() -> None:
         defs.resolve_sensor_def("daily_files_sensor").default_status
         == dg.DefaultSensorStatus.STOPPED
     )
+
+
+def test_automation_sensors_cover_every_automated_asset_run_by_default_and_tag_their_runs() -> None:
+    """Dagster's own default_automation_condition_sensor starts stopped: every asset with an
+    automation condition must be evaluated by one of ours, which start running."""
+    graph = defs.resolve_asset_graph()
+    automated = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition}
+    sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
+    assert "default_automation_condition_sensor" not in sensors
+    customers = sensors["customer_automation_sensor"]
+    drift = sensors["drift_automation_sensor"]
+    assert isinstance(customers, dg.AutomationConditionSensorDefinition)
+    assert isinstance(drift, dg.AutomationConditionSensorDefinition)
+    targets = {s.name: s.asset_selection.resolve(graph) for s in (customers, drift)}
+    assert targets["customer_automation_sensor"] == {dg.AssetKey(k) for k in CUSTOMER_ASSETS}
+    assert targets["drift_automation_sensor"] == {dg.AssetKey(k) for k in OPERATIONS_ASSETS}
+    assert automated == set().union(*targets.values())
+    for sensor in (customers, drift):
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensor.run_tags[REASON_TAG]
+    # Automated trainings wait for the one training slot of configs/dagster.yaml.
+    assert TRAINS.items() <= customers.run_tags.items()
 
 
 def test_build_definitions_binds_the_given_config(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """Drift of every customer's data against its champion model, and what to retrain.
 
-``model_drift`` is materialized declaratively (``AutomationCondition.eager()``: whenever the
-daily scores or the batch scores it reads are updated) and reports a check per run; the
-``retrain_sensor`` turns its list of drifted or stale customers into ``customer_job`` runs,
-whose new versions then face the champion/challenger gate of the training asset.
+``model_drift`` is materialized by declarative automation after each daily scoring
+(``defs.automation.drift_condition``) and reports a check per run. For each customer it finds
+drifted or stale it also records a materialization of that customer's partition of
+``customer_drift``: the customer's series and models depend on it, so automation retrains
+exactly those customers (``defs.automation``), and the new versions then face the
+champion/challenger gate of the training asset.
 """
 
 from collections.abc import Iterator
@@ -13,10 +15,24 @@ import dagster as dg
 import pandas as pd
 from dagster import AssetExecutionContext
 
+from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT, drift_condition
 from anomaly_pipelines.defs.metadata import markdown_table, md
+from anomaly_pipelines.defs.partitions import CUSTOMERS, customer_partitions
 from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSettings
 
-RETRAIN_KEYS = "retrain_partition_keys"
+customer_drift = dg.AssetSpec(
+    CUSTOMER_DRIFT,
+    partitions_def=customer_partitions,
+    group_name="operations",
+    # Nothing stored but the materialization events in Dagster's event log.
+    kinds={"dagster"},
+    description=(
+        "One materialization per customer and drift measurement that found the customer drifted "
+        "or stale, recorded by model_drift with the reason. Not computed by a run of its own: "
+        "the customer's series and models depend on it, so declarative automation retrains "
+        "exactly the customers listed, once per measurement."
+    ),
+)
 
 
 def recent_history(anomaly_scores: pd.DataFrame, daily_scores: pd.DataFrame) -> pd.DataFrame:
@@ -38,7 +54,7 @@ def recent_history(anomaly_scores: pd.DataFrame, daily_scores: pd.DataFrame) -> 
 @dg.asset(
     group_name="operations",
     kinds={"pandas", "mlflow"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=drift_condition(),
     ins={
         "anomaly_scores": dg.AssetIn(),
         "daily_scores": dg.AssetIn(),
@@ -60,7 +76,8 @@ def model_drift(
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     """Per customer: the KS distance of its recent residuals to its training residuals, its
     recent alert rate against ``drift.alert_budget`` and its champion's age (``core.drift``).
-    Drifted or stale customers are listed in the metadata for the ``retrain_sensor``."""
+    Each drifted or stale customer still registered as a partition gets a materialization of its
+    ``customer_drift`` partition, which is what makes automation retrain it."""
     from anomaly_pipelines.core.drift import drift_measures, retrain_keys
     from anomaly_pipelines.core.promotion import champion_registered_at
 
@@ -77,10 +94,25 @@ def model_drift(
         "customers": len(measures),
         "drifted": int(measures["drifted"].sum()) if len(measures) else 0,
         "stale": int(measures["stale"].sum()) if len(measures) else 0,
-        RETRAIN_KEYS: dg.MetadataValue.json(keys),
         "measures": md(markdown_table(measures, max_rows=50)),
     }
     yield dg.Output(measures, metadata=metadata)
+    registered = set(context.instance.get_dynamic_partitions(CUSTOMERS))
+    for row in flagged.itertuples(index=False):
+        if row.partition_key in registered:
+            context.log_event(
+                dg.AssetMaterialization(
+                    CUSTOMER_DRIFT,
+                    partition=row.partition_key,
+                    description=row.reason,
+                    metadata={
+                        "customer_id": row.customer_id,
+                        "drifted": bool(row.drifted),
+                        "stale": bool(row.stale),
+                        "reason": row.reason,
+                    },
+                )
+            )
     yield dg.AssetCheckResult(
         check_name="no_customer_drifted",
         passed=not keys,

@@ -16,6 +16,7 @@ from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.files import atomic_write
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.spreadsheet import write_csv
+from anomaly_pipelines.defs.automation import follow_models_condition
 from anomaly_pipelines.defs.metadata import (
     add_partition_metadata,
     image_markdown,
@@ -56,6 +57,7 @@ def export_paths(config: PipelineConfig) -> tuple[Path, Path]:
     backfill_policy=SINGLE_RUN,
     group_name="reporting",
     kinds={"matplotlib"},
+    automation_condition=follow_models_condition(),
 )
 def anomaly_plots(
     context: AssetExecutionContext,

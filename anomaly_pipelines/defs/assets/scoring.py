@@ -16,6 +16,7 @@ from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.series import CustomerSeries, frame_to_series, regularize
 from anomaly_pipelines.defs.assets.series import rows_for_partitions
+from anomaly_pipelines.defs.automation import follow_models_condition
 from anomaly_pipelines.defs.io_managers import MODEL_METADATA_KEY
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions, daily_partitions, recent_days
@@ -128,6 +129,7 @@ def score_metadata(scores: pd.DataFrame, decision_threshold: float) -> dict[str,
     # names. So they are dependencies (scoring runs after training), not loaded inputs.
     deps=["lstm_autoencoder", "isolation_forest", "local_outlier_factor"],
     metadata={MODEL_METADATA_KEY: "AnomalyScores"},
+    automation_condition=follow_models_condition(),
 )
 def anomaly_scores(
     context: AssetExecutionContext,
@@ -166,6 +168,7 @@ def anomaly_scores(
     backfill_policy=SINGLE_RUN,
     group_name="scoring",
     kinds={"pandas"},
+    automation_condition=follow_models_condition(),
 )
 def anomaly_explanations(
     context: AssetExecutionContext,

@@ -15,6 +15,7 @@ from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.ids import customer_key
 from anomaly_pipelines.core.series import regularize, series_to_frame
+from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT, series_condition
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions
 from anomaly_pipelines.defs.resources import PipelineSettings
@@ -40,6 +41,10 @@ def rows_for_partitions(
     backfill_policy=SINGLE_RUN,
     group_name="series",
     kinds={"pandas"},
+    # Not read: a customer listed by model_drift gets its series rebuilt from the newest
+    # validated_usage before it is retrained (defs.automation).
+    deps=[CUSTOMER_DRIFT],
+    automation_condition=series_condition(),
 )
 def customer_series(
     context: AssetExecutionContext,

@@ -18,6 +18,7 @@ from dagster import AssetExecutionContext
 
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.series import frame_to_series
+from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT, training_condition
 from anomaly_pipelines.defs.metadata import add_partition_metadata, markdown_table, md
 from anomaly_pipelines.defs.partitions import customer_partitions
 from anomaly_pipelines.defs.resources import MlflowRegistryResource, PipelineSettings
@@ -198,19 +199,24 @@ def train_and_register(
         "lstm_autoencoder": dg.AssetOut(
             kinds={"tensorflow", "mlflow"},
             description="Per-customer LSTM autoencoders (stacked Keras model), registered in MLflow.",
+            automation_condition=training_condition(),
         ),
         "isolation_forest": dg.AssetOut(
             kinds={"sklearn", "mlflow"},
             description="Per-customer IsolationForest over training windows, registered in MLflow.",
+            automation_condition=training_condition(),
         ),
         "local_outlier_factor": dg.AssetOut(
             kinds={"sklearn", "mlflow"},
             description="Per-customer LocalOutlierFactor (novelty mode), registered in MLflow.",
+            automation_condition=training_condition(),
         ),
     },
     partitions_def=customer_partitions,
     backfill_policy=SINGLE_RUN,
     group_name="training",
+    # Not read: the customers the newest model_drift lists are retrained (defs.automation).
+    deps=[CUSTOMER_DRIFT],
 )
 def trained_models(
     context: AssetExecutionContext,
