@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -67,6 +68,8 @@ class ModelRegistry:
     # listed in pages (one call per ``page_size`` customers).
     direct_lookup_limit: int = 50
     page_size: int = 1000
+    # Requests in flight at once to a tracking server (``_each``).
+    server_requests: int = 8
 
     def __init__(self, config: MlflowConfig) -> None:
         if not _PREFIX.fullmatch(config.model_prefix):
@@ -159,40 +162,57 @@ class ModelRegistry:
         names = {cid: self.registered_name(cid) for cid in customers}
         existing = self._registered_models(client, list(names.values()))
         for cid, name in names.items():
-            if name in existing:
-                owner = existing[name].tags.get("customer_id")
-                if owner is not None and owner != cid:
-                    raise ValueError(
-                        f"registered model {name!r} belongs to customer {owner!r}, not {cid!r}; "
-                        "another project may share mlflow.model_prefix in this store"
-                    )
-            else:
-                self._create_registered_model(client, name, cid)
-        created = {
-            r.customer_id: self._create_version(
-                client,
-                names[r.customer_id],
-                r.source,
-                r.run_id,
-                {**r.tags, "customer_id": r.customer_id, "run_id": r.run_id},
-                r.model_id,
-            )
-            for r in requests
-        }
+            owner = existing[name].tags.get("customer_id") if name in existing else None
+            if owner is not None and owner != cid:
+                raise ValueError(
+                    f"registered model {name!r} belongs to customer {owner!r}, not {cid!r}; "
+                    "another project may share mlflow.model_prefix in this store"
+                )
+        self._each(
+            [
+                lambda cid=cid, name=name: self._create_registered_model(client, name, cid)
+                for cid, name in names.items()
+                if name not in existing
+            ]
+        )
+        versions = self._each(
+            [
+                lambda r=r: self._create_version(
+                    client,
+                    names[r.customer_id],
+                    r.source,
+                    r.run_id,
+                    {**r.tags, "customer_id": r.customer_id, "run_id": r.run_id},
+                    r.model_id,
+                )
+                for r in requests
+            ]
+        )
+        created = dict(zip(customers, versions, strict=True))
         alias = self.config.alias
         with self.store.lock("alias"):
             current = self._registered_models(client, list(names.values()))
-            for cid, version in created.items():
-                name = names[cid]
-                holder = current[name].aliases.get(alias) if name in current else None
-                if holder is None or int(holder) < int(version):
-                    retry(
-                        lambda name=name, version=version: client.set_registered_model_alias(
-                            name, alias, version
-                        ),
-                        "set alias",
+            holders = {n: current[n].aliases.get(alias) if n in current else None for n in names.values()}
+            self._each(
+                [
+                    lambda name=names[cid], version=version: retry(
+                        lambda: client.set_registered_model_alias(name, alias, version), "set alias"
                     )
+                    for cid, version in created.items()
+                    if holders[names[cid]] is None or int(holders[names[cid]]) < int(version)
+                ]
+            )
         return created
+
+    def _each(self, calls: list[Callable[[], T]]) -> list[T]:
+        """Results of ``calls`` in order. A tracking server is asked up to ``server_requests``
+        at a time: MLflow's REST API has no batch call for models, versions or aliases, so one
+        after the other a customer costs three round trips of waiting; a SQLite store takes one
+        writer at a time, so there they run in turn."""
+        if len(calls) < 2 or not self.tracking_uri.startswith(("http://", "https://")):
+            return [call() for call in calls]
+        with ThreadPoolExecutor(min(self.server_requests, len(calls))) as pool:
+            return list(pool.map(lambda call: call(), calls))
 
     def _create_registered_model(self, client: MlflowClient, name: str, customer_id: str) -> None:
         try:
@@ -326,13 +346,18 @@ class ModelRegistry:
         wanted = set(names)
         out: dict[str, T] = {}
         if len(wanted) <= self.direct_lookup_limit:
-            for name in wanted:
+
+            def read(name: str) -> T | None:
                 try:
-                    out[name] = retry(lambda name=name: direct(name), "read model")
+                    return retry(lambda: direct(name), "read model")
                 except MlflowException as exc:
                     if exc.error_code not in _MISSING:
                         raise
-            return out
+                    return None
+
+            ordered = sorted(wanted)
+            found = self._each([lambda name=name: read(name) for name in ordered])
+            return {name: hit for name, hit in zip(ordered, found, strict=True) if hit is not None}
         listing = _pages(
             lambda token: client.search_registered_models(
                 filter_string=f"name LIKE '{self.config.model_prefix}.%'",
