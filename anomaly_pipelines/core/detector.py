@@ -208,15 +208,11 @@ def _in_warmup(series: CustomerSeries, cal: Calibration) -> np.ndarray:
     return np.asarray(series.timestamps < cal.warm_until + (cal.window - 1) * series.frequency)
 
 
-def _seasonal(
-    values: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration], config: PipelineConfig, fill: bool = True
-) -> np.ndarray:
+def _seasonal(values: np.ndarray, cals: list[Calibration], config: PipelineConfig) -> scoring.SeasonalExpectation:
     """Seasonal (weekly or daily) expectation of a (customers, steps) block sharing one time grid
     and cycle."""
     cal = cals[0]
-    return scoring.seasonal_expectation(
-        values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3), fill=fill
-    )
+    return scoring.SeasonalExpectation(values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3))
 
 
 def _warmed_up(timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
@@ -288,7 +284,8 @@ def _expectations(
         timestamps = members[0].timestamps
         values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
         declared = np.vstack([_declared_normal(s) for s in members])
-        seasonal = _seasonal(values, timestamps, block_cals, config)
+        history = _seasonal(values, block_cals, config)
+        seasonal = history.expected()
         monthly = _monthly(values, seasonal, timestamps, block_cals)
         expected = seasonal + monthly
         spread = _spread(expected, block_cals)
@@ -302,8 +299,9 @@ def _expectations(
                 surprising &= warmed_up & ~declared
                 if not surprising.any():
                     break
-                cleaned = np.where(surprising, np.nan, values)
-                second = _seasonal(cleaned, timestamps, block_cals, config, fill=False) + monthly
+                # Recomputed only where this pass's cleaning differs from the last one's.
+                history = history.update(np.where(surprising, np.nan, values))
+                second = history.expected(fill=False) + monthly
                 # Inside an incident longer than a cycle the cleaned history has nothing left:
                 # keep expecting what was expected before it (the raw expectation would be the
                 # incident itself, and the days after it would look like a collapse).
@@ -411,7 +409,7 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     """
     n = cal.train_size
     floor = max(cal.typical_level * 1e-3, 1e-9)
-    raw = _seasonal(series.values[None, :], series.timestamps, [cal], config)[0]
+    raw = _seasonal(series.values[None, :], [cal], config).expected()[0]
     train_res = (series.values - raw)[:n]
     cal.residual_sigma = scoring.robust_sigma(train_res, floor=floor)
     if series.frequency == pd.Timedelta(days=1) and n >= 90:
