@@ -438,7 +438,8 @@ def tail_quantile(scores: np.ndarray, p: float, base: float = 0.98, min_excesses
 
 def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:
     """Flagged steps whose run of flags started within ``quiet`` steps after an earlier flagged
-    step: the same incident flaring up again, not a new one.
+    step: the same incident flaring up again, not a new one. ``flags`` may be one series or a
+    (series, steps) block.
 
     Only flags before a run's first step decide, so a day's answer never changes later, and the
     daily run needs just ``quiet`` steps of earlier flags to give the same answer.
@@ -446,15 +447,15 @@ def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:
     flags = np.asarray(flags, dtype=bool)
     if quiet <= 0 or not flags.any():
         return np.zeros_like(flags)
-    previous = np.concatenate([[False], flags[:-1]])
-    onsets = flags & ~previous
-    before = np.concatenate([[0], np.cumsum(flags)])
-    idx = np.arange(len(flags))
+    lead = np.zeros((*flags.shape[:-1], 1), dtype=bool)
+    onsets = flags & ~np.concatenate([lead, flags[..., :-1]], axis=-1)
+    before = np.concatenate([lead.astype(np.int64), np.cumsum(flags, axis=-1)], axis=-1)
+    idx = np.arange(flags.shape[-1])
     # flagged steps in [t - quiet, t - 1] (t - 1 is never flagged at an onset)
-    recent = before[idx] - before[np.maximum(idx - quiet, 0)]
-    run = np.cumsum(onsets)  # run number of each step (0 before the first onset)
-    repeated_run = np.concatenate([[False], (recent > 0)[onsets]])
-    return flags & repeated_run[run]
+    recent = before[..., idx] - before[..., np.maximum(idx - quiet, 0)]
+    # each flagged step is a repeat when its run's onset (the latest onset so far) is one
+    onset = np.maximum.accumulate(np.where(onsets, idx, 0), axis=-1)
+    return flags & np.take_along_axis(onsets & (recent > 0), onset, axis=-1)
 
 
 def long_runs(mask: np.ndarray, length: int) -> np.ndarray:
@@ -477,19 +478,20 @@ def trailing_any(mask: np.ndarray, span: int) -> np.ndarray:
     return (counts[idx + 1] - counts[np.maximum(0, idx + 1 - span)]) > 0
 
 
-def normalise(scores: np.ndarray, center: float, threshold: float) -> np.ndarray:
-    """Map a signal so 0 is its typical training value and 1 is its learned threshold."""
+def normalise(scores: np.ndarray, center: float | np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """Map a signal so 0 is its typical training value and 1 is its learned threshold (per
+    series of a block: ``center`` and ``threshold`` broadcast against ``scores``)."""
     out = (np.asarray(scores, dtype=float) - center) / (threshold - center)
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1e3)
 
 
 def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float], cap: float = np.inf) -> np.ndarray:
     """Mean of the two largest weighted normalised signals, each capped at ``cap`` (see module
-    docstring)."""
+    docstring); step by step, for one series or a (series, steps) block."""
     names = [name for name in normalised if weights.get(name, 1.0) > 0]
     if not names:
         raise ValueError("hybrid needs at least one signal with a positive weight")
-    stacked = np.minimum(np.vstack([normalised[name] * weights.get(name, 1.0) for name in names]), cap)
+    stacked = np.minimum(np.stack([normalised[name] * weights.get(name, 1.0) for name in names]), cap)
     if len(names) == 1:
         return stacked[0]
     top2 = -np.sort(-stacked, axis=0)[:2]
@@ -497,21 +499,24 @@ def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float], cap: fl
 
 
 def reasons(normalised: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> np.ndarray:
-    """Per step, the comma-separated names (sorted) of the signals at or above their threshold
-    and of the raised flags. Each step's set is coded as bits, so thousands of customers' steps
-    cost one string per distinct combination, not one per step."""
+    """Per step (of one series or a (series, steps) block), the comma-separated names (sorted)
+    of the signals at or above their threshold and of the raised flags. Each step's set is coded
+    as bits, so thousands of customers' steps cost one string per distinct combination, not one
+    per step."""
     names = sorted(set(normalised) | set(flags))
-    n = len(next(iter(normalised.values())))
-    code = np.zeros(n, dtype=np.int64)
+    shape = np.shape(next(iter(normalised.values())))
+    code = np.zeros(shape, dtype=np.int64)
     for bit, name in enumerate(names):
-        fired = np.zeros(n, dtype=bool)
+        fired = np.zeros(shape, dtype=bool)
         if name in normalised:
             fired |= np.asarray(normalised[name]) >= 1.0
         if name in flags:
             fired |= np.asarray(flags[name], dtype=bool)
         code |= fired.astype(np.int64) << bit
+    if not code.size:
+        return np.empty(shape, dtype=object)
     distinct, position = np.unique(code, return_inverse=True)
     text = np.array(
         [",".join(name for bit, name in enumerate(names) if int(c) >> bit & 1) for c in distinct], dtype=object
     )
-    return text[position.reshape(-1)] if n else np.array([], dtype=object)
+    return text[position.reshape(-1)].reshape(shape)
