@@ -1,6 +1,6 @@
 """Speed benchmark: writes docs/performance.md (generated; do not edit by hand).
 
-    .venv/bin/python benchmarks/performance.py            # full run (about 30-40 min on 2 cores)
+    .venv/bin/python benchmarks/performance.py            # full run
     .venv/bin/python benchmarks/performance.py --quick    # small sizes, a few minutes
 
 In one run, on the same synthetic data:
@@ -9,7 +9,11 @@ In one run, on the same synthetic data:
    peak memory and event-F1 on the injected incidents (speed must not be bought with accuracy);
 2. daily scoring of the newest day with champion models loaded from MLflow, at 1,000 and 10,000
    customers;
-3. the whole batch pipeline through Dagster, in process, per asset.
+3. the whole batch pipeline through Dagster, in process, per asset;
+4. the batch on the celery executor (``cohort_batch_job``) with one and with two workers
+   against the machine's PostgreSQL and Redis and an MLflow server, started the way the deploy
+   tests start them (``anomaly_pipelines_tests/deploy/services.py``): customers per second per
+   worker, and how the rate grows from one worker to two.
 
 Each measured phase runs in a fresh child process, so its peak memory (max RSS) is its own and
 TensorFlow start-up is counted where a real run pays it.
@@ -210,6 +214,67 @@ def dagster_pipeline(customers: int, days: int, workdir: str) -> dict[str, Any]:
     }
 
 
+# --- 4. the batch on celery workers -------------------------------------------------------------
+
+
+def celery_batch(customers: int, days: int, workers: int, cohort_size: int, workdir: str) -> dict[str, Any]:
+    """``cohort_batch_job`` over ``customers`` in cohorts of ``cohort_size`` on the celery
+    executor with ``workers`` workers of one pool process each: Dagster's instance on
+    PostgreSQL, the broker and results on Redis, models registered through an MLflow server on
+    PostgreSQL (configs/deploy/, as the deploy tests start them). Ingest runs in process first;
+    the seconds are the run's own, from Dagster's run stats (the workers are started and have
+    answered before the run is launched, so it is the batch, not the start-up, being timed)."""
+    import contextlib
+
+    import pytest
+
+    from anomaly_pipelines.defs.demo import step_seconds
+    from anomaly_pipelines.defs.settings import write_isolated_config
+    from anomaly_pipelines_tests.deploy import services
+
+    try:
+        user = services.postgres_user()
+        services.redis_available()
+    except pytest.skip.Exception as exc:  # no PostgreSQL or Redis on this machine
+        return {"skipped": str(exc)}
+    root = Path(workdir)
+    with contextlib.ExitStack() as stack:
+        config = root / "deploy" / "pipeline.yaml"
+        deploy = stack.enter_context(services.deployment(user, root, config))
+        names = services.start_workers(deploy, workers, root)
+        server = stack.enter_context(services.mlflow_server(user, root))
+        write_isolated_config(
+            config.parent,
+            {
+                "source": {"kind": "synthetic", "synthetic": {"customers": customers, "days": days, "seed": SEED}},
+                "orchestration": {"executor": "celery", "celery_config": str(deploy.celery_config)},
+                "mlflow": {"tracking_uri": server.uri, "artifact_location": ""},
+            },
+        )
+        services.wait_for_workers(deploy, names)
+        instance = stack.enter_context(deploy.instance())
+        from anomaly_pipelines.definitions import build_definitions
+
+        ingest = build_definitions(str(config)).resolve_job_def("ingest_job").execute_in_process(instance=instance)
+        if not ingest.success:
+            raise RuntimeError("ingest_job failed")
+        log = root / "batch.log"
+        run_config = {"ops": {"plan_cohorts": {"config": {"cohort_size": cohort_size}}}}
+        code = services.launch(deploy, "cohort_batch_job", run_config, log).wait()
+        if code != 0:
+            raise RuntimeError(f"cohort_batch_job failed ({code}):\n{log.read_text()[-3000:]}")
+        run = next(r for r in instance.get_runs() if r.job_name == "cohort_batch_job")
+        stats = instance.get_run_stats(run.run_id)
+        cohort_steps = [v for k, v in step_seconds(instance, run.run_id).items() if k.startswith("train_cohort")]
+        return {
+            "customers": customers,
+            "workers": workers,
+            "steps": len(cohort_steps),
+            "seconds": stats.end_time - stats.start_time,
+            "step_seconds": sum(cohort_steps),
+        }
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -226,12 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--scoring-sizes", default="1000,10000")
     parser.add_argument("--pipeline-customers", type=int, default=200)
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: training,scoring,pipeline")
+    parser.add_argument("--celery-customers", type=int, default=200, help="customers of the celery batch")
+    parser.add_argument("--celery-cohort", type=int, default=50, help="customers per cohort step on celery")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: training,scoring,pipeline,celery")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     args = parser.parse_args(argv)
     if args.quick:
         args.customers, args.plain_customers, args.days = 20, 4, 365
         args.scoring_sizes, args.pipeline_customers = "200", 20
+        args.celery_customers, args.celery_cohort = 12, 3
     skip = set(filter(None, args.skip.split(",")))
     epochs = 50
     lines = [
@@ -308,6 +376,40 @@ def main(argv: list[str] | None = None) -> int:
             *[f"| {name} | {seconds:.1f} |" for name, seconds in result["assets"].items()],
             "",
         ]
+
+    if "celery" not in skip:
+        lines += [
+            f"## 4. Batch on the celery executor: {args.celery_customers} customers x {args.days} days, "
+            f"cohorts of {args.celery_cohort}",
+            "",
+            "`cohort_batch_job` on workers of one pool process each (`dagster-celery worker start`), Dagster on "
+            "PostgreSQL, Redis as broker and result backend, models registered through `mlflow server` on "
+            "PostgreSQL; all on this machine, so the workers share its cores with the services. Seconds are "
+            "the run's own (Dagster's run start to end).",
+            "",
+        ]
+        rates: dict[int, dict[str, Any]] = {}
+        for workers in (1, 2):
+            with tempfile.TemporaryDirectory() as workdir:
+                print(f"[celery] {args.celery_customers} customers on {workers} worker(s) ...", flush=True)
+                rates[workers] = in_child(celery_batch, args.celery_customers, args.days, workers, args.celery_cohort, workdir)
+            print(f"  {rates[workers]}", flush=True)
+            if "skipped" in rates[workers]:
+                lines += [f"Not measured: {rates[workers]['skipped']}", ""]
+                break
+        else:
+            lines += [
+                "| workers | cohort steps | run s | steps s (sum) | customers/s | customers/s per worker |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for workers, result in rates.items():
+                rate = result["customers"] / result["seconds"]
+                lines.append(
+                    f"| {workers} | {result['steps']} | {result['seconds']:.1f} | {result['step_seconds']:.1f} | "
+                    f"{rate:.2f} | {rate / workers:.2f} |"
+                )
+            growth = rates[1]["seconds"] / rates[2]["seconds"]
+            lines += ["", f"From 1 to 2 workers the batch runs {growth:.2f}x as fast (2.00x would be linear).", ""]
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")

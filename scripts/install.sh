@@ -12,3 +12,8 @@ if .venv/bin/python -m pip install -q "uv==0.13.8" 2>/dev/null || .venv/bin/pyth
 else
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 fi
+# Compile the installed modules once, as pip does by default (uv does not): without bytecode on
+# disk every new process (a Dagster run, a test worker) compiles TensorFlow and the rest from
+# source again whenever bytecode writing is off, about 6 s of each import of TensorFlow.
+# Some third-party files are test data that do not compile; that is expected.
+.venv/bin/python -m compileall -q -j 0 .venv/lib/python*/site-packages > /dev/null 2>&1 || true

@@ -155,10 +155,19 @@ class FittedDetectors:
         return out
 
     def autoencoder_for(self, customer_id: str) -> Any:
+        model = self.autoencoders_by_customer().get(customer_id)
+        if model is None:
+            raise KeyError(f"no autoencoder trained for customer {customer_id!r}")
+        return model
+
+    def autoencoders_by_customer(self) -> dict[str, Any]:
+        """Each customer's stacked model (the first that holds it): one pass over the models,
+        where a search per customer would cost thousands of customers times the models."""
+        out: dict[str, Any] = {}
         for fit in self.autoencoders:
-            if customer_id in fit.customer_ids:
-                return fit.model
-        raise KeyError(f"no autoencoder trained for customer {customer_id!r}")
+            for cid in fit.customer_ids:
+                out.setdefault(cid, fit.model)
+        return out
 
     def training_summary(self) -> pd.DataFrame:
         rows = []
@@ -208,15 +217,11 @@ def _in_warmup(series: CustomerSeries, cal: Calibration) -> np.ndarray:
     return np.asarray(series.timestamps < cal.warm_until + (cal.window - 1) * series.frequency)
 
 
-def _seasonal(
-    values: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration], config: PipelineConfig, fill: bool = True
-) -> np.ndarray:
+def _seasonal(values: np.ndarray, cals: list[Calibration], config: PipelineConfig) -> scoring.SeasonalExpectation:
     """Seasonal (weekly or daily) expectation of a (customers, steps) block sharing one time grid
     and cycle."""
     cal = cals[0]
-    return scoring.seasonal_expectation(
-        values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3), fill=fill
-    )
+    return scoring.SeasonalExpectation(values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3))
 
 
 def _warmed_up(timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
@@ -288,7 +293,8 @@ def _expectations(
         timestamps = members[0].timestamps
         values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
         declared = np.vstack([_declared_normal(s) for s in members])
-        seasonal = _seasonal(values, timestamps, block_cals, config)
+        history = _seasonal(values, block_cals, config)
+        seasonal = history.expected()
         monthly = _monthly(values, seasonal, timestamps, block_cals)
         expected = seasonal + monthly
         spread = _spread(expected, block_cals)
@@ -302,8 +308,9 @@ def _expectations(
                 surprising &= warmed_up & ~declared
                 if not surprising.any():
                     break
-                cleaned = np.where(surprising, np.nan, values)
-                second = _seasonal(cleaned, timestamps, block_cals, config, fill=False) + monthly
+                # Recomputed only where this pass's cleaning differs from the last one's.
+                history = history.update(np.where(surprising, np.nan, values))
+                second = history.expected(fill=False) + monthly
                 # Inside an incident longer than a cycle the cleaned history has nothing left:
                 # keep expecting what was expected before it (the raw expectation would be the
                 # incident itself, and the days after it would look like a collapse).
@@ -376,30 +383,25 @@ def _decrease_signal(rate: np.ndarray, config: PipelineConfig) -> np.ndarray:
     return np.clip(np.nan_to_num(rate / config.decrease_rule.threshold, nan=0.0), 0.0, 1e3)
 
 
-def _window_signal(
-    values: np.ndarray, n: int, window: int, first_start: int = 0, online: bool = True
-) -> np.ndarray:
-    """Per-step score from per-window scores. ``values[i]`` is the window starting at step
-    ``first_start + i``.
+def _window_signal(values: np.ndarray, n: int, window: int, online: bool = True) -> np.ndarray:
+    """Per-step score from per-window scores. ``values[i]`` is the window starting at step ``i``.
 
     Online (what the daily run can know): a step gets the score of the window ending on it.
     Retrospective: the minimum over all windows covering the step. Attributing a window's score
     to its last step makes every anomaly echo for a window length afterwards (each later window
     still contains it); the least anomalous covering window localises it, but needs windows that
     reach into the step's future. The newest steps are covered by fewer windows, the newest by
-    one. Steps whose covering windows were not all scored are left NaN (except at the end).
+    one.
     """
     out = np.full(n, np.nan)
     if len(values) == 0:
         return out
     if online:
-        end = first_start + window - 1
-        out[end : end + len(values)] = values[: max(n - end, 0)]
+        out[window - 1 : window - 1 + len(values)] = values[: max(n - window + 1, 0)]
         return out
     padded = np.r_[values, np.full(window - 1, np.inf)]
-    covered = pd.Series(padded).rolling(window, min_periods=1).min().to_numpy().copy()
-    covered[: window - 1 if first_start else 0] = np.nan  # partly covered by unscored windows
-    out[first_start : first_start + len(covered)] = covered[: n - first_start]
+    covered = pd.Series(padded).rolling(window, min_periods=1).min().to_numpy()
+    out[: len(covered)] = covered[:n]
     return out
 
 
@@ -411,7 +413,7 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     """
     n = cal.train_size
     floor = max(cal.typical_level * 1e-3, 1e-9)
-    raw = _seasonal(series.values[None, :], series.timestamps, [cal], config)[0]
+    raw = _seasonal(series.values[None, :], [cal], config).expected()[0]
     train_res = (series.values - raw)[:n]
     cal.residual_sigma = scoring.robust_sigma(train_res, floor=floor)
     if series.frequency == pd.Timedelta(days=1) and n >= 90:
@@ -638,80 +640,67 @@ class _TrainingProgress:
         )
 
 
-def _signals(
-    series_list: list[CustomerSeries],
-    fitted: FittedDetectors,
-    config: PipelineConfig,
-    newest: int | None = None,
-    online: bool = True,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Raw signals per customer for every step of each series (see ``score_series``).
-
-    With ``newest``, the window models only score the windows covering the newest ``newest``
-    steps (the daily run); other steps get NaN for those signals.
-    """
-    return {cid: _per_step(raw, online) for cid, raw in _window_scored(series_list, fitted, config, newest).items()}
-
-
 def _window_scored(
-    series_list: list[CustomerSeries],
-    fitted: FittedDetectors,
-    config: PipelineConfig,
-    newest: int | None = None,
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig
 ) -> dict[str, dict[str, Any]]:
     """Point signals per step and each window model's score per window: the expensive part,
     done once whichever way (online or in hindsight) windows are then attributed to steps."""
     expectations = _expectations(series_list, fitted.calibrations, config)
-    by_model: dict[int, list[tuple[CustomerSeries, np.ndarray]]] = defaultdict(list)
-    windows_of: dict[str, np.ndarray] = {}
-    first_start: dict[str, int] = {}
-    models: dict[int, Any] = {}
-    for series in series_list:
-        cid = series.customer_id
-        cal = fitted.calibrations[cid]
-        x = _model_input(series, cal, config, expectations[cid])
-        start = 0 if newest is None else max(0, len(x) - newest - 2 * (cal.window - 1))
-        windows_of[cid] = sliding_windows(x[start:], cal.window)
-        first_start[cid] = start
-        model = fitted.autoencoder_for(cid)
-        models[id(model)] = model
-        by_model[id(model)].append((series, windows_of[cid]))
-    lstm_errors: dict[str, np.ndarray] = {}
-    for model_id, members in by_model.items():
-        errors = lstm.reconstruction_errors(
-            models[model_id], [s.customer_id for s, _ in members], [w for _, w in members]
+    windows_of = {
+        s.customer_id: sliding_windows(
+            _model_input(s, fitted.calibrations[s.customer_id], config, expectations[s.customer_id]),
+            fitted.calibrations[s.customer_id].window,
         )
-        for (series, _), err in zip(members, errors, strict=True):
-            lstm_errors[series.customer_id] = err
-
-    forest_scores = fitted.isolation_forest.score_many(windows_of)
-    lof_scores = fitted.local_outlier_factor.score_many(windows_of)
+        for s in series_list
+    }
+    window_scores = _score_windows(fitted, windows_of)
     out: dict[str, dict[str, Any]] = {}
     for series in series_list:
         cid = series.customer_id
-        expected, spread = expectations[cid]
-        z = (series.values - expected) / spread
         out[cid] = {
-            "expected": expected,
-            "z": z,
-            "residual": np.abs(z),
-            "decrease_rate": scoring.decrease_rate(series.values),
-            "windows": {
-                "lstm": lstm_errors[cid],
-                "isolation_forest": forest_scores[cid],
-                "local_outlier_factor": lof_scores[cid],
-            },
-            "layout": (len(series), fitted.calibrations[cid].window, first_start[cid]),
+            **_point_signals(series, expectations[cid]),
+            "windows": window_scores[cid],
+            "layout": (len(series), fitted.calibrations[cid].window),
         }
     return out
 
 
+def _point_signals(series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], start: int = 0) -> dict[str, np.ndarray]:
+    """The signals of single steps (from step ``start`` on): expected value, standardised
+    residual and the step-over-step change."""
+    expected, spread = _sliced(expectation, start)
+    z = (series.values[start:] - expected) / spread
+    rate = scoring.decrease_rate(series.values[max(start - 1, 0) :])[1 if start else 0 :]
+    return {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
+
+
+def _score_windows(fitted: FittedDetectors, windows_of: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Each window model's score of each customer's windows; one call per shared model."""
+    by_model: dict[int, list[str]] = defaultdict(list)
+    models: dict[int, Any] = {}
+    model_of = fitted.autoencoders_by_customer()
+    for cid in windows_of:
+        model = model_of[cid]
+        models[id(model)] = model
+        by_model[id(model)].append(cid)
+    lstm_errors: dict[str, np.ndarray] = {}
+    for model_id, members in by_model.items():
+        errors = lstm.reconstruction_errors(models[model_id], members, [windows_of[cid] for cid in members])
+        lstm_errors.update(zip(members, errors, strict=True))
+    forest_scores = fitted.isolation_forest.score_many(windows_of)
+    lof_scores = fitted.local_outlier_factor.score_many(windows_of)
+    return {
+        cid: {"lstm": lstm_errors[cid], "isolation_forest": forest_scores[cid], "local_outlier_factor": lof_scores[cid]}
+        for cid in windows_of
+    }
+
+
 def _per_step(raw: dict[str, Any], online: bool) -> dict[str, np.ndarray]:
     """``_window_scored``'s output with each window model's scores attributed to steps."""
-    n, window, start = raw["layout"]
+    n, window = raw["layout"]
     out = {k: v for k, v in raw.items() if k not in ("windows", "layout")}
     for name, scores in raw["windows"].items():
-        out[name] = _window_signal(scores, n, window, start, online)
+        out[name] = _window_signal(scores, n, window, online)
     return out
 
 
@@ -719,11 +708,10 @@ def score_series(
     series_list: list[CustomerSeries],
     fitted: FittedDetectors,
     config: PipelineConfig,
-    newest: int | None = None,
     online: bool = True,
 ) -> pd.DataFrame:
-    """Score every step of every series (or only the ``newest`` steps of each); customers
-    without a model come back unscored with the reason.
+    """Score every step of every series; customers without a model come back unscored with
+    the reason (``score_latest`` scores only the newest steps, the daily run).
 
     ``online`` (the default, and what the pipeline's assets report): every step is scored from
     data up to and including it only, exactly what a daily run on that step would have reported.
@@ -735,19 +723,216 @@ def score_series(
     """
     fitted.check_settings(config)
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
-    signals = _signals(known, fitted, config, newest, online)
-    parts: list[dict[str, Any]] = []
+    raw = _window_scored(known, fitted, config)
+    scored = _score_columns([(s, 0, _per_step(raw[s.customer_id], online)) for s in known], fitted, config, online)
+    return _frame([scored.get(s.customer_id) or _unscored(s, fitted) for s in series_list])
+
+
+def score_latest(
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, steps: int = 1
+) -> pd.DataFrame:
+    """Score only the newest ``steps`` of each series (the daily run): exactly the last rows of
+    ``score_series(..., online=True)``, at a fraction of the cost.
+
+    The expectation needs the whole history (cleaned of incidents pass by pass, and compared with
+    the same date a year ago), but after its first pass only the few steps cleaning changes are
+    computed again. Whether a newest step's flag repeats an earlier one depends on the flags of
+    the quiet period before its run of flags began, so those steps are scored too (the whole
+    series where a run reaches further back). The window models, the costly part of the rest,
+    score the newest steps and only those earlier steps whose flag they can decide: most steps
+    are too close to their expectation to be flagged whatever the window models say.
+    """
+    fitted.check_settings(config)
+    known = [s for s in series_list if s.customer_id in fitted.calibrations]
+    expectations = _expectations(known, fitted.calibrations, config)
+    quiet = {s.customer_id: quiet_steps(s.frequency, fitted.calibrations[s.customer_id].window, config) for s in known}
+    starts = {s.customer_id: max(0, len(s) - steps - quiet[s.customer_id]) for s in known}
+    scored = _latest_columns(known, fitted, config, expectations, starts, steps)
+    longer = [
+        s for s in known
+        if not _repeats_settled(scored[s.customer_id], steps, quiet[s.customer_id], starts[s.customer_id])
+    ]
+    scored.update(_latest_columns(longer, fitted, config, expectations, dict.fromkeys(starts, 0), steps))
+    parts = []
     for series in series_list:
-        if series.customer_id in fitted.calibrations:
-            cal = fitted.calibrations[series.customer_id]
-            part = _score_columns(series, cal, signals[series.customer_id], config, online)
-        else:
-            reason = fitted.skipped.get(series.customer_id, "no trained model for this customer")
-            part = _unscored_columns(series, reason)
-        if newest is not None:
-            part = {k: v[-newest:] if isinstance(v, np.ndarray) else v for k, v in part.items()}
-        parts.append(part)
+        part = scored.get(series.customer_id) or _unscored(series, fitted)
+        parts.append({k: v[-steps:] if isinstance(v, np.ndarray) else v for k, v in part.items()})
     return _frame(parts)
+
+
+def _latest_columns(
+    series_list: list[CustomerSeries],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    expectations: dict[str, tuple[np.ndarray, np.ndarray]],
+    starts: dict[str, int],
+    steps: int,
+) -> dict[str, dict[str, Any]]:
+    """Online score columns of each series from its step in ``starts`` on, the window models
+    run only where they matter: on the newest ``steps``, and where the flag of a step differs
+    with the window models' votes at nothing and at their most (the hybrid score only grows
+    with each vote)."""
+    points = [(s, starts[s.customer_id], _point_signals(s, expectations[s.customer_id], starts[s.customer_id])) for s in series_list]
+
+    def flagged(vote: float) -> dict[str, np.ndarray]:
+        votes = [(s, start, {**sig, **dict.fromkeys(scoring.MODEL_SIGNALS, np.full(len(s) - start, vote))}) for s, start, sig in points]
+        return {cid: cols["is_anomaly"] | cols["is_repeat"] for cid, cols in _score_columns(votes, fitted, config, True).items()}
+
+    low, high = flagged(np.nan), flagged(np.inf)
+    windows_of, ends = {}, {}
+    for series, start, _ in points:
+        cid, cal = series.customer_id, fitted.calibrations[series.customer_id]
+        undecided = high[cid] != low[cid]
+        undecided[-steps:] = True
+        # steps whose window ends inside the series (earlier ones have no window signal)
+        ends[cid] = start + np.flatnonzero(undecided)
+        ends[cid] = ends[cid][ends[cid] >= cal.window - 1]
+        first = max(0, start - cal.window + 1)
+        x = _model_input(_tail(series, len(series) - first), cal, config, _sliced(expectations[cid], first))
+        windows_of[cid] = sliding_windows(x, cal.window)[ends[cid] - cal.window + 1 - first]
+    window_scores = _score_windows(fitted, windows_of)
+    for series, start, sig in points:
+        cid = series.customer_id
+        for name, scores in window_scores[cid].items():
+            sig[name] = np.full(len(series) - start, np.nan)
+            sig[name][ends[cid] - start] = scores
+    return _score_columns(points, fitted, config, True)
+
+
+def _repeats_settled(columns: dict[str, Any], steps: int, quiet: int, start: int) -> bool:
+    """Whether the repeat flags of the newest ``steps`` in ``columns`` (scored from step
+    ``start`` on) are those of the whole series: the earliest flagged one's run of flags began
+    at least ``quiet`` steps after ``start``, so the flags that decide are all known."""
+    if start == 0 or quiet <= 0:
+        return True
+    flagged = columns["is_anomaly"] | columns["is_repeat"]
+    recent = np.flatnonzero(flagged[-steps:])
+    if not recent.size:
+        return True
+    calm = np.flatnonzero(~flagged[: len(flagged) - steps + recent[0]])
+    return bool(calm.size) and calm[-1] + 1 >= quiet
+
+
+def _unscored(series: CustomerSeries, fitted: FittedDetectors) -> dict[str, Any]:
+    return _unscored_columns(series, fitted.skipped.get(series.customer_id, "no trained model for this customer"))
+
+
+def _score_columns(
+    items: list[tuple[CustomerSeries, int, dict[str, np.ndarray]]],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    online: bool,
+) -> dict[str, dict[str, Any]]:
+    """Every score column of each ``(series, start, signals)`` (its steps from ``start`` on,
+    ``signals`` per step), by customer. Series with as many steps, frequency and window are
+    scored together as one (series, steps) block: per-series arrays of a few steps each would
+    cost more in calls than in arithmetic."""
+    blocks: dict[tuple[Any, ...], list[tuple[CustomerSeries, int, dict[str, np.ndarray]]]] = defaultdict(list)
+    for item in items:
+        series, start, _ = item
+        blocks[(len(series) - start, series.frequency, fitted.calibrations[series.customer_id].window)].append(item)
+    out: dict[str, dict[str, Any]] = {}
+    for block in blocks.values():
+        out.update(_score_block(block, fitted, config, online))
+    return out
+
+
+def _score_block(
+    items: list[tuple[CustomerSeries, int, dict[str, np.ndarray]]],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    online: bool,
+) -> dict[str, dict[str, Any]]:
+    """``_score_columns`` of series with as many steps, one frequency and one window."""
+    hybrid = config.hybrid
+    frequency = items[0][0].frequency
+    cals = [fitted.calibrations[series.customer_id] for series, _, _ in items]
+    sig = {name: np.vstack([signals[name] for _, _, signals in items]) for name in items[0][2]}
+    normalised = {}
+    for name in ("residual", *scoring.MODEL_SIGNALS):
+        center, threshold = np.array([_thresholds(cal, online)[name] for cal in cals]).T[:, :, None]
+        normalised[name] = scoring.normalise(sig[name], center, threshold)
+    alone = {"residual": hybrid.residual_alone, "lstm": hybrid.lstm_alone}
+    uncapped = {name: normalised[name] for name in alone}
+    if online and hybrid.window_gate > 0:
+        # A window ending on a step is judged on its whole shape, so an incident echoes through
+        # the windows after it: online, a window model's vote at a step is capped by how far the
+        # step itself deviates (the full cap from ``window_gate`` times the residual's threshold).
+        share = np.minimum(1.0, normalised["residual"] / hybrid.window_gate)
+        for name in scoring.MODEL_SIGNALS:
+            normalised[name] = np.minimum(normalised[name], hybrid.signal_cap * share)
+    # A drop only counts when the value is also well below what this weekday usually is
+    # (``decrease_rule.confirm_z``).
+    applies = _decrease_applies(frequency, config)
+    confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies
+    normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
+    score = scoring.hybrid(normalised, {"decrease": 1.0, **hybrid.weights}, hybrid.signal_cap)
+    if frequency < pd.Timedelta(days=1):
+        # Sub-daily: thresholds are extreme tail quantiles fitted on thousands of training steps,
+        # trustworthy alone far enough out; a daily one (a month's budget is 3% of the days)
+        # still needs a second detector to agree.
+        for name, multiple in alone.items():
+            if multiple > 0:
+                vote = np.nan_to_num(uncapped[name], nan=0.0) * hybrid.decision_threshold / multiple
+                score = np.maximum(score, vote)
+    decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
+    # Timestamps, not positions, so the newest steps alone (daily scoring) match the full series.
+    stamps = np.vstack([series.timestamps[start:].as_unit("ns").asi8 for series, start, _ in items])
+    warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
+    train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
+    position = np.array([start for _, start, _ in items])[:, None] + np.arange(stamps.shape[1])
+    warm = (stamps < warm_until[:, None]) | (position < cals[0].window - 1)
+    flagged = (score >= hybrid.decision_threshold) & ~warm
+    repeat = scoring.repeats(flagged, quiet_steps(frequency, cals[0].window, config))
+    lstm_threshold = np.array([c.lstm_notebook_threshold for c in cals])
+    columns = {
+        "expected_cost": sig["expected"],
+        "hybrid_score": score,
+        "is_anomaly": flagged & ~repeat,
+        "is_repeat": repeat,
+        "residual_score": sig["residual"],
+        "lstm_error": sig["lstm"],
+        "lstm_flag": np.nan_to_num(sig["lstm"], nan=0.0) > lstm_threshold[:, None],
+        "isolation_forest_score": sig["isolation_forest"],
+        "local_outlier_factor_score": sig["local_outlier_factor"],
+        "decrease_rate": sig["decrease_rate"],
+        "decrease_flag": decrease_flag,
+        "reasons": scoring.reasons({k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag}),
+        "split": np.where(stamps <= train_end[:, None], "train", "test"),
+        "status": np.where(warm, "warmup", "scored"),
+    }
+    out = {}
+    for row, (series, start, _) in enumerate(items):
+        out[series.customer_id] = {
+            "customer_id": series.customer_id,
+            "timestamp": _utc_values(series.timestamps[start:]),
+            "cost": series.values[start:],
+            "lstm_threshold": lstm_threshold[row],
+            "is_filled": series.filled[start:],
+            **{name: values[row] for name, values in columns.items()},
+        }
+    return out
+
+
+def _thresholds(cal: Calibration, online: bool) -> dict[str, tuple[float, float]]:
+    """(center, threshold) of each signal: the window models' own hindsight ones when not
+    online (models trained before they existed use the online ones)."""
+    thresholds = dict(cal.thresholds)
+    if not online and cal.retrospective_thresholds:
+        thresholds.update(cal.retrospective_thresholds)
+    return thresholds
+
+
+def _sliced(expectation: tuple[np.ndarray, np.ndarray], start: int) -> tuple[np.ndarray, np.ndarray]:
+    expected, spread = expectation
+    return expected[start:], spread[start:]
+
+
+def _utc_values(timestamps: pd.DatetimeIndex) -> np.ndarray:
+    """Timestamps as naive UTC datetime64 (``_frame`` marks them UTC again). A zoned index's
+    integers are UTC already: converting the index (or ``np.asarray`` of it, one Python object
+    per step) was the slowest part of scoring a day of thousands of customers."""
+    return np.asarray(timestamps.asi8).view(f"datetime64[{timestamps.unit}]")
 
 
 def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
@@ -773,38 +958,6 @@ def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def score_latest(
-    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, steps: int = 1
-) -> pd.DataFrame:
-    """Score only the newest ``steps`` of each series (the daily run), online.
-
-    Every signal at a step depends on a bounded stretch of history (the expectation on a few
-    cycles per pass, the spread on eight, a window model on one window), so only that tail is
-    processed:
-    the result equals the last rows of ``score_series(..., online=True)`` at a fraction of the
-    cost.
-    """
-    tails = []
-    for series in series_list:
-        cal = fitted.calibrations.get(series.customer_id)
-        cycle = (cal.period or cal.window) if cal else 1
-        # spread: 8 cycles of final expectations; each expectation pass (the raw one and every
-        # cleaning pass): cycles + 2 more
-        passes = config.hybrid.clean_history_passes + 1
-        reach = 8 + passes * (config.hybrid.seasonal_cycles + 2) + 1
-        keep = reach * cycle + 2 * (cal.window if cal else 1) + steps
-        if cal:
-            keep += quiet_steps(series.frequency, cal.window, config)  # earlier flags: repeats
-        if cal and cal.day_of_month_offsets is not None:
-            # a day-of-month effect: that day in the last three months, each against its own
-            # weekly expectation
-            keep += 3 * 31 + (config.hybrid.seasonal_cycles + 2) * cycle
-        if cal and series.frequency == pd.Timedelta(days=1) and config.hybrid.annual_recurrence:
-            keep += 366  # the same date a year ago
-        tails.append(_tail(series, keep))
-    return score_series(tails, fitted, config, newest=steps, online=True)
-
-
 def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
     if len(series) <= steps:
         return series
@@ -816,83 +969,6 @@ def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
         frequency=series.frequency,
         declared_normal=None if series.declared_normal is None else series.declared_normal[-steps:],
     )
-
-
-def _score_columns(
-    series: CustomerSeries,
-    cal: Calibration,
-    sig: dict[str, np.ndarray],
-    config: PipelineConfig,
-    online: bool = True,
-) -> dict[str, Any]:
-    thresholds = dict(cal.thresholds)
-    if not online and cal.retrospective_thresholds:
-        thresholds.update(cal.retrospective_thresholds)
-    normalised = {
-        name: scoring.normalise(sig[name], *thresholds[name]) for name in ("residual", *scoring.MODEL_SIGNALS)
-    }
-    alone = {"residual": config.hybrid.residual_alone, "lstm": config.hybrid.lstm_alone}
-    uncapped = {name: normalised[name] for name in alone}
-    gate = config.hybrid.window_gate
-    if online and gate > 0:
-        # A window ending on a step is judged on its whole shape, so an incident echoes through
-        # the windows after it: online, a window model's vote at a step is capped by how far the
-        # step itself deviates (the full cap from ``window_gate`` times the residual's threshold).
-        share = np.minimum(1.0, normalised["residual"] / gate)
-        for name in scoring.MODEL_SIGNALS:
-            normalised[name] = np.minimum(normalised[name], config.hybrid.signal_cap * share)
-    # A drop only counts when the value is also well below what this weekday usually is
-    # (``decrease_rule.confirm_z``).
-    applies = _decrease_applies(series.frequency, config)
-    confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies
-    normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
-    weights = {"decrease": 1.0, **config.hybrid.weights}
-    score = scoring.hybrid(normalised, weights, config.hybrid.signal_cap)
-    if series.frequency < pd.Timedelta(days=1):
-        # Sub-daily: thresholds are extreme tail quantiles fitted on thousands of training steps,
-        # trustworthy alone far enough out; a daily one (a month's budget is 3% of the days)
-        # still needs a second detector to agree.
-        for name, multiple in alone.items():
-            if multiple > 0:
-                vote = np.nan_to_num(uncapped[name], nan=0.0) * config.hybrid.decision_threshold / multiple
-                score = np.maximum(score, vote)
-    decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
-    n = len(series)
-    # Timestamps, not positions, so a tail of the series (daily scoring) matches the full one.
-    warm = _in_warmup(series, cal) | (np.arange(n) < cal.window - 1)
-    flagged = (score >= config.hybrid.decision_threshold) & ~warm
-    repeat = scoring.repeats(flagged, quiet_steps(series.frequency, cal.window, config))
-    fired = {k: v for k, v in normalised.items() if k != "decrease"}
-    return {
-        "customer_id": series.customer_id,
-        "timestamp": _utc_values(series.timestamps),
-        "cost": series.values,
-        "expected_cost": sig["expected"],
-        "hybrid_score": score,
-        "is_anomaly": flagged & ~repeat,
-        "is_repeat": repeat,
-        "residual_score": sig["residual"],
-        "lstm_error": sig["lstm"],
-        "lstm_threshold": cal.lstm_notebook_threshold,
-        "lstm_flag": np.nan_to_num(sig["lstm"], nan=0.0) > cal.lstm_notebook_threshold,
-        "isolation_forest_score": sig["isolation_forest"],
-        "local_outlier_factor_score": sig["local_outlier_factor"],
-        "decrease_rate": sig["decrease_rate"],
-        "decrease_flag": decrease_flag,
-        "reasons": scoring.reasons(fired, {"decrease": decrease_flag}),
-        "is_filled": series.filled,
-        "split": np.where(np.asarray(series.timestamps <= cal.train_end), "train", "test"),
-        "status": np.where(warm, "warmup", "scored"),
-    }
-
-
-def _utc_values(timestamps: pd.DatetimeIndex) -> np.ndarray:
-    """Timestamps as naive UTC datetime64 (``_frame`` marks them UTC again): ``np.asarray`` of
-    a zoned index builds one Python object per step, the slowest part of scoring a day of
-    thousands of customers."""
-    if timestamps.tz is not None:
-        timestamps = timestamps.tz_convert("UTC").tz_localize(None)
-    return timestamps.to_numpy()
 
 
 def quiet_steps(frequency: pd.Timedelta, window: int, config: PipelineConfig) -> int:

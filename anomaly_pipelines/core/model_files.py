@@ -124,10 +124,14 @@ def load(directory: Path) -> FittedDetectors:
 def _check_complete(fitted: FittedDetectors, customers: list[str], directory: Path) -> None:
     """Every listed customer has all its parts (a hand-edited or half-copied directory must
     fail here, naming what is missing, not deep inside scoring)."""
-    in_autoencoder = {cid for fit in fitted.autoencoders for cid in fit.customer_ids}
+    # The slots of the stacked model that serves each customer, read once per model (a lookup
+    # per customer would cost thousands of customers times the models).
+    serving = fitted.autoencoders_by_customer()
+    models = {id(m): m for m in serving.values()}
+    slots = {key: set(m.get_layer(lstm.LAYER_NAME).customer_ids) for key, m in models.items()}
     for cid in customers:
         parts = {
-            "a stacked autoencoder": cid in in_autoencoder and cid in _layer_ids(fitted, cid),
+            "a stacked autoencoder": cid in serving and cid in slots[id(serving[cid])],
             "calibrations": isinstance(fitted.calibrations.get(cid), Calibration),
             "isolation forests": cid in fitted.isolation_forest.models,
             "local outlier factors": cid in fitted.local_outlier_factor.models,
@@ -135,11 +139,6 @@ def _check_complete(fitted: FittedDetectors, customers: list[str], directory: Pa
         absent = [name for name, present in parts.items() if not present]
         if absent:
             raise ValueError(f"{directory}: customer {cid!r} is missing from {', '.join(absent)}")
-
-
-def _layer_ids(fitted: FittedDetectors, customer_id: str) -> list[str]:
-    """The customer slots of the Keras model that serves ``customer_id``."""
-    return list(fitted.autoencoder_for(customer_id).get_layer(lstm.LAYER_NAME).customer_ids)
 
 
 def _pickle(value: Any, path: Path) -> None:

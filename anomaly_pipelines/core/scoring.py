@@ -21,10 +21,17 @@ each signal at or above its own threshold.
 
 from __future__ import annotations
 
+import copy
+from functools import cache
+
 import numpy as np
 import pandas as pd
 
 MEDIAN_SAMPLE = 256
+# Medians of at most this many values use a sorting network (``_median``).
+_NETWORK_LIMIT = 16
+# Steps per block of series computed at once by ``_lag_median`` (bounds its working memory).
+_CHUNK_STEPS = 65536
 MODEL_SIGNALS = ("lstm", "isolation_forest", "local_outlier_factor")
 SIGNALS = ("residual", *MODEL_SIGNALS, "decrease")
 
@@ -47,26 +54,223 @@ def seasonal_expectation(
     comes from the last four cycles. Steps with no usable history are NaN unless ``fill``.
     """
     values = np.asarray(values, dtype=float)
-    n = values.shape[-1]
-    short = _lagged_median(values, list(range(1, fallback + 1)))
-    if not period or period * 2 >= n:
-        expected = short
-    else:
-        lags = [period * k for k in range(1, cycles + 1)]
-        rough_level = _past_median(values, 2 * period)
-        offset = np.nan_to_num(_lagged_median(values - rough_level, lags), nan=0.0)
-        level = _past_median(values - offset, period)
-        level = np.where(np.isnan(level), _past_median(values - offset, 4 * period, period // 2), level)
-        offset = _lagged_median(values - level, lags)
-        expected = np.where(np.isnan(offset), short, level + offset)
-    if not fill:
-        return expected
-    first = values[..., :1] if n else np.zeros((*values.shape[:-1], 1))
-    return np.where(np.isnan(expected), first, expected)
+    block = SeasonalExpectation(np.atleast_2d(values), period, cycles, fallback)
+    return block.expected(fill).reshape(values.shape)
 
 
-def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """Median over the last axis ignoring NaN; NaN where nothing is known.
+class SeasonalExpectation:
+    """``seasonal_expectation`` of a (series, steps) block, with its intermediate medians kept.
+
+    Cleaning history (``detector._expectations``) computes the expectation again and again on
+    the same values with a few surprising steps left out (NaN). Each step's expectation depends
+    only on a few cycles before it, so ``update`` recomputes every intermediate median only at
+    the steps whose inputs changed, in the series that changed: a cleaning pass then costs a
+    small fraction of a full one, and gives exactly the numbers a full computation would.
+    """
+
+    def __init__(self, values: np.ndarray, period: int | None, cycles: int, fallback: int) -> None:
+        self.values = np.asarray(values, dtype=float)
+        n = self.values.shape[-1]
+        self.short_lags = np.arange(1, fallback + 1)
+        self.cyclic = bool(period) and period * 2 < n
+        if self.cyclic:
+            assert period is not None
+            # lags of each median and how many of them must be known
+            self.cycle_lags = np.array([period * k for k in range(1, cycles + 1)])
+            self.rough_lags = _past_lags(2 * period)
+            self.level_lags = _past_lags(period)
+            self.wide_lags = _past_lags(4 * period, period // 2)
+        self.short = _lag_median(self.values, self.short_lags, 1)
+        if not self.cyclic:
+            self._expected = self.short
+            return
+        self.rough = _lag_median(self.values, *self.rough_lags)
+        self.offset = np.nan_to_num(_lag_median(self.values - self.rough, self.cycle_lags, 1), nan=0.0)
+        self.level_one = _lag_median(self.values - self.offset, *self.level_lags)
+        # Where the last cycle is mostly unknown, the level comes from the last four cycles.
+        wide = _lag_median(self.values - self.offset, *self.wide_lags, at=np.isnan(self.level_one))
+        self.level = np.where(np.isnan(self.level_one), wide, self.level_one)
+        self.seasonal = _lag_median(self.values - self.level, self.cycle_lags, 1)
+        self._expected = np.where(np.isnan(self.seasonal), self.short, self.level + self.seasonal)
+
+    def expected(self, fill: bool = True) -> np.ndarray:
+        """The expectation of every step; steps without usable history take the first value if
+        ``fill``, else NaN."""
+        if not fill or self.values.shape[-1] == 0:
+            return self._expected
+        return np.where(np.isnan(self._expected), self.values[..., :1], self._expected)
+
+    def update(self, values: np.ndarray) -> SeasonalExpectation:
+        """The expectation of ``values`` (same shape), recomputed only where they differ from
+        this block's values and where those differences reach."""
+        values = np.asarray(values, dtype=float)
+        changed = ~_same(values, self.values)
+        rows = np.flatnonzero(changed.any(axis=-1))
+        out = copy.copy(self)
+        out.values = values
+        if rows.size == 0:
+            return out
+        names = ("short", "_expected") + (("rough", "offset", "level_one", "level", "seasonal") if self.cyclic else ())
+        part = copy.copy(self)
+        for name in names:
+            setattr(part, name, getattr(self, name)[rows])
+        part._recompute(values[rows], changed[rows])
+        for name in names:
+            whole = getattr(self, name).copy()
+            whole[rows] = getattr(part, name)
+            setattr(out, name, whole)
+        return out
+
+    def _recompute(self, values: np.ndarray, changed: np.ndarray) -> None:
+        """Bring every intermediate up to date with ``values``, which differ from the current
+        ones at ``changed``: each median is recomputed only where one of its inputs changed."""
+        self.values = values
+        self.short, _ = _refresh(self.short, values, self.short_lags, 1, changed)
+        if not self.cyclic:
+            self._expected = self.short
+            return
+        self.rough, moved = _refresh(self.rough, values, *self.rough_lags, changed)
+        self.offset, moved = _refresh(self.offset, values - self.rough, self.cycle_lags, 1, changed | moved, unknown=0.0)
+        shifted, inputs = values - self.offset, changed | moved
+        self.level_one, moved = _refresh(self.level_one, shifted, *self.level_lags, inputs)
+        wide_at = np.isnan(self.level_one) & (moved | _reach(inputs, self.wide_lags[0]))
+        wide = _lag_median(shifted, *self.wide_lags, at=wide_at)
+        level = np.where(moved | wide_at, np.where(np.isnan(self.level_one), wide, self.level_one), self.level)
+        moved = ~_same(level, self.level)
+        self.level = level
+        self.seasonal, moved = _refresh(self.seasonal, values - level, self.cycle_lags, 1, changed | moved)
+        self._expected = np.where(np.isnan(self.seasonal), self.short, self.level + self.seasonal)
+
+
+def _past_lags(steps: int, min_count: int | None = None) -> tuple[np.ndarray, int]:
+    """Lags of the previous ``steps`` values (the current one excluded), and how many must be
+    known: at least ``min_count`` (default: half), so early offsets are not measured against a
+    one-value "level". A long cycle (a day of minutes) is summarised by an evenly spaced sample
+    of at most MEDIAN_SAMPLE values: the same level for a fraction of the cost."""
+    stride = -(-steps // MEDIAN_SAMPLE)
+    lags = np.arange(1, steps + 1)[::stride]
+    needed = len(lags) // 2 if min_count is None else -(-min_count // stride)
+    return lags, max(needed, 1)
+
+
+def _lag_median(values: np.ndarray, lags: np.ndarray, needed: int, at: np.ndarray | None = None) -> np.ndarray:
+    """Median of the values ``lags`` steps before each step of a (series, steps) block, NaN
+    where fewer than ``needed`` of them are known; only at the steps marked in ``at`` (NaN
+    elsewhere) when given."""
+    rows, n = values.shape
+    if at is None:
+        # A few hundred series at a time, so the lagged copies stay in the CPU's cache.
+        out = np.empty((rows, n))
+        chunk = max(1, _CHUNK_STEPS // max(n, 1))
+        for start in range(0, rows, chunk):
+            block = values[start : start + chunk]
+            lagged = []
+            for lag in lags:
+                column = np.full(block.shape, np.nan)
+                column[:, lag:] = block[:, : max(n - lag, 0)]
+                lagged.append(column)
+            out[start : start + chunk] = _median(lagged, needed)
+        return out
+    out = np.full((rows, n), np.nan)
+    row, col = np.nonzero(at)
+    if row.size:
+        source = col[None, :] - lags[:, None]
+        gathered = values[row[None, :], np.maximum(source, 0)]
+        gathered[source < 0] = np.nan
+        out[row, col] = _median(list(gathered), needed)
+    return out
+
+
+def _median(columns: list[np.ndarray], needed: int = 1) -> np.ndarray:
+    """Element-wise median across ``columns`` (equally shaped arrays) ignoring NaN; NaN where
+    fewer than ``needed`` values (at least one) are known.
+
+    Up to ``_NETWORK_LIMIT`` columns, a sorting network (Batcher's odd-even merge sort) of
+    element-wise min/max orders them: a few dozen whole-array operations instead of one tiny
+    sort per step, and the same numbers as ``_nanmedian``.
+    """
+    if not columns or len(columns) > _NETWORK_LIMIT:
+        return _nanmedian(np.stack(columns, axis=-1) if columns else np.empty((0,)), needed)
+    ordered = list(columns)
+    for a, b in _sorting_network(len(ordered)):
+        # NaN sorts last: fmin keeps the known value, maximum the NaN.
+        ordered[a], ordered[b] = np.fmin(ordered[a], ordered[b]), np.maximum(ordered[a], ordered[b])
+    count = np.zeros(columns[0].shape, dtype=np.int64)
+    for column in columns:
+        count += ~np.isnan(column)
+    size = len(columns)
+    low, high = ordered[(size - 1) // 2].copy(), ordered[size // 2].copy()
+    partly = count < size  # the middle pair of the known values sits elsewhere
+    if partly.any():
+        known = count[partly]
+        rest = [column[partly] for column in ordered]
+        low[partly] = np.choose(np.maximum((known - 1) // 2, 0), rest)
+        high[partly] = np.choose(known // 2, rest)
+    out = (low + high) / 2
+    out[count < max(needed, 1)] = np.nan
+    return out
+
+
+@cache
+def _sorting_network(size: int) -> tuple[tuple[int, int], ...]:
+    """Comparators (i < j) of Batcher's odd-even merge sort for ``size`` inputs: the network of
+    the next power of two without the comparators that only touch the missing inputs."""
+    total = 1 << max(size - 1, 0).bit_length()
+    pairs = []
+    p = 1
+    while p < total:
+        k = p
+        while k >= 1:
+            for j in range(k % p, total - k, 2 * k):
+                for i in range(min(k, total - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple((a, b) for a, b in pairs if b < size)
+
+
+def _refresh(
+    current: np.ndarray,
+    values: np.ndarray,
+    lags: np.ndarray,
+    needed: int,
+    changed: np.ndarray,
+    unknown: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``current`` (a ``_lag_median`` of earlier values, NaN replaced by ``unknown`` if given)
+    brought up to date with ``values``, which differ at ``changed``; and where it moved."""
+    at = _reach(changed, lags)
+    median = _lag_median(values, lags, needed, at)
+    if unknown is not None:
+        median = np.nan_to_num(median, nan=unknown)
+    fresh = np.where(at, median, current)
+    return fresh, at & ~_same(fresh, current)
+
+
+def _reach(changed: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """Steps that have a changed step ``lags`` steps before them (for many lags, anywhere in
+    their range: a superset is only extra work)."""
+    out = np.zeros_like(changed)
+    n = changed.shape[-1]
+    if len(lags) <= 8:
+        for lag in lags:
+            if lag < n:
+                out[:, lag:] |= changed[:, : n - lag]
+        return out
+    low, high = int(lags[0]), int(lags[-1])
+    total = np.concatenate([np.zeros((len(changed), 1), dtype=np.int64), np.cumsum(changed, axis=-1)], axis=-1)
+    idx = np.arange(n)
+    return total[:, np.clip(idx - low + 1, 0, n)] > total[:, np.clip(idx - high, 0, n)]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _nanmedian(values: np.ndarray, needed: int = 1) -> np.ndarray:
+    """Median over the last axis ignoring NaN; NaN where fewer than ``needed`` values (at least
+    one) are known.
 
     ``np.nanmedian`` handles these shapes with masked arrays or a Python loop per row; sorting
     once (NaN sorts last) and averaging the middle pair of the known values gives the same
@@ -79,36 +283,7 @@ def _nanmedian(values: np.ndarray) -> np.ndarray:
     low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
     high = np.take_along_axis(ordered, (count // 2)[..., None], axis=-1)[..., 0]
     out = (low + high) / 2
-    out[count == 0] = np.nan
-    return out
-
-
-def _past_median(values: np.ndarray, steps: int, min_count: int | None = None) -> np.ndarray:
-    """Median of the previous ``steps`` values (the current one excluded); NaN until at least
-    ``min_count`` (default: half) of them are known, so early offsets are not measured against
-    a one-value "level"."""
-    pad = np.full((*values.shape[:-1], steps), np.nan)
-    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, values], axis=-1), steps, axis=-1)
-    # A long cycle (a day of minutes) is summarised by an evenly spaced sample of at most
-    # MEDIAN_SAMPLE values: the same level for a fraction of the cost.
-    stride = -(-steps // MEDIAN_SAMPLE)
-    windows = windows[..., : values.shape[-1], ::-1][..., ::stride]
-    steps = windows.shape[-1]
-    min_count = None if min_count is None else -(-min_count // stride)
-    out = _nanmedian(windows)
-    needed = max(steps // 2 if min_count is None else min_count, 1)
-    out[np.sum(~np.isnan(windows), axis=-1) < needed] = np.nan
-    return out
-
-
-def _lagged_median(values: np.ndarray, lags: list[int], min_count: int = 1) -> np.ndarray:
-    n = values.shape[-1]
-    lagged = np.full((*values.shape, len(lags)), np.nan)
-    for j, lag in enumerate(lags):
-        if lag < n:
-            lagged[..., lag:, j] = values[..., : n - lag]
-    out = _nanmedian(lagged)
-    out[np.sum(~np.isnan(lagged), axis=-1) < min_count] = np.nan
+    out[count < max(needed, 1)] = np.nan
     return out
 
 
@@ -188,8 +363,8 @@ def recent_day_of_month_offsets(
         for j in range(min(occurrences, len(idx) - 1)):
             previous[j, idx[j + 1 :]] = idx[: len(idx) - j - 1]
     padded = np.concatenate([residuals, np.full((residuals.shape[0], 1), np.nan)], axis=1)
-    lagged = padded[:, previous.T]  # (series, steps, occurrences); position -1 is the NaN pad
-    median = np.median(lagged, axis=-1)  # NaN unless all occurrences are known
+    # position -1 is the NaN pad; NaN unless all occurrences are known
+    median = _median([padded[:, earlier] for earlier in previous], needed=occurrences)
     recent = np.where(np.abs(median) > 3 * sigma, median, 0.0)
     return np.where(np.isnan(median), prior[:, days], recent)
 
@@ -263,7 +438,8 @@ def tail_quantile(scores: np.ndarray, p: float, base: float = 0.98, min_excesses
 
 def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:
     """Flagged steps whose run of flags started within ``quiet`` steps after an earlier flagged
-    step: the same incident flaring up again, not a new one.
+    step: the same incident flaring up again, not a new one. ``flags`` may be one series or a
+    (series, steps) block.
 
     Only flags before a run's first step decide, so a day's answer never changes later, and the
     daily run needs just ``quiet`` steps of earlier flags to give the same answer.
@@ -271,15 +447,15 @@ def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:
     flags = np.asarray(flags, dtype=bool)
     if quiet <= 0 or not flags.any():
         return np.zeros_like(flags)
-    previous = np.concatenate([[False], flags[:-1]])
-    onsets = flags & ~previous
-    before = np.concatenate([[0], np.cumsum(flags)])
-    idx = np.arange(len(flags))
+    lead = np.zeros((*flags.shape[:-1], 1), dtype=bool)
+    onsets = flags & ~np.concatenate([lead, flags[..., :-1]], axis=-1)
+    before = np.concatenate([lead.astype(np.int64), np.cumsum(flags, axis=-1)], axis=-1)
+    idx = np.arange(flags.shape[-1])
     # flagged steps in [t - quiet, t - 1] (t - 1 is never flagged at an onset)
-    recent = before[idx] - before[np.maximum(idx - quiet, 0)]
-    run = np.cumsum(onsets)  # run number of each step (0 before the first onset)
-    repeated_run = np.concatenate([[False], (recent > 0)[onsets]])
-    return flags & repeated_run[run]
+    recent = before[..., idx] - before[..., np.maximum(idx - quiet, 0)]
+    # each flagged step is a repeat when its run's onset (the latest onset so far) is one
+    onset = np.maximum.accumulate(np.where(onsets, idx, 0), axis=-1)
+    return flags & np.take_along_axis(onsets & (recent > 0), onset, axis=-1)
 
 
 def long_runs(mask: np.ndarray, length: int) -> np.ndarray:
@@ -302,19 +478,20 @@ def trailing_any(mask: np.ndarray, span: int) -> np.ndarray:
     return (counts[idx + 1] - counts[np.maximum(0, idx + 1 - span)]) > 0
 
 
-def normalise(scores: np.ndarray, center: float, threshold: float) -> np.ndarray:
-    """Map a signal so 0 is its typical training value and 1 is its learned threshold."""
+def normalise(scores: np.ndarray, center: float | np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """Map a signal so 0 is its typical training value and 1 is its learned threshold (per
+    series of a block: ``center`` and ``threshold`` broadcast against ``scores``)."""
     out = (np.asarray(scores, dtype=float) - center) / (threshold - center)
     return np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1e3)
 
 
 def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float], cap: float = np.inf) -> np.ndarray:
     """Mean of the two largest weighted normalised signals, each capped at ``cap`` (see module
-    docstring)."""
+    docstring); step by step, for one series or a (series, steps) block."""
     names = [name for name in normalised if weights.get(name, 1.0) > 0]
     if not names:
         raise ValueError("hybrid needs at least one signal with a positive weight")
-    stacked = np.minimum(np.vstack([normalised[name] * weights.get(name, 1.0) for name in names]), cap)
+    stacked = np.minimum(np.stack([normalised[name] * weights.get(name, 1.0) for name in names]), cap)
     if len(names) == 1:
         return stacked[0]
     top2 = -np.sort(-stacked, axis=0)[:2]
@@ -322,21 +499,24 @@ def hybrid(normalised: dict[str, np.ndarray], weights: dict[str, float], cap: fl
 
 
 def reasons(normalised: dict[str, np.ndarray], flags: dict[str, np.ndarray]) -> np.ndarray:
-    """Per step, the comma-separated names (sorted) of the signals at or above their threshold
-    and of the raised flags. Each step's set is coded as bits, so thousands of customers' steps
-    cost one string per distinct combination, not one per step."""
+    """Per step (of one series or a (series, steps) block), the comma-separated names (sorted)
+    of the signals at or above their threshold and of the raised flags. Each step's set is coded
+    as bits, so thousands of customers' steps cost one string per distinct combination, not one
+    per step."""
     names = sorted(set(normalised) | set(flags))
-    n = len(next(iter(normalised.values())))
-    code = np.zeros(n, dtype=np.int64)
+    shape = np.shape(next(iter(normalised.values())))
+    code = np.zeros(shape, dtype=np.int64)
     for bit, name in enumerate(names):
-        fired = np.zeros(n, dtype=bool)
+        fired = np.zeros(shape, dtype=bool)
         if name in normalised:
             fired |= np.asarray(normalised[name]) >= 1.0
         if name in flags:
             fired |= np.asarray(flags[name], dtype=bool)
         code |= fired.astype(np.int64) << bit
+    if not code.size:
+        return np.empty(shape, dtype=object)
     distinct, position = np.unique(code, return_inverse=True)
     text = np.array(
         [",".join(name for bit, name in enumerate(names) if int(c) >> bit & 1) for c in distinct], dtype=object
     )
-    return text[position.reshape(-1)] if n else np.array([], dtype=object)
+    return text[position.reshape(-1)].reshape(shape)

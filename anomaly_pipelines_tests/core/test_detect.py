@@ -145,7 +145,12 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
     from anomaly_pipelines.core.series import regularize
 
-    usage = pd.concat([_daily("a", 500, 1), _daily("b", 500, 2)], ignore_index=True)
+    # "c" (shorter) ends in a runaway ramp 11 days after a one-day spike: each day of the ramp
+    # repeats the spike's incident, which only the flags before the ramp's first day can tell
+    ramp = _daily("c", 450, 3)
+    ramp.loc[ramp.index[-36], "cost"] *= 4
+    ramp.loc[ramp.index[-25:], "cost"] *= np.linspace(2, 4, 25)
+    usage = pd.concat([_daily("a", 500, 1), _daily("b", 500, 2), ramp], ignore_index=True)
     usage.loc[499, "cost"] *= 3  # the newest day of "a" is a spike
     # "b" is billed on the 1st, and the invoice grows: day-of-month effects follow recent months
     first = (usage.customer_id == "b") & (usage.timestamp.dt.day == 1)
@@ -163,6 +168,9 @@ def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     # float32 inference differs in the last bits with the batch shape (oneDNN), hence rtol
     pd.testing.assert_frame_equal(latest, full, check_exact=False, rtol=2e-3)
     assert latest.loc[latest.customer_id == "a", "is_anomaly"].iloc[-1]
+    assert latest.loc[latest.customer_id == "c", "is_repeat"].all()
+    # the expectation of the newest steps is computed exactly as in the full scoring
+    np.testing.assert_array_equal(latest["expected_cost"], full["expected_cost"])
 
 
 def test_online_rows_equal_the_daily_run_on_history_cut_at_that_step() -> None:

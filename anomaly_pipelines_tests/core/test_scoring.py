@@ -99,16 +99,34 @@ def test_reasons_lists_signals_at_threshold() -> None:
     assert list(out) == ["lstm,residual", "decrease"]
 
 
-def test_fast_nan_median_matches_numpy() -> None:
+def test_fast_nan_medians_match_numpy() -> None:
     rng = np.random.default_rng(3)
-    for width in (1, 2, 3, 4, 7, 256):
+    for width in (1, 2, 3, 4, 7, 14, 16, 17, 256):
         values = rng.normal(size=(5, 40, width))
         values[rng.random(values.shape) < 0.3] = np.nan
         values[0, 0] = np.nan  # a slice with nothing known
+        values[1, 1] = 1.0  # a slice with all known
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(values, axis=-1)
         np.testing.assert_array_equal(scoring._nanmedian(values), expected)
+        # the sorting network (and its fallback past 16 values): the same numbers
+        np.testing.assert_array_equal(scoring._median(list(np.moveaxis(values, -1, 0))), expected)
+
+
+def test_updated_seasonal_expectation_equals_a_full_computation() -> None:
+    """Cleaning passes only recompute where the history changed: the numbers are the same."""
+    rng = np.random.default_rng(5)
+    for period, steps in ((7, 300), (24, 24 * 12), (None, 60)):
+        values = 100 + rng.normal(0, 5, (4, steps))
+        block = scoring.SeasonalExpectation(values, period, 4, 7)
+        for share in (0.01, 0.2):
+            cleaned = np.where(rng.random(values.shape) < share, np.nan, values)
+            cleaned[1, steps // 2 : steps // 2 + 3 * (period or 7)] = np.nan  # a long incident left out
+            block = block.update(cleaned)
+            full = scoring.SeasonalExpectation(cleaned, period, 4, 7)
+            for fill in (True, False):
+                np.testing.assert_array_equal(block.expected(fill), full.expected(fill))
 
 
 def test_tail_quantile_extrapolates_a_heavy_tail() -> None:
