@@ -24,6 +24,7 @@ from anomaly_pipelines.core.alerts import OperationsStore
 from anomaly_pipelines.core.alerts.store import dispose_engines
 from anomaly_pipelines.core.registry import ModelRegistry
 from anomaly_pipelines.definitions import build_definitions
+from anomaly_pipelines.defs.assets.drift import recent_history
 from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT
 from anomaly_pipelines.defs.jobs import CUSTOMER_ASSETS
 from anomaly_pipelines.defs.partitions import CUSTOMERS as CUSTOMER_PARTITIONS
@@ -282,3 +283,27 @@ def test_automation_retrains_the_customers_each_drift_measurement_lists_once() -
         # That measurement lists acme again: retrained again; globex never.
         _materialize(instance, CUSTOMER_DRIFT, ["acme"])
         assert automation.tick() == {name: {"acme"} for name in CUSTOMER_ASSETS}
+
+
+def test_drift_measures_a_retrained_customer_on_the_days_after_its_series_only() -> None:
+    days = pd.date_range("2024-01-01", periods=10, freq="D", tz="UTC")
+
+    def scores(customer: str, stamps: pd.DatetimeIndex, split: str, **extra: Any) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"customer_id": customer, "timestamp": stamps, "split": split, "is_anomaly": True}
+        ).assign(**extra)
+
+    # acme was retrained on days 0-7 (its training part days 0-5); globex was never trained.
+    batch = pd.concat([scores("acme", days[:6], "train"), scores("acme", days[6:8], "test")])
+    # Daily scores of acme's days 5-9, the first three by the champion before the retraining.
+    daily = pd.concat(
+        [scores("acme", days[5:], "daily", as_of="x"), scores("globex", days[8:], "daily")]
+    )
+    history = recent_history(batch, daily)
+    acme = history[history["customer_id"] == "acme"]
+    # What the champion learned from, then only the days its training never saw: the days
+    # the retraining was judged on are not measured again (it would be listed again for them).
+    assert list(acme["split"]) == ["train"] * 6 + ["daily"] * 2
+    assert list(acme["timestamp"]) == [*days[:6], *days[8:]]
+    assert list(history.loc[history["customer_id"] == "globex", "timestamp"]) == list(days[8:])
+    assert "as_of" not in history.columns
