@@ -5,9 +5,12 @@ Three measures per customer, from the champion's own scores of the customer's hi
 - ``residual_ks``: the Kolmogorov-Smirnov distance between the |residual z| of the newest
   ``drift.recent_days`` steps and those of the training part. A level shift or a new weekly
   pattern moves the recent residuals away from the training ones; 0 means the same
-  distribution, 1 disjoint ones.
-- ``alert_rate``: the share of the recent steps flagged, against ``drift.alert_budget``. A model
-  that flags a third of the days has stopped describing the customer.
+  distribution, 1 disjoint ones. Measured from half of ``drift.recent_days`` steps on (a week at
+  least): on a few days the distance of a steady but noisy customer reaches the limit by
+  chance.
+- ``alert_rate``: the share of the recent steps flagged (of at least ``drift.recent_days``),
+  against ``drift.alert_budget``. A model that flags a third of the days has stopped describing
+  the customer.
 - ``model_age_days``: days since the champion version was registered, against
   ``drift.max_model_age_days`` (stale).
 
@@ -69,8 +72,16 @@ def drift_measures(
         recent = scored[scored["split"] != "train"].tail(config.recent_days)
         z_train = np.abs(train["residual_score"].to_numpy(dtype=float))
         z_recent = np.abs(recent["residual_score"].to_numpy(dtype=float))
-        ks = ks_distance(z_recent, z_train) if len(recent) >= 7 else float("nan")
-        rate = float(recent["is_anomaly"].astype(bool).mean()) if len(recent) else float("nan")
+        enough = len(recent) >= max(7, config.recent_days // 2)
+        ks = ks_distance(z_recent, z_train) if enough else float("nan")
+        # A share of ``recent_days``, the days not scored yet counting as quiet: just after a
+        # (re)training the recent part is a few days long, and two flagged days out of three
+        # are not a model that stopped describing the customer.
+        rate = (
+            float(recent["is_anomaly"].astype(bool).sum() / max(len(recent), config.recent_days))
+            if len(recent)
+            else float("nan")
+        )
         created = model_created.get(cid)
         age = (
             (now - pd.Timestamp(created)).total_seconds() / 86400 if created is not None else np.nan

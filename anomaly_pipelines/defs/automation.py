@@ -19,8 +19,10 @@ which follow the models in the same run. Several customers at once become one ba
 the single-run backfill policy turns into one stacked training.
 
 ``model_drift`` itself is measured after each daily scoring (a newly materialized day of
-``daily_scores``). A retraining does not trigger a new measurement, so a customer whose
-challenger loses to its champion is retried at most once per scored day, not in a loop.
+``daily_scores``). A retraining does not trigger a new measurement, and a measurement judges only
+the days scored after the customer's series ends (``defs.assets.drift.recent_history``), so a
+retrained customer, promoted or not, is listed again only once the days after its retraining
+drift too: not in a loop, and not after every daily run for the days it was just trained on.
 
 Both sensors are running by default (Dagster's own ``default_automation_condition_sensor`` is
 stopped by default, and is not created since every automated asset has a sensor here).

@@ -49,3 +49,24 @@ def test_ks_distance() -> None:
     assert ks_distance(a, a) == 0.0
     assert ks_distance(a, a + 1000) == 1.0
     assert np.isnan(ks_distance(a, np.array([np.nan])))
+
+
+def test_alert_rate_is_a_share_of_the_recent_days_when_fewer_were_scored() -> None:
+    # Three days scored since the (re)training, two of them flagged: 2 of 28 days, not 2 of 3
+    # (a model retrained days ago is not listed again for one short incident).
+    stamps = pd.date_range("2024-01-01", periods=33, freq="D", tz="UTC")
+    scores = pd.DataFrame(
+        {
+            "customer_id": "acme",
+            "timestamp": stamps,
+            "status": "scored",
+            "split": ["train"] * 30 + ["daily"] * 3,
+            "residual_score": 0.5,
+            "is_anomaly": [False] * 30 + [True, True, False],
+        }
+    )
+    row = drift_measures(scores, DriftConfig()).iloc[0]
+    assert row["alert_rate"] == 2 / 28 and not row["drifted"]
+    assert np.isnan(row["residual_ks"])  # needs half of the recent days
+    rate = drift_measures(scores, DriftConfig(recent_days=2)).iloc[0]["alert_rate"]
+    assert rate == 1 / 2  # a full recent window: its own share, as before

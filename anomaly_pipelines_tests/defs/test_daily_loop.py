@@ -1,6 +1,7 @@
 """The daily loop through a real Dagster instance: billing files arrive one day at a time, the
-daily job scores each day and sends alerts to a loopback webhook, a person marks an incident
-``not-anomaly`` from the CLI, and its repeat is not alerted.
+daily job scores each day and sends alerts to a loopback webhook and a daily e-mail digest to a
+loopback SMTP server, a person marks an incident ``not-anomaly`` from the CLI, and its repeat is
+not alerted.
 
 One trained history (ingest + batch training, 2 epochs), then one daily run per simulated day;
 then what the declarative automation requests (``dagster.evaluate_automation_conditions``, the
@@ -10,6 +11,8 @@ the customer whose level shifted.
 
 from __future__ import annotations
 
+import re
+from email import message_from_string, policy
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,13 @@ from anomaly_pipelines.core.alerts import OperationsStore
 from anomaly_pipelines.core.alerts.store import dispose_engines
 from anomaly_pipelines.core.registry import ModelRegistry
 from anomaly_pipelines.definitions import build_definitions
+from anomaly_pipelines.defs.assets.drift import recent_history
 from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT
 from anomaly_pipelines.defs.jobs import CUSTOMER_ASSETS
 from anomaly_pipelines.defs.partitions import CUSTOMERS as CUSTOMER_PARTITIONS
 from anomaly_pipelines.defs.settings import read_config
 from anomaly_pipelines_tests.defs.conftest import write_config
-from anomaly_pipelines_tests.loopback import webhook_server
+from anomaly_pipelines_tests.loopback import smtp_server, webhook_server
 
 START = pd.Timestamp("2024-01-01")
 HISTORY_DAYS = 112
@@ -43,6 +47,7 @@ SPIKES = {116: 5.0, 117: 5.0, 118: 5.0, REPEAT: 5.0}
 SHIFT_FROM, SHIFT = 118, 1.8
 MISSING = 127  # no file arrives that day
 LAST = REPEAT + 1
+SMTP_PASSWORD = "loop-smtp-password"
 
 
 def _cost(customer: int, day: int) -> float:
@@ -77,8 +82,9 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
     folder.mkdir()
     for day in range(HISTORY_DAYS):
         _write_day(folder, day)
-    with webhook_server() as hook:
+    with webhook_server() as hook, smtp_server(password=SMTP_PASSWORD) as mail:
         monkeypatch.setenv("LOOP_HOOK_URL", hook.url)
+        monkeypatch.setenv("LOOP_SMTP_PASSWORD", SMTP_PASSWORD)
         config_path = write_config(
             tmp_path,
             {
@@ -87,7 +93,17 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
                 "feedback": {"suppress_days": 30},
                 "alerts": {
                     "subscriptions": [
-                        {"name": "finops", "channel": "webhook", "url_env": "LOOP_HOOK_URL"}
+                        {"name": "finops", "channel": "webhook", "url_env": "LOOP_HOOK_URL"},
+                        {
+                            "name": "finops-mail",
+                            "channel": "email",
+                            "smtp_host": "127.0.0.1",
+                            "smtp_port": mail.port,
+                            "smtp_username": "alerts",
+                            "smtp_password_env": "LOOP_SMTP_PASSWORD",
+                            "email_to": ["finops@example.com"],
+                            "frequency": "daily",
+                        },
                     ],
                     "backoff_seconds": 0.01,
                 },
@@ -116,9 +132,9 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
                 result = run(day)
                 checks[day] = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
                 if day == 117:  # a re-run of the same day sends nothing again
-                    before = len(hook.requests)
+                    before = len(hook.requests), len(mail.messages)
                     run(day)
-                    assert len(hook.requests) == before
+                    assert (len(hook.requests), len(mail.messages)) == before
                 if day == 121:
                     incident = next(b for b in hook.bodies if b["kind"] == "opened")
                     assert (
@@ -197,11 +213,37 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
         shifted = [b for b in hook.bodies if b.get("customer_id") == "initech"]
         assert shifted[0]["kind"] == "opened" and shifted[0]["as_of"] == "2024-04-28"
         assert sum(b["kind"] == "opened" for b in shifted) == 1  # one incident, updated daily
+        _assert_daily_digests(mail.messages, hook.bodies, secrets=(SMTP_PASSWORD, hook.url))
+        assert mail.logins == ["alerts"] * len(mail.messages)  # the password from the environment
+        assert store.deliveries(subscription="finops-mail", statuses=("queued", "failed")).empty
+        assert SMTP_PASSWORD not in store.deliveries().to_json()
         print(
             "figures:",
             {k: int(v) for k, v in store.deliveries()["status"].value_counts().items()},
             {k: int(v) for k, v in store.deliveries()["kind"].value_counts().items()},
         )
+
+
+def _assert_daily_digests(
+    messages: list[dict[str, Any]], bodies: list[dict[str, Any]], secrets: tuple[str, ...]
+) -> None:
+    """One e-mail per day that had alerts, each listing that day's notices (the webhook got
+    the same ones one by one), the suppressed repeat in none, and no secret anywhere."""
+    digests: dict[str, str] = {}
+    for received in messages:
+        email = message_from_string(received["data"], policy=policy.default)
+        day = re.fullmatch(r"Daily cost anomaly digest for (\S+): \d+ notice\(s\)", email["Subject"])
+        assert day is not None, email["Subject"]
+        assert day[1] not in digests and received["to"] == ["finops@example.com"]
+        digests[day[1]] = email.get_content()
+    assert sorted(digests) == sorted({b["as_of"] for b in bodies})
+    for day, text in digests.items():
+        sent = [b for b in bodies if b["as_of"] == day]
+        assert text.count("-" * 40) == len(sent) - 1  # the items' separators
+        assert all(b["subject"] in text for b in sent)
+        assert all(f"Incident: {b['incident_id']}" in text for b in sent if b.get("incident_id"))
+        assert "acme-20240514T0000" not in text
+    assert not any(secret in received["data"] for secret in secrets for received in messages)
 
 
 def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[str | None]]:
@@ -282,3 +324,27 @@ def test_automation_retrains_the_customers_each_drift_measurement_lists_once() -
         # That measurement lists acme again: retrained again; globex never.
         _materialize(instance, CUSTOMER_DRIFT, ["acme"])
         assert automation.tick() == {name: {"acme"} for name in CUSTOMER_ASSETS}
+
+
+def test_drift_measures_a_retrained_customer_on_the_days_after_its_series_only() -> None:
+    days = pd.date_range("2024-01-01", periods=10, freq="D", tz="UTC")
+
+    def scores(customer: str, stamps: pd.DatetimeIndex, split: str, **extra: Any) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"customer_id": customer, "timestamp": stamps, "split": split, "is_anomaly": True}
+        ).assign(**extra)
+
+    # acme was retrained on days 0-7 (its training part days 0-5); globex was never trained.
+    batch = pd.concat([scores("acme", days[:6], "train"), scores("acme", days[6:8], "test")])
+    # Daily scores of acme's days 5-9, the first three by the champion before the retraining.
+    daily = pd.concat(
+        [scores("acme", days[5:], "daily", as_of="x"), scores("globex", days[8:], "daily")]
+    )
+    history = recent_history(batch, daily)
+    acme = history[history["customer_id"] == "acme"]
+    # What the champion learned from, then only the days its training never saw: the days
+    # the retraining was judged on are not measured again (it would be listed again for them).
+    assert list(acme["split"]) == ["train"] * 6 + ["daily"] * 2
+    assert list(acme["timestamp"]) == [*days[:6], *days[8:]]
+    assert list(history.loc[history["customer_id"] == "globex", "timestamp"]) == list(days[8:])
+    assert "as_of" not in history.columns

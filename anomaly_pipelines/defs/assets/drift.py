@@ -36,16 +36,34 @@ customer_drift = dg.AssetSpec(
 
 
 def recent_history(anomaly_scores: pd.DataFrame, daily_scores: pd.DataFrame) -> pd.DataFrame:
-    """The champion's scores of each customer's history, extended by the daily runs' scores of
-    later days (a daily score replaces the batch score of the same step)."""
+    """Each customer's champion scores of its training part, followed by the daily runs' scores
+    of the days after its series ends: what the champion learned from, and the news since.
+
+    The days the series already holds are left out of the recent part (the batch test part,
+    and daily scores of those days, which an earlier champion may have written): a (re)training
+    saw them and its champion/challenger gate judged it on them. Measured again, they would
+    list a customer that was just retrained, for the same days, after every daily run until
+    they leave the recent window, and each listing is another retraining."""
+    frames = []
+    ends = pd.Series(dtype="datetime64[ns, UTC]")
+    if len(anomaly_scores):
+        batch = anomaly_scores.assign(
+            timestamp=pd.to_datetime(anomaly_scores["timestamp"], utc=True)
+        )
+        ends = batch.groupby(batch["customer_id"].astype(str))["timestamp"].max()
+        frames.append(batch[batch["split"] == "train"])
     if len(daily_scores):
-        daily_scores = daily_scores.drop(columns=["as_of"], errors="ignore").assign(split="daily")
-    frames = [f for f in (anomaly_scores, daily_scores) if len(f)]
+        daily = daily_scores.drop(columns=["as_of"], errors="ignore").assign(
+            split="daily", timestamp=pd.to_datetime(daily_scores["timestamp"], utc=True)
+        )
+        end = daily["customer_id"].astype(str).map(ends)
+        frames.append(daily[end.isna() | (daily["timestamp"] > end)])
+    frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame()
     combined = pd.concat(frames, ignore_index=True)
-    combined["timestamp"] = pd.to_datetime(combined["timestamp"], utc=True)
     combined = combined.sort_values(["customer_id", "timestamp"], kind="stable")
+    # A stale customer is scored on the same newest day by several daily runs: the latest counts.
     return combined.drop_duplicates(["customer_id", "timestamp"], keep="last").reset_index(
         drop=True
     )

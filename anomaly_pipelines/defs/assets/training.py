@@ -110,30 +110,37 @@ def _gate_promotions(
     return decisions
 
 
-def _without_confirmed_incidents(
-    context: AssetExecutionContext, series: list[Any], config: PipelineConfig
-) -> list[Any]:
-    """Days of incidents people marked ``accurate`` are real anomalies: keep them out of what
-    the models learn as normal (``core.feedback.exclude_from_training``). Days marked
-    ``not-anomaly`` or ``planned`` are normal: history cleaning keeps them
-    (``core.feedback.mark_declared_normal``)."""
+def _feedback_series(
+    context: AssetExecutionContext | dg.OpExecutionContext,
+    series: list[Any],
+    config: PipelineConfig,
+) -> tuple[list[Any], list[Any]]:
+    """``series`` as scoring sees it, and as training sees it.
+
+    Days of incidents marked ``not-anomaly`` or ``planned`` are normal for both: history
+    cleaning keeps them (``core.feedback.mark_declared_normal``). Days of incidents marked
+    ``accurate`` are real anomalies: training replaces them by the usual level so the models do
+    not learn them as normal (``core.feedback.exclude_from_training``), but the
+    champion/challenger gate must judge on them as they happened; on the replaced values every
+    model would miss them, and the gate's cost, which charges a missed confirmed day double,
+    could not tell a model that catches them from one that does not."""
     from anomaly_pipelines.core.alerts import OperationsStore
     from anomaly_pipelines.core.feedback import exclude_from_training, mark_declared_normal
 
     store = OperationsStore.for_config(config)
-    series, replaced = exclude_from_training(series, store)
-    if replaced:
-        context.log.info(
-            f"feedback: {sum(replaced.values())} step(s) of incidents marked accurate replaced "
-            f"by their usual level before training, for {len(replaced)} customer(s)"
-        )
-    series, marked = mark_declared_normal(series, store)
+    scored, marked = mark_declared_normal(series, store)
     if marked:
         context.log.info(
             f"feedback: {sum(marked.values())} step(s) of incidents marked not-anomaly or planned "
             f"kept as normal history, for {len(marked)} customer(s)"
         )
-    return series
+    trained, replaced = exclude_from_training(scored, store)
+    if replaced:
+        context.log.info(
+            f"feedback: {sum(replaced.values())} step(s) of incidents marked accurate replaced "
+            f"by their usual level before training, for {len(replaced)} customer(s)"
+        )
+    return scored, trained
 
 
 def training_checkpoint_dir(config: PipelineConfig) -> Path:
@@ -152,12 +159,13 @@ def train_and_register(
     the customer assets (all keys of a run in one call) and ``cohort_batch_job`` (one cohort
     per step), so both train, checkpoint and promote the same way.
 
-    Returns ``(series without confirmed incidents, fitted, registry record, promotion
-    decisions, training seconds)``."""
+    Returns ``(series as scored, fitted, registry record, promotion decisions, training
+    seconds)``: the series with feedback's declared-normal days marked, confirmed incidents as
+    they happened (``_feedback_series``)."""
     from anomaly_pipelines.core.checkpoints import TrainingCheckpoint
     from anomaly_pipelines.core.detector import fit_detectors
 
-    series = _without_confirmed_incidents(context, series, config)
+    scored, series = _feedback_series(context, series, config)
     # The store first: a store that cannot be opened fails the run before the expensive part.
     registry.experiment_id()
     # The champions before this training: a new version must beat them to take the alias.
@@ -190,8 +198,8 @@ def train_and_register(
     checkpoint.discard()
     for cid, reason in fitted.skipped.items():
         context.log.warning(f"customer {cid!r} not trained: {reason}")
-    decisions = _gate_promotions(context, registry, series, fitted, champions, record, config)
-    return series, fitted, record, decisions, training_seconds
+    decisions = _gate_promotions(context, registry, scored, fitted, champions, record, config)
+    return scored, fitted, record, decisions, training_seconds
 
 
 @dg.multi_asset(
