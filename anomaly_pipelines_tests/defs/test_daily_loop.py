@@ -41,7 +41,7 @@ CUSTOMERS = ("acme", "globex", "initech")
 # acme spends 5x its usual on these days (offsets from START): one 3-day incident, and a repeat
 # after the detector's quiet period (two windows: a flare-up within it is only ``is_repeat``), so
 # the repeat is a new incident, which the feedback on the first one silences.
-REPEAT = 134
+REPEAT = 137
 SPIKES = {116: 5.0, 117: 5.0, 118: 5.0, REPEAT: 5.0}
 # initech moves to a new steady level (a migrated workload): drift, then a retrain.
 SHIFT_FROM, SHIFT = 118, 1.8
@@ -197,11 +197,11 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
         assert first[0]["as_of"] == "2024-04-26" and first[-1]["as_of"] == "2024-04-30"
         assert first[2]["subject"].startswith("[critical] acme: day 3, +$")
         assert Path(first[0]["plot"]).is_file()
-        # The repeat on 2024-05-14 was recorded as suppressed, not sent.
+        # The repeat on 2024-05-17 was recorded as suppressed, not sent.
         store = OperationsStore.for_config(config)
         suppressed = store.deliveries(statuses=("suppressed",))
-        assert set(suppressed["incident_id"]) == {"acme-20240514T0000"}
-        assert not any(b.get("incident_id") == "acme-20240514T0000" for b in hook.bodies)
+        assert set(suppressed["incident_id"]) == {"acme-20240517T0000"}
+        assert not any(b.get("incident_id") == "acme-20240517T0000" for b in hook.bodies)
         # The missing file was reported once, and its day's check failed (a warning).
         missing = [b for b in hook.bodies if b["kind"] == "missing_file"]
         assert [b["as_of"] for b in missing] == ["2024-05-07"]
@@ -242,7 +242,7 @@ def _assert_daily_digests(
         assert text.count("-" * 40) == len(sent) - 1  # the items' separators
         assert all(b["subject"] in text for b in sent)
         assert all(f"Incident: {b['incident_id']}" in text for b in sent if b.get("incident_id"))
-        assert "acme-20240514T0000" not in text
+        assert "acme-20240517T0000" not in text
     assert not any(secret in received["data"] for secret in secrets for received in messages)
 
 
