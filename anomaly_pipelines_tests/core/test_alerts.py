@@ -16,7 +16,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from anomaly_pipelines.core.alerts import OperationsStore, incident_matches, process_day, send_test
+from anomaly_pipelines.core.alerts import (
+    OperationsStore,
+    continue_cut_incidents,
+    incident_matches,
+    process_day,
+    send_test,
+)
 from anomaly_pipelines.core.alerts.store import dispose_engines
 from anomaly_pipelines.core.config import AlertSubscriptionConfig, PipelineConfig
 from anomaly_pipelines.core.explain import explain_incidents
@@ -92,6 +98,48 @@ def _run_day(
         plots={"acme": "/plots/acme.png"},
         sleep=recorder,
     )
+
+
+def test_an_incident_leaving_the_lookback_window_is_not_alerted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daily run sees the last lookback_days of daily scores. A 3-day incident, and one of
+    # 15 days, longer than the 10-day window: as the window moves past their first days, each
+    # would start on the window's first day under a new id, every day.
+    with webhook_server() as hook:
+        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
+        config = _config(tmp_path, [_hook()], lookback_days=10)
+        store = OperationsStore.for_config(config)
+        spikes = {5: 2500.0, 6: 2600.0, 7: 2700.0, **{20 + i: 3000.0 for i in range(15)}}
+        scores = _scores(45, spikes)
+        for day in range(45):
+            as_of = START + pd.Timedelta(days=day)
+            window_start = as_of - pd.Timedelta(days=9)
+            seen = scores[(scores["timestamp"] >= window_start) & (scores["timestamp"] <= as_of)]
+            incidents = explain_incidents(seen, None, config.explain)
+            incidents = continue_cut_incidents(incidents, seen, window_start, store, 1)
+            process_day(
+                config, store, f"{as_of:%Y-%m-%d}", incidents, {"acme": as_of}, sleep=lambda s: None
+            )
+        sent = [(b["kind"], b["incident_id"]) for b in hook.bodies]
+        assert [k for k, i in sent if i == "acme-20240306T0000"] == [
+            "opened",
+            "update",
+            "update",
+            "ended",
+        ]
+        # The long one keeps its id to the end, its steps counted from its real start.
+        assert [k for k, i in sent if i == "acme-20240321T0000"] == [
+            "opened",
+            *["update"] * 14,
+            "ended",
+        ]
+        assert {i for _, i in sent} == {"acme-20240306T0000", "acme-20240321T0000"}
+        assert hook.bodies[-2]["subject"].startswith("[critical] acme: day 15, ")
+        assert list(store.incidents()["incident_id"]) == [
+            "acme-20240306T0000",
+            "acme-20240321T0000",
+        ]
 
 
 def _hook(name: str = "ops", **extra: Any) -> dict[str, Any]:

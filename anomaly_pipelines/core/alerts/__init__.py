@@ -8,6 +8,7 @@ Plain Python (no Dagster): the daily Dagster asset ``daily_alerts`` and the CLI 
 from anomaly_pipelines.core.alerts.channels import DeliveryResult, render_text
 from anomaly_pipelines.core.alerts.engine import (
     AlertRunSummary,
+    continue_cut_incidents,
     customer_matches,
     flush,
     incident_matches,
@@ -22,6 +23,7 @@ __all__ = [
     "AlertRunSummary",
     "DeliveryResult",
     "OperationsStore",
+    "continue_cut_incidents",
     "customer_matches",
     "flush",
     "incident_matches",

@@ -225,6 +225,58 @@ def _day(value: Any) -> str:
     return pd.Timestamp(value).strftime("%Y-%m-%d")
 
 
+def continue_cut_incidents(
+    incidents: pd.DataFrame,
+    scores: pd.DataFrame,
+    window_start: pd.Timestamp,
+    store: OperationsStore,
+    max_gap: int,
+) -> pd.DataFrame:
+    """``incidents`` (of ``scores``, the daily scores from ``window_start`` on: the last
+    ``alerts.lookback_days``) without the ones the window cut short.
+
+    The window moves on a day per run. An incident that began before it but still reaches into
+    it starts on the window's first step, so its id (customer and start) would be a new one each
+    day and each would be alerted as a new incident, opened and at once ended. Such a row is the
+    continuation of the stored incident of its customer it overlaps: it is dropped when that one
+    has ended (its notices went out), else it takes that incident's id and start, so the updates
+    and the end notice of an incident longer than the window keep the id people already have
+    (its figures then count the window's steps only). A row overlapping no stored incident is
+    kept: nobody saw it yet."""
+    if incidents.empty or scores.empty:
+        return incidents
+    firsts = scores.groupby(scores["customer_id"].astype(str))["timestamp"].min()
+    cut = {c: pd.Timestamp(t) for c, t in firsts.items() if pd.Timestamp(t) <= window_start}
+    stored = store.incidents() if cut else pd.DataFrame()
+    if stored.empty:
+        return incidents
+    stored_start = pd.to_datetime(stored["start"], utc=True)
+    stored_end = pd.to_datetime(stored["end"], utc=True)
+    out = incidents.copy()
+    dropped = []
+    for index, row in incidents.iterrows():
+        cid, start = str(row["customer_id"]), pd.Timestamp(row["start"])
+        if cid not in cut or start != cut[cid]:
+            continue
+        step = pd.Timedelta(seconds=float(row.get("step_seconds") or fmt.DAY_SECONDS))
+        overlapped = stored[
+            (stored["customer_id"] == cid)
+            & (stored_start < start)
+            & (stored_end >= start - (max_gap + 1) * step)
+        ]
+        if overlapped.empty:
+            continue
+        earlier = overlapped.iloc[-1]
+        if earlier["status"] == "ended":
+            dropped.append(index)
+            continue
+        began = pd.Timestamp(earlier["start"])
+        out.loc[index, "incident_id"] = earlier["incident_id"]
+        out.loc[index, "start"] = began
+        out.loc[index, "steps"] = round((pd.Timestamp(row["end"]) - began) / step) + 1
+    return out.drop(index=dropped).reset_index(drop=True)
+
+
 def incident_status(row: Mapping[str, Any], last_scored: pd.Timestamp | None, max_gap: int) -> str:
     """``ended`` once the customer has been scored more than ``max_gap`` steps past the
     incident's last anomalous step without another one (the gap that would still merge)."""

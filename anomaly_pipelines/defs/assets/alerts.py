@@ -59,7 +59,11 @@ def daily_alerts(
     ``alerts.subscriptions`` (webhook, Slack-compatible, e-mail): one alert per incident, its
     updates, its end, and no-data notices; each recorded in the operations store under an
     idempotency key, so re-running a day sends nothing twice."""
-    from anomaly_pipelines.core.alerts import OperationsStore, process_day
+    from anomaly_pipelines.core.alerts import (
+        OperationsStore,
+        continue_cut_incidents,
+        process_day,
+    )
     from anomaly_pipelines.core.explain import explain_incidents
 
     config = pipeline_settings.config
@@ -78,12 +82,17 @@ def daily_alerts(
         if len(daily_usage)
         else daily_usage
     )
+    store = OperationsStore.for_config(config)
     incidents = (
         explain_incidents(
             scores, daily_usage, explainer.explain_config(config), explainer.explainer(config)
         )
         if len(scores)
         else pd.DataFrame()
+    )
+    lookback_start = day_start - pd.Timedelta(days=max(1, config.alerts.lookback_days) - 1)
+    incidents = continue_cut_incidents(
+        incidents, scores, lookback_start, store, config.explain.max_gap_steps
     )
     last_scored = (
         {
@@ -105,7 +114,6 @@ def daily_alerts(
         if len(incidents)
         else {}
     )
-    store = OperationsStore.for_config(config)
     summary = process_day(
         config,
         store,
