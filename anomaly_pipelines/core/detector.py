@@ -867,14 +867,21 @@ def _score_block(
     confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     score = scoring.hybrid(normalised, {"decrease": 1.0, **hybrid.weights}, hybrid.signal_cap)
+    quiet = quiet_steps(frequency, cals[0].window, config)
+    past_peak = np.zeros(score.shape, dtype=bool)
     if frequency < pd.Timedelta(days=1):
         # Sub-daily: thresholds are extreme tail quantiles fitted on thousands of training steps,
         # trustworthy alone far enough out; a daily one (a month's budget is 3% of the days)
         # still needs a second detector to agree.
-        for name, multiple in alone.items():
-            if multiple > 0:
-                vote = np.nan_to_num(uncapped[name], nan=0.0) * hybrid.decision_threshold / multiple
-                score = np.maximum(score, vote)
+        votes = {
+            name: np.nan_to_num(uncapped[name], nan=0.0) * hybrid.decision_threshold / multiple
+            for name, multiple in alone.items()
+            if multiple > 0
+        }
+        if "residual" in votes and hybrid.peak_ratio > 0:
+            past_peak = _past_peak(sig["residual"], score, votes, frequency, quiet, config)
+        for vote in votes.values():
+            score = np.maximum(score, vote)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     # Timestamps, not positions, so the newest steps alone (daily scoring) match the full series.
     stamps = np.vstack([series.timestamps[start:].as_unit("ns").asi8 for series, start, _ in items])
@@ -883,7 +890,7 @@ def _score_block(
     position = np.array([start for _, start, _ in items])[:, None] + np.arange(stamps.shape[1])
     warm = (stamps < warm_until[:, None]) | (position < cals[0].window - 1)
     flagged = (score >= hybrid.decision_threshold) & ~warm
-    repeat = scoring.repeats(flagged, quiet_steps(frequency, cals[0].window, config))
+    repeat = scoring.repeats(flagged, quiet) | (flagged & past_peak)
     lstm_threshold = np.array([c.lstm_notebook_threshold for c in cals])
     columns = {
         "expected_cost": sig["expected"],
@@ -912,6 +919,30 @@ def _score_block(
             **{name: values[row] for name, values in columns.items()},
         }
     return out
+
+
+def _past_peak(
+    residual: np.ndarray,
+    score: np.ndarray,
+    votes: dict[str, np.ndarray],
+    frequency: pd.Timedelta,
+    quiet: int,
+    config: PipelineConfig,
+) -> np.ndarray:
+    """Steps the residual alone flags (no other vote reaches the decision) while it stays
+    below ``hybrid.peak_ratio`` of its largest value in the preceding ``hybrid.peak_window``:
+    the way down from a peak, reported as a repeat. The window never exceeds the quiet period,
+    so the daily run, which scores at least a quiet period before its newest steps, sees every
+    step of it."""
+    hybrid = config.hybrid
+    span = min(int(pd.Timedelta(hybrid.peak_window) / frequency), quiet)
+    others = score
+    for name, vote in votes.items():
+        if name != "residual":
+            others = np.maximum(others, vote)
+    alone = (votes["residual"] >= hybrid.decision_threshold) & (others < hybrid.decision_threshold)
+    below = np.nan_to_num(residual, nan=0.0) < hybrid.peak_ratio * scoring.preceding_peak(residual, span)
+    return alone & below
 
 
 def _thresholds(cal: Calibration, online: bool) -> dict[str, tuple[float, float]]:

@@ -43,6 +43,8 @@ LIVE = frozenset(
         "hybrid.lstm_alone",
         "hybrid.quiet_windows",
         "hybrid.quiet_period",
+        "hybrid.peak_ratio",
+        "hybrid.peak_window",
         "preprocess.duplicates",
         "preprocess.max_failure_rate",
     }

@@ -436,6 +436,28 @@ def tail_quantile(scores: np.ndarray, p: float, base: float = 0.98, min_excesses
     return start + scale / shape * ((p / share) ** (-shape) - 1.0)
 
 
+def preceding_peak(values: np.ndarray, span: int) -> np.ndarray:
+    """The largest of the ``span`` values before each step (not the step itself; 0 where
+    there are none, NaN counted as 0), along the last axis: a sparse-table maximum in
+    O(n log span), for one series or a (series, steps) block."""
+    values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
+
+    def shifted(x: np.ndarray, by: int) -> np.ndarray:
+        out = np.zeros_like(x)
+        if by < x.shape[-1]:
+            out[..., by:] = x[..., : x.shape[-1] - by]
+        return out
+
+    if span <= 0 or values.shape[-1] == 0:
+        return np.zeros_like(values)
+    before = shifted(values, 1)
+    peak, width = before, 1
+    while 2 * width <= span:
+        peak = np.maximum(peak, shifted(peak, width))
+        width *= 2
+    return np.maximum(peak, shifted(peak, span - width))
+
+
 def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:
     """Flagged steps whose run of flags started within ``quiet`` steps after an earlier flagged
     step: the same incident flaring up again, not a new one. ``flags`` may be one series or a

@@ -364,3 +364,43 @@ def test_training_reports_progress_and_keeps_the_loss_curve() -> None:
     assert len(fit.history) == 3 and all(np.isfinite(v) for pair in fit.history for v in pair)
     assert lines[0].startswith("LSTM training: 0 of 2 customers done; cohort of 2, epoch 1/3")
     assert "s left" in lines[0]
+
+
+def test_the_way_down_from_a_sub_daily_peak_is_a_repeat_and_the_daily_run_agrees() -> None:
+    """Hourly: after a spike, the steps the residual alone still flags below ``peak_ratio`` of
+    the peak belong to it (``is_repeat``); the daily run reports each of them the same way.
+    The window models are given no vote, so every flag here is the residual's alone (with them,
+    the windows holding the spike echo it and the steps after it are theirs too)."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    rng = np.random.default_rng(5)
+    ts = pd.date_range("2024-01-01", periods=24 * 30, freq="h", tz="UTC")
+    daily = 100 + 30 * np.sin(2 * np.pi * ts.hour.to_numpy() / 24)
+    cost = daily * (1 + rng.normal(0, 0.02, len(ts)))
+    peak = len(ts) - 30
+    cost[peak : peak + 6] = daily[peak : peak + 6] * np.array([3.0, 2.2, 2.0, 1.9, 1.8, 1.7])
+    series = regularize(pd.DataFrame({"customer_id": "h", "timestamp": ts, "cost": cost}))
+    silent = {"lstm": 0.0, "isolation_forest": 0.0, "local_outlier_factor": 0.0}
+    config = PipelineConfig().merged({"lstm": {"epochs": 1}, "hybrid": {"weights": silent, "lstm_alone": 0}})
+    fitted = fit_detectors(series, config)
+    online = score_series(series, fitted, config, online=True)
+    run = online.iloc[peak : peak + 6]
+    flagged = run["is_anomaly"] | run["is_repeat"]
+    assert flagged.all(), run[["cost", "expected_cost", "residual_score", "reasons"]]
+    assert run["is_anomaly"].iloc[0]
+    below = run["residual_score"] < config.hybrid.peak_ratio * run["residual_score"].iloc[0]
+    way_down = below & flagged
+    assert way_down.iloc[1:].sum() >= 3, run[["residual_score", "reasons"]]
+    assert run.loc[way_down, "is_repeat"].all() and not run.loc[way_down, "is_anomaly"].any()
+    # without the rule the same steps are new anomalies: the rule, not the quiet period, decides
+    off = score_series(series, fitted, config.merged({"hybrid": {"peak_ratio": 0}}), online=True)
+    assert off.iloc[peak : peak + 6].loc[way_down.to_numpy(), "is_anomaly"].all()
+    s = series[0]
+    for step in (peak, peak + 1, peak + 3, peak + 5):
+        cut = [CustomerSeries(s.customer_id, s.timestamps[: step + 1], s.values[: step + 1], s.filled[: step + 1], s.frequency)]
+        day = score_latest(cut, fitted, config).iloc[0]
+        row = online.iloc[step]
+        assert (row["is_anomaly"], row["is_repeat"]) == (day["is_anomaly"], day["is_repeat"]), step
+        assert row["hybrid_score"] == pytest.approx(day["hybrid_score"], rel=2e-3, abs=1e-9), step

@@ -180,3 +180,15 @@ def test_repeats_are_runs_starting_soon_after_an_earlier_flag() -> None:
     # decided by earlier steps only: cutting the future off changes nothing before the cut
     for cut in range(1, len(flags)):
         assert scoring.repeats(flags[:cut], 6).tolist() == scoring.repeats(flags, 6)[:cut].tolist()
+
+
+def test_preceding_peak_is_the_largest_of_the_steps_before() -> None:
+    rng = np.random.default_rng(3)
+    block = rng.exponential(size=(3, 200))
+    block[1, 50] = np.nan  # counted as 0
+    for span in (1, 2, 3, 7, 12, 64, 100, 250):
+        expected = np.zeros_like(block)
+        for t in range(1, block.shape[1]):
+            expected[:, t] = np.nanmax(np.nan_to_num(block[:, max(0, t - span) : t], nan=0.0), axis=1)
+        np.testing.assert_array_equal(scoring.preceding_peak(block, span), expected, err_msg=str(span))
+    assert not scoring.preceding_peak(block, 0).any()
