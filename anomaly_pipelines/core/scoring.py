@@ -330,16 +330,23 @@ def day_of_month_offsets(
     A day gets an offset when its median residual over the training months is beyond three
     robust spreads and has the same sign in at least 75% of those months.
     """
-    offsets: dict[int, float] = {}
-    frame = pd.DataFrame({"dom": timestamps.day, "res": residuals}).dropna()
-    for dom, group in frame.groupby("dom"):
-        if len(group) < min_months:
-            continue
-        median = float(group["res"].median())
-        same_sign = float(np.mean(np.sign(group["res"]) == np.sign(median)))
-        if abs(median) > 3 * sigma and same_sign >= 0.75:
-            offsets[int(dom)] = median
-    return offsets
+    # All days at once on the residuals sorted by (day, value): a group's median is its middle
+    # value (the mean of the two middle ones), as pandas takes it; a loop of pandas groups cost
+    # milliseconds per customer, which thousands of customers pay at every training.
+    residuals = np.asarray(residuals, dtype=float)
+    known = ~np.isnan(residuals)
+    days, res = np.asarray(timestamps.day)[known], residuals[known]
+    order = np.lexsort((res, days))
+    days, res = days[order], res[order]
+    if not len(days):
+        return {}
+    start = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+    size = np.diff(np.r_[start, len(days)])
+    low, high = res[start + (size - 1) // 2], res[start + size // 2]
+    median = np.where(size % 2 == 1, low, (low + high) / 2)
+    same_sign = np.add.reduceat(np.sign(res) == np.repeat(np.sign(median), size), start) / size
+    chosen = (size >= min_months) & (np.abs(median) > 3 * sigma) & (same_sign >= 0.75)
+    return {int(d): float(m) for d, m in zip(days[start][chosen], median[chosen], strict=True)}
 
 
 def recent_day_of_month_offsets(

@@ -17,6 +17,8 @@ from anomaly_pipelines.core.config import PreprocessConfig
 from anomaly_pipelines.core.ids import customer_key
 
 _DAY_NS = pd.Timedelta(days=1).value
+# Largest (customers x distinct steps) table of step counts; beyond it steps are sorted instead.
+_COUNT_TABLE_CELLS = 2**24
 
 
 @dataclass
@@ -66,8 +68,9 @@ def regularize(
 
     Duplicate timestamps are summed (costs of the same day add up); off-grid timestamps are
     floored to the inferred grid. Gaps inside a series are filled by ``gap_policy``. The work is
-    vectorised over all customers (one sort, one grouped sum), since the daily run regularises
-    thousands of customers at once. Timestamps in a time zone other than UTC keep it: a series
+    vectorised over all customers (one sort, one grouped sum, one fill and one timestamp index
+    for all of them, laid end to end), since the daily run regularises thousands of customers
+    at once. Timestamps in a time zone other than UTC keep it: a series
     whose step is whole days is a series of calendar days in that zone (a DST day has 23 or 25
     hours), and its timestamps are those days' starts as in the input.
     """
@@ -76,18 +79,15 @@ def regularize(
         return []
     zone = _local_zone(frame["timestamp"])
     stamps = pd.to_datetime(frame["timestamp"], utc=True)
-    data = pd.DataFrame(
-        {
-            "customer_id": frame["customer_id"].astype(str).to_numpy(),
-            "timestamp": stamps.to_numpy(dtype="datetime64[ns]").view("int64"),
-            "wall": (
-                stamps.dt.tz_convert(zone).dt.tz_localize(None) if zone is not None else stamps.dt.tz_localize(None)
-            ).to_numpy(dtype="datetime64[ns]").view("int64"),
-            "cost": pd.to_numeric(frame["cost"]).to_numpy(dtype=float),
-        }
-    ).sort_values(["customer_id", "timestamp"], kind="stable")
-    customers = np.unique(data["customer_id"].to_numpy())
-    code = np.searchsorted(customers, data["customer_id"].to_numpy())
+    instant = stamps.to_numpy(dtype="datetime64[ns]").view("int64")
+    local = stamps.dt.tz_convert(zone) if zone is not None else stamps
+    wall = local.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view("int64")
+    cost = pd.to_numeric(frame["cost"]).to_numpy(dtype=float)
+    customers, code = _customer_codes(frame["customer_id"])
+    # Rows by customer, then time; rows of one timestamp keep their input order, so duplicates
+    # are summed in the same order as ever (a float sum depends on it).
+    order = np.lexsort((instant, code))
+    code, instant, wall, cost = code[order], instant[order], wall[order], cost[order]
     calendar = np.zeros(len(customers), dtype=bool)
     if zone is not None:
         # Days (and weeks) in a zone with DST are calendar days, 23 or 25 hours long twice a
@@ -97,14 +97,14 @@ def regularize(
         wall_steps = (
             np.full(len(customers), pd.Timedelta(config.frequency).value, dtype=np.int64)
             if config.frequency
-            else _common_steps(code, data["wall"].to_numpy(), len(customers))
+            else _common_steps(code, wall, len(customers))
         )
         calendar = (wall_steps > 0) & (wall_steps % _DAY_NS == 0)
-        ts = np.where(calendar[code], data["wall"].to_numpy(), data["timestamp"].to_numpy())
+        ts = np.where(calendar[code], wall, instant)
         order = np.lexsort((ts, code))
-        data, code, ts = data.iloc[order], code[order], ts[order]
+        code, ts, cost = code[order], ts[order], cost[order]
     else:
-        ts = data["timestamp"].to_numpy()
+        ts = instant
     first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
     if config.frequency:
         freq = np.full(len(customers), pd.Timedelta(config.frequency).value, dtype=np.int64)
@@ -114,38 +114,106 @@ def regularize(
     origin = ts[first]
     step = freq[code]
     grid = origin[code] + ((ts - origin[code]) // step) * step
-    summed = pd.DataFrame({"code": code, "grid": grid, "cost": data["cost"].to_numpy()}).groupby(
-        ["code", "grid"], sort=True
-    )["cost"].sum(min_count=1)
-    g_code = summed.index.get_level_values(0).to_numpy()
-    g_ts = summed.index.get_level_values(1).to_numpy()
-    last = pd.Series(g_ts).groupby(g_code).max().to_numpy()
+    g_code, g_ts, summed = _sum_steps(code, grid, cost)
+    # Rows are in time order within a customer, so its last step is its last grid point.
+    last = g_ts[np.r_[np.flatnonzero(g_code[1:] != g_code[:-1]), len(g_code) - 1]]
     lengths = (last - origin) // freq + 1
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     values = np.full(offsets[-1], np.nan)
-    values[offsets[g_code] + (g_ts - origin[g_code]) // freq[g_code]] = summed.to_numpy()
+    values[offsets[g_code] + (g_ts - origin[g_code]) // freq[g_code]] = summed
     filled = np.isnan(values)
+    values = _fill_segments(values, offsets, config.gap_policy)
+    # Every series' timestamps at once, in each form some series needs; a series takes a slice.
+    owner = np.repeat(np.arange(len(customers)), lengths)
+    points = origin[owner] + (np.arange(offsets[-1]) - offsets[owner]) * freq[owner]
+    stamps_all = {kind: _timestamps(points, zone, kind) for kind in map(bool, np.unique(calendar))}
     dims_by_customer = (
         dict(tuple(dimensions.groupby("customer_id", sort=False)))
         if dimensions is not None and not dimensions.empty
         else {}
     )
+    frequencies = {int(f): pd.Timedelta(int(f), unit="ns") for f in np.unique(freq)}
     out: list[CustomerSeries] = []
     for c, customer_id in enumerate(customers):
         lo, hi = offsets[c], offsets[c + 1]
-        series_values = values[lo:hi]
-        if filled[lo:hi].any():
-            series_values = _fill(pd.Series(series_values), config.gap_policy).to_numpy(dtype=float)
         out.append(
             CustomerSeries(
                 customer_id=str(customer_id),
-                timestamps=_timestamps(origin[c] + np.arange(hi - lo) * freq[c], zone, bool(calendar[c])),
-                values=series_values,
+                timestamps=stamps_all[bool(calendar[c])][lo:hi],
+                values=values[lo:hi],
                 filled=filled[lo:hi],
-                frequency=pd.Timedelta(int(freq[c]), unit="ns"),
+                frequency=frequencies[int(freq[c])],
                 dimensions=dims_by_customer.get(customer_id),
             )
         )
+    return out
+
+
+def _customer_codes(customer_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(customer ids as text, sorted; each row's position among them). One hashing pass over
+    the rows; only the few distinct ids are sorted."""
+    codes, uniques = pd.factorize(customer_id.astype(str))
+    uniques = np.asarray(uniques, dtype=object)
+    ranked = np.argsort(uniques, kind="stable")
+    position = np.empty(len(uniques), dtype=np.int64)
+    position[ranked] = np.arange(len(uniques))
+    return uniques[ranked], position[codes]
+
+
+def _sum_steps(
+    code: np.ndarray, grid: np.ndarray, cost: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer, grid point, summed cost) of each occupied step, from rows sorted by customer
+    and grid point. Grouped by one running step number rather than by the (customer, grid
+    point) pair: the groups, their order and so pandas' way of summing them are the same,
+    without hashing two keys of every row."""
+    start = np.r_[True, (code[1:] != code[:-1]) | (grid[1:] != grid[:-1])]
+    summed = pd.Series(cost).groupby(np.cumsum(start) - 1, sort=True).sum(min_count=1)
+    return code[start], grid[start], summed.to_numpy()
+
+
+def _fill_segments(values: np.ndarray, offsets: np.ndarray, policy: str) -> np.ndarray:
+    """The gaps (NaN) of every series filled by ``policy``, the series laid end to end (series
+    ``c`` is ``values[offsets[c]:offsets[c + 1]]``), exactly as pandas fills one series:
+    ``fillna(0.0)`` ("zero"), ``ffill().bfill()`` ("ffill") or ``interpolate("linear",
+    limit_direction="both")``; a series with no known value stays NaN.
+
+    Linear interpolation between a series' known steps is the same arithmetic whether the
+    steps are counted from the series' start or from the whole array's (the distances are
+    the same whole numbers), so one ``np.interp`` over all series gives each series' own
+    values; steps before a series' first known value or after its last take that value."""
+    missing = np.isnan(values)
+    if not missing.any():
+        return values
+    if policy == "zero":
+        return np.where(missing, 0.0, values)
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(len(values))
+    known = np.flatnonzero(~missing)
+    # Per step: the last known step at or before it and the first at or after it, in its own
+    # series (-1 / len(values): none there).
+    before = np.maximum.accumulate(np.where(missing, -1, position))
+    after = np.minimum.accumulate(np.where(missing, len(values), position)[::-1])[::-1]
+    before = np.where((before >= 0) & (before >= offsets[owner]), before, -1)
+    after = np.where((after < len(values)) & (after < offsets[owner + 1]), after, len(values))
+    out = values.copy()
+    gaps = np.flatnonzero(missing)
+    has_before, has_after = before[gaps] >= 0, after[gaps] < len(values)
+    if policy == "ffill":
+        out[gaps] = np.where(
+            has_before,
+            values[np.maximum(before[gaps], 0)],
+            np.where(has_after, values[np.minimum(after[gaps], len(values) - 1)], np.nan),
+        )
+        return out
+    inside = gaps[has_before & has_after]
+    if inside.size:
+        out[inside] = np.interp(inside, known, values[known])
+    leading = gaps[~has_before & has_after]
+    out[leading] = values[after[leading]]
+    trailing = gaps[has_before & ~has_after]
+    out[trailing] = values[before[trailing]]
     return out
 
 
@@ -174,21 +242,32 @@ def _common_steps(code: np.ndarray, ts: np.ndarray, customers: int) -> np.ndarra
     """Most common positive step per customer in ns (ties: the smaller; 0 when there is none)
     from timestamps sorted within each customer code."""
     same = code[1:] == code[:-1]
-    steps = pd.DataFrame({"code": code[1:][same], "step": (ts[1:] - ts[:-1])[same]})
-    steps = steps[steps["step"] > 0]
-    counts = steps.value_counts().reset_index(name="n")
-    counts = counts.sort_values(["code", "n", "step"], ascending=[True, False, True]).drop_duplicates("code")
+    step = (ts[1:] - ts[:-1])[same]
+    owner = code[1:][same]
+    positive = step > 0
+    step, owner = step[positive], owner[positive]
     out = np.zeros(customers, dtype=np.int64)
-    out[counts["code"].to_numpy()] = counts["step"].to_numpy()
+    if not step.size:
+        return out
+    # Series have few distinct steps: count them in a (customer, distinct step) table, the
+    # steps in ascending order so the first largest count is the smaller step of a tie.
+    kinds = np.sort(pd.unique(step))
+    if customers * len(kinds) <= _COUNT_TABLE_CELLS:
+        which = np.searchsorted(kinds, step)
+        counts = np.bincount(owner * len(kinds) + which, minlength=customers * len(kinds))
+        counts = counts.reshape(customers, len(kinds))
+        best = counts.argmax(axis=1)
+        return np.where(counts[np.arange(customers), best] > 0, kinds[best], 0)
+    order = np.lexsort((step, owner))
+    step, owner = step[order], owner[order]
+    start = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (step[1:] != step[:-1])])
+    count = np.diff(np.r_[start, len(step)])
+    # Runs sorted by customer, then count descending, then step ascending: the first run of
+    # each customer is its answer.
+    runs = np.lexsort((step[start], -count, owner[start]))
+    first = runs[np.r_[True, owner[start][runs][1:] != owner[start][runs][:-1]]]
+    out[owner[start][first]] = step[start][first]
     return out
-
-
-def _fill(values: pd.Series, policy: str) -> pd.Series:
-    if policy == "zero":
-        return values.fillna(0.0)
-    if policy == "ffill":
-        return values.ffill().bfill()
-    return values.interpolate(method="linear", limit_direction="both")
 
 
 def series_to_frame(series: list[CustomerSeries]) -> pd.DataFrame:

@@ -61,6 +61,11 @@ def test_saved_and_loaded_it_scores_bit_for_bit_like_the_fitted_model(
         assert after.customer_ids == before.customer_ids and len(before.history) >= 1
         np.testing.assert_array_equal(np.array(after.history), np.array(before.history))
         np.testing.assert_array_equal(after.val_loss, before.val_loss)
+        # Loaded without tracing the layer: the declared output shape is the traced one.
+        assert after.model.output_shape == before.model.input_shape == after.model.input_shape
+        weights = zip(before.model.get_weights(), after.model.get_weights(), strict=True)
+        for saved, restored in weights:
+            np.testing.assert_array_equal(restored, saved)
     pd.testing.assert_frame_equal(
         score_series(fitted.series, loaded, fitted.config, online=online),
         score_series(fitted.series, fitted.model, fitted.config, online=online),

@@ -94,6 +94,42 @@ def test_day_of_month_offsets_need_consistency() -> None:
     assert offsets == {1: 50.0}
 
 
+def _plain_day_of_month_offsets(
+    timestamps: pd.DatetimeIndex, residuals: np.ndarray, sigma: float, min_months: int = 3
+) -> dict[int, float]:
+    """The rule of ``day_of_month_offsets`` written plainly, one pandas group per day."""
+    offsets: dict[int, float] = {}
+    frame = pd.DataFrame({"dom": timestamps.day, "res": residuals}).dropna()
+    for dom, group in frame.groupby("dom"):
+        if len(group) < min_months:
+            continue
+        median = float(group["res"].median())
+        same_sign = float(np.mean(np.sign(group["res"]) == np.sign(median)))
+        if abs(median) > 3 * sigma and same_sign >= 0.75:
+            offsets[int(dom)] = median
+    return offsets
+
+
+def test_day_of_month_offsets_equal_the_plain_per_day_rule() -> None:
+    rng = np.random.default_rng(11)
+    chosen = 0
+    for case in range(120):
+        n = int(rng.integers(0, 400))
+        ts = pd.date_range("2023-01-01", periods=n, freq="D", tz="UTC")
+        res = rng.normal(0.0, 1.0, n)
+        res[ts.day == 1] += rng.choice([0.0, 8.0, -8.0])
+        res[ts.day == 20] += np.where(rng.random((ts.day == 20).sum()) < 0.8, 6.0, -6.0)
+        res[rng.random(n) < rng.choice([0.0, 0.1, 0.9])] = np.nan
+        if case % 4 == 0:
+            res = np.round(res)  # zeros and ties
+        sigma = float(rng.choice([0.3, 1.0, 2.0]))
+        got = scoring.day_of_month_offsets(ts, res, sigma)
+        want = _plain_day_of_month_offsets(ts, res, sigma)
+        assert list(got.items()) == list(want.items())
+        chosen += len(got)
+    assert chosen > 50  # the cases do choose offsets
+
+
 def test_reasons_lists_signals_at_threshold() -> None:
     out = scoring.reasons({"lstm": np.array([1.0, 0.2]), "residual": np.array([3.0, 0.0])}, {"decrease": np.array([False, True])})
     assert list(out) == ["lstm,residual", "decrease"]

@@ -1,9 +1,13 @@
+from itertools import pairwise
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_pipelines.core import series as series_module
 from anomaly_pipelines.core.config import PreprocessConfig, WindowConfig
 from anomaly_pipelines.core.series import (
+    CustomerSeries,
     frame_to_series,
     infer_frequency,
     regularize,
@@ -40,6 +44,96 @@ def test_duplicates_on_one_step_are_summed_and_customers_split() -> None:
     series = {s.customer_id: s for s in regularize(frame)}
     assert series["a"].values.tolist() == [3.0, 5.0]
     assert series["b"].values.tolist() == [7.0]
+
+
+def _messy_usage(seed: int, zone: str | None) -> pd.DataFrame:
+    """Customers of daily, hourly, 5-minute and weekly steps with missing steps, off-grid and
+    duplicate timestamps and missing costs, rows shuffled. Costs are quarters, so duplicates
+    sum to the same value in any order."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in range(12):
+        step = pd.Timedelta(str(rng.choice(["1D", "1h", "5min", "7D"])))
+        start = pd.Timestamp("2024-03-01") + pd.Timedelta(hours=int(rng.integers(0, 300)))
+        stamps = start + np.arange(int(rng.integers(1, 80))) * step
+        stamps = (
+            stamps[rng.random(len(stamps)) > rng.choice([0.0, 0.3])] if len(stamps) > 1 else stamps
+        )
+        stamps = stamps + pd.to_timedelta(rng.integers(0, 3, len(stamps)) * (c % 2), unit="min")
+        stamps = np.concatenate([stamps, stamps[rng.integers(0, len(stamps), 2)]])
+        cost = np.round(rng.gamma(2.0, 10.0, len(stamps)) * 4) / 4
+        cost[rng.random(len(cost)) < 0.05] = np.nan
+        parts.append(
+            pd.DataFrame({"customer_id": f"{'zb'[c % 2]}{c}", "timestamp": stamps, "cost": cost})
+        )
+    frame = pd.concat(parts, ignore_index=True).sample(frac=1.0, random_state=seed)
+    stamps = pd.to_datetime(frame["timestamp"]).dt.tz_localize("UTC")
+    return frame.assign(timestamp=stamps.dt.tz_convert(zone) if zone else stamps)
+
+
+def _assert_same_series(got: list[CustomerSeries], want: list[CustomerSeries]) -> None:
+    assert [s.customer_id for s in got] == [s.customer_id for s in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.timestamps.equals(b.timestamps) and a.timestamps.dtype == b.timestamps.dtype
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.filled, b.filled)
+        assert a.frequency == b.frequency
+
+
+@pytest.mark.parametrize("zone", [None, "America/New_York"])
+@pytest.mark.parametrize("policy", ["interpolate", "zero", "ffill"])
+def test_many_customers_at_once_are_regularised_as_each_alone(
+    zone: str | None, policy: str
+) -> None:
+    # The daily run regularises every customer in one vectorised pass; a customer's series
+    # must not depend on the customers beside it (its neighbours' gaps, steps or zone days).
+    config = PreprocessConfig(gap_policy=policy)  # type: ignore[arg-type]
+    for seed in range(3):
+        frame = _messy_usage(seed, zone)
+        alone = [
+            series
+            for customer in sorted(frame["customer_id"].unique())
+            for series in regularize(frame[frame["customer_id"] == customer], config)
+        ]
+        _assert_same_series(regularize(frame, config), alone)
+
+
+@pytest.mark.parametrize("policy", ["interpolate", "zero", "ffill"])
+def test_gaps_of_all_series_are_filled_as_pandas_fills_each(policy: str) -> None:
+    def plain(values: pd.Series) -> pd.Series:
+        if policy == "zero":
+            return values.fillna(0.0)
+        if policy == "ffill":
+            return values.ffill().bfill()
+        return values.interpolate(method="linear", limit_direction="both")
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 12, 300)
+    values = rng.normal(100.0, 30.0, lengths.sum())
+    values[rng.random(len(values)) < rng.random(len(values))] = np.nan  # leading, trailing, all
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    want = np.concatenate(
+        [plain(pd.Series(values[lo:hi])).to_numpy() for lo, hi in pairwise(offsets)]
+    )
+    np.testing.assert_array_equal(series_module._fill_segments(values, offsets, policy), want)
+
+
+def test_common_steps_by_count_table_and_by_sorting_agree_with_counting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(9)
+    code = np.sort(rng.integers(0, 40, 2000))
+    ts = np.concatenate(
+        [np.cumsum(rng.choice([0, 5, 10, 15], n)) for n in np.bincount(code, minlength=41)]
+    )
+    want = np.zeros(41, dtype=np.int64)
+    for c in range(41):
+        steps = np.diff(ts[code == c])
+        values, counts = np.unique(steps[steps > 0], return_counts=True)
+        want[c] = values[np.argmax(counts)] if counts.size else 0  # ties: the first, smaller
+    np.testing.assert_array_equal(series_module._common_steps(code, ts, 41), want)
+    monkeypatch.setattr(series_module, "_COUNT_TABLE_CELLS", 0)
+    np.testing.assert_array_equal(series_module._common_steps(code, ts, 41), want)
 
 
 def test_frame_round_trip_keeps_values_and_fill_marks() -> None:

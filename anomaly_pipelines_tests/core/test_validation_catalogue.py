@@ -618,3 +618,24 @@ def test_iso_variants_the_pattern_accepts_are_parsed() -> None:
         pd.Timestamp("2024-01-05T10:00:00.5", tz="UTC"),
         pd.Timestamp("2024-01-05T10:00:00", tz="UTC"),
     ]
+
+
+def test_parsed_timestamps_keep_each_rows_place_index_and_missing_values() -> None:
+    # Parsed once per distinct text and spread back to the rows as integers: every row gets
+    # its own text's time, missing and unreadable texts NaT, under the input's own index.
+    from anomaly_pipelines.core.validation import parse_timestamps
+
+    texts = ["2024-01-02", None, "2024-01-01 10:30", "not a date", "2024-01-02", "9999-01-01"]
+    values = pd.Series(texts, index=[7, 3, 11, 0, 5, 2], dtype="str")
+    parsed, fmt = parse_timestamps(values, None, "Europe/Berlin", "usage.csv")
+    assert fmt == "ISO 8601" and str(parsed.dtype) == "datetime64[ns, UTC]"
+    assert parsed.index.equals(values.index)
+    plain = [
+        pd.Timestamp("2024-01-02", tz="UTC"),
+        pd.NaT,
+        pd.Timestamp("2024-01-01 10:30", tz="Europe/Berlin").tz_convert("UTC"),
+        pd.NaT,
+        pd.Timestamp("2024-01-02", tz="UTC"),
+        pd.Timestamp.max.floor("us").tz_localize("UTC"),  # pinned to the bound, then range-checked
+    ]
+    assert parsed.tolist() == plain

@@ -96,6 +96,12 @@ def _register_layer(keras: Any) -> None:
                 outputs.append(ops.sum(h * self.out_kernel[:, None, :], axis=-1) + self.out_bias[:, None])
             return ops.transpose(ops.stack(outputs, axis=-1), (1, 0, 2))
 
+        def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[Any, ...]:
+            # A reconstruction has its input's shape. Without this, Keras finds the shape by
+            # tracing ``call`` symbolically (two unrolled LSTMs of ``window`` steps) each time a
+            # model is built or loaded: most of the cost of loading a champion.
+            return tuple(input_shape)
+
         def get_config(self) -> dict[str, Any]:
             config = super().get_config()
             config.update(
