@@ -129,6 +129,8 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
             for day in range(HISTORY_DAYS, LAST + 1):
                 if day != MISSING:
                     _write_day(folder, day)
+                if day == LAST:  # the morning's ingest_schedule tick, before the day's scoring
+                    _ingest(defs, instance, START + pd.Timedelta(days=day + 1, hours=5))
                 result = run(day)
                 checks[day] = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
                 if day == 117:  # a re-run of the same day sends nothing again
@@ -164,9 +166,8 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
             # The level shift drifted; the steady customer did not.
             drifted = measures.set_index("customer_id")["drifted"]
             assert drifted["initech"] and not drifted["globex"], measures.to_dict("records")
-            # An ingest reads the new files; then automation requests the listed customers'
-            # series, models, scores, explanations and plots, and nothing else.
-            defs.resolve_job_def("ingest_job").execute_in_process(instance=instance)
+            # Automation requests the listed customers' series (from the rows the morning's
+            # ingest read), models, scores, explanations and plots, and nothing else.
             assert automation.tick() == {name: expected for name in CUSTOMER_ASSETS}
             # initech's retraining (what the daemon launches, with the sensor's tags) registers
             # a challenger, and the gate's decision is recorded in MLflow and followed by the
@@ -253,6 +254,18 @@ def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[s
         for r in result.results
         if result.get_num_requested(r.key)
     }
+
+
+def _ingest(defs: dg.Definitions, instance: dg.DagsterInstance, when: pd.Timestamp) -> None:
+    """What the scheduler does at ``ingest_schedule``'s tick: launch its run request."""
+    schedule = defs.resolve_schedule_def("ingest_schedule")
+    assert schedule.cron_schedule == "0 5 * * *" and when.hour == 5  # the default: 05:00 daily
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
+    (request,) = schedule.evaluate_tick(context).run_requests or []
+    result = defs.resolve_job_def(schedule.job_name).execute_in_process(
+        instance=instance, tags=request.tags
+    )
+    assert result.success
 
 
 def _run_tags(defs: dg.Definitions, sensor: str) -> dict[str, str]:
