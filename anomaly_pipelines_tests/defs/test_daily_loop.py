@@ -32,6 +32,12 @@ from anomaly_pipelines.defs.automation import CUSTOMER_DRIFT
 from anomaly_pipelines.defs.jobs import CUSTOMER_ASSETS
 from anomaly_pipelines.defs.partitions import CUSTOMERS as CUSTOMER_PARTITIONS
 from anomaly_pipelines.defs.settings import read_config
+from anomaly_pipelines_tests.daemon_ticks import (
+    AutomationTicks,
+    run_schedule_tick,
+    schedule_ticks,
+    sensor_run_tags,
+)
 from anomaly_pipelines_tests.defs.conftest import write_config
 from anomaly_pipelines_tests.loopback import smtp_server, webhook_server
 
@@ -112,11 +118,12 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
         config = read_config(str(config_path))
         defs = build_definitions(config_path=str(config_path))
         job = defs.resolve_job_def("daily_scoring_job")
+        ingest = defs.resolve_schedule_def("ingest_schedule")
         with dg.instance_for_test() as instance:
             run_demo(str(config_path), instance=instance, log_level="WARNING")
             # The daemon's automation sensors, ticking from here on (their first tick requests
             # nothing: the demo's customers were just trained).
-            automation = _Automation(defs, instance)
+            automation = AutomationTicks(defs, instance)
             assert automation.tick() == {}
 
             def run(day: int) -> dg.ExecuteInProcessResult:
@@ -129,8 +136,11 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
             for day in range(HISTORY_DAYS, LAST + 1):
                 if day != MISSING:
                     _write_day(folder, day)
-                if day == LAST:  # the morning's ingest_schedule tick, before the day's scoring
-                    _ingest(defs, instance, START + pd.Timedelta(days=day + 1, hours=5))
+                if day == LAST:  # the morning's ingest_schedule tick (05:00), before the scoring
+                    morning = (START + pd.Timedelta(days=day + 1, hours=5)).tz_localize("UTC")
+                    day_before = morning - pd.Timedelta(days=1)
+                    assert schedule_ticks(ingest, day_before, morning) == [morning]
+                    assert len(run_schedule_tick(defs, instance, ingest.name, morning)) == 1
                 result = run(day)
                 checks[day] = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
                 if day == 117:  # a re-run of the same day sends nothing again
@@ -157,7 +167,7 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
             # The days were scored: automation measures drift of every customer (one run).
             assert automation.tick() == {"model_drift": {None}}
             drift = defs.resolve_job_def("drift_job").execute_in_process(
-                instance=instance, tags=_run_tags(defs, "drift_automation_sensor")
+                instance=instance, tags=sensor_run_tags(defs, "drift_automation_sensor")
             )
             measures = drift.output_for_node("model_drift")
             assert sorted(measures["customer_id"]) == list(CUSTOMERS)
@@ -177,7 +187,7 @@ def test_daily_runs_alert_once_per_incident_and_feedback_silences_the_repeat(
                 instance=instance,
                 asset_selection=selection,
                 partition_key="initech",
-                tags=_run_tags(defs, "customer_automation_sensor"),
+                tags=sensor_run_tags(defs, "customer_automation_sensor"),
             )
             assert retrain.success
             # Requested once per measurement; the retraining's new scores start no new one.
@@ -247,49 +257,6 @@ def _assert_daily_digests(
     assert not any(secret in received["data"] for secret in secrets for received in messages)
 
 
-def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[str | None]]:
-    """What one evaluation of the automation conditions requests: asset -> partition keys."""
-    return {
-        r.key.to_user_string(): set(result.get_requested_partitions(r.key))
-        for r in result.results
-        if result.get_num_requested(r.key)
-    }
-
-
-def _ingest(defs: dg.Definitions, instance: dg.DagsterInstance, when: pd.Timestamp) -> None:
-    """What the scheduler does at ``ingest_schedule``'s tick: launch its run request."""
-    schedule = defs.resolve_schedule_def("ingest_schedule")
-    assert schedule.cron_schedule == "0 5 * * *" and when.hour == 5  # the default: 05:00 daily
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
-    (request,) = schedule.evaluate_tick(context).run_requests or []
-    result = defs.resolve_job_def(schedule.job_name).execute_in_process(
-        instance=instance, tags=request.tags
-    )
-    assert result.success
-
-
-def _run_tags(defs: dg.Definitions, sensor: str) -> dict[str, str]:
-    """The tags an automation sensor puts on the runs it launches."""
-    definition = defs.resolve_sensor_def(sensor)
-    assert isinstance(definition, dg.AutomationConditionSensorDefinition)
-    return dict(definition.run_tags)
-
-
-class _Automation:
-    """Successive evaluations of every automation condition of ``defs`` on ``instance``, as the
-    daemon's sensors tick: each one continues from the previous one's cursor."""
-
-    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
-        self.defs, self.instance, self.cursor = defs, instance, None
-
-    def tick(self) -> dict[str, set[str | None]]:
-        result = dg.evaluate_automation_conditions(
-            defs=self.defs, instance=self.instance, cursor=self.cursor
-        )
-        self.cursor = result.cursor
-        return _requested(result)
-
-
 def _materialize(instance: dg.DagsterInstance, asset: str, partitions: list[str]) -> None:
     for key in partitions:
         instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=key))
@@ -297,7 +264,7 @@ def _materialize(instance: dg.DagsterInstance, asset: str, partitions: list[str]
 
 def test_automation_trains_a_new_customer_once_its_rows_are_ingested() -> None:
     with dg.DagsterInstance.ephemeral() as instance:
-        automation = _Automation(build_definitions(), instance)
+        automation = AutomationTicks(build_definitions(), instance)
         assert automation.tick() == {}
         # Registered by a day's file: validated_usage has no rows of it yet, nothing to train on.
         instance.add_dynamic_partitions(CUSTOMER_PARTITIONS, ["acme"])
@@ -316,7 +283,7 @@ def test_automation_trains_a_new_customer_once_its_rows_are_ingested() -> None:
 
 def test_automation_retrains_the_customers_each_drift_measurement_lists_once() -> None:
     with dg.DagsterInstance.ephemeral() as instance:
-        automation = _Automation(build_definitions(), instance)
+        automation = AutomationTicks(build_definitions(), instance)
         instance.add_dynamic_partitions(CUSTOMER_PARTITIONS, ["acme", "globex"])
         for name in CUSTOMER_ASSETS:
             _materialize(instance, name, ["acme", "globex"])
