@@ -10,15 +10,10 @@ requests, launched with their tags).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import dagster as dg
-
-# Dagster's own cron iteration, the one its scheduler uses: no other package on the
-# environment reads cron strings, and a second reading could disagree with the scheduler's.
-from dagster._utils.schedules import cron_string_iterator
 
 
 class AutomationTicks:
@@ -52,17 +47,24 @@ def sensor_run_tags(defs: dg.Definitions, sensor: str) -> dict[str, str]:
 def schedule_ticks(
     schedule: dg.ScheduleDefinition, after: datetime, until: datetime
 ) -> list[datetime]:
-    """The schedule's ticks in (``after``, ``until``]: when the scheduler would fire it."""
+    """The schedule's ticks in (``after``, ``until``]: when the scheduler would fire it.
+
+    Read by Dagster itself, not by a second cron parser that could disagree with the
+    scheduler: the windows of a time-window partitioning on the same cron start at its ticks.
+    """
     assert isinstance(schedule.cron_schedule, str)
-    ticks: Iterator[datetime] = cron_string_iterator(
-        after.timestamp() + 1, schedule.cron_schedule, schedule.execution_timezone
+    windows = dg.TimeWindowPartitionsDefinition(
+        cron_schedule=schedule.cron_schedule,
+        start=after,
+        timezone=schedule.execution_timezone or "UTC",
+        fmt="%Y-%m-%dT%H:%M",
+        end_offset=1,  # the window that ``until`` is in: its start is a tick too
     )
-    out = []
-    for tick in ticks:
-        if tick > until:
-            return out
-        out.append(tick)
-    return out
+    starts = (
+        windows.time_window_for_partition_key(key).start
+        for key in windows.get_partition_keys(current_time=until)
+    )
+    return [tick for tick in starts if after < tick <= until]
 
 
 def run_schedule_tick(
