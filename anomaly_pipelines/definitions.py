@@ -39,7 +39,7 @@ from anomaly_pipelines.defs.resources import (
     gemini_resource,
     mlflow_registry_resource,
 )
-from anomaly_pipelines.defs.schedules import daily_scoring_schedule
+from anomaly_pipelines.defs.schedules import daily_scoring_schedule, ingest_schedule
 
 
 def build_definitions(
@@ -78,7 +78,7 @@ def build_definitions(
             daily_scoring_job,
             drift_job,
         ],
-        schedules=[daily_scoring_schedule(orchestration)],
+        schedules=[ingest_schedule(orchestration), daily_scoring_schedule(orchestration)],
         sensors=[
             sensors.daily_files_sensor,
             automation.customer_automation_sensor,

@@ -7,10 +7,11 @@ The suite's end-to-end test (``anomaly_pipelines_tests/defs/test_daily_loop.py``
 weeks; this is the months-long check of the same loop, too slow for the suite. Everything is the
 real thing: the project's definitions (``build_definitions``) on a throw-away Dagster instance, a
 ``daily_folder`` source that receives one billing file per simulated day, ``daily_scoring_job``
-run for each day (and ``ingest_job`` weekly), the declarative automation evaluated after each day the
-way the daemon's two automation sensors evaluate it (``dagster.evaluate_automation_conditions``,
-each evaluation continuing from the previous cursor) and whatever it requests launched with the
-sensor's run tags, alerts sent over real sockets to the loopback webhook and SMTP servers of
+run for each day, before it ``ingest_job`` at each tick of the project's ``ingest_schedule`` (its
+cron evaluated for the simulated mornings, as the scheduler would), the declarative automation
+evaluated after each day the way the daemon's two automation sensors evaluate it
+(``dagster.evaluate_automation_conditions``, each evaluation continuing from the previous cursor)
+and whatever it requests launched with the sensor's run tags (``anomaly_pipelines_tests.daemon_ticks``), alerts sent over real sockets to the loopback webhook and SMTP servers of
 ``anomaly_pipelines_tests.loopback`` (an immediate webhook subscription, a daily and a weekly
 e-mail digest), and feedback given through the command line.
 
@@ -55,6 +56,12 @@ from anomaly_pipelines.defs.demo import PARTITION_RANGE_END_TAG, PARTITION_RANGE
 from anomaly_pipelines.defs.jobs import CUSTOMER_ASSETS
 from anomaly_pipelines.defs.partitions import CUSTOMERS as CUSTOMER_PARTITIONS
 from anomaly_pipelines.defs.settings import read_config, write_isolated_config
+from anomaly_pipelines_tests.daemon_ticks import (
+    AutomationTicks,
+    run_schedule_tick,
+    schedule_ticks,
+    sensor_run_tags,
+)
 from anomaly_pipelines_tests.loopback import smtp_server, webhook_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,19 +155,11 @@ INCIDENTS = (
     Incident("spike", "tyrell", 78, (5.0,)),
 )
 MISSING_DAY = 35  # no file arrives that day
-INGEST_WEEKDAY = 0  # Mondays
 
 
 def day_key(day: int) -> str:
     """The partition key (and file date) of simulated ``day``."""
     return (START + pd.Timedelta(days=HISTORY_DAYS + day)).strftime("%Y-%m-%d")
-
-
-def is_ingest_day(day: int) -> bool:
-    """The operator's weekly ``ingest_job`` (Mondays, before the day's scoring): the daily run
-    reads the day's file itself, but a (re)training reads ``validated_usage``, which only an
-    ingest brings up to date."""
-    return (START + pd.Timedelta(days=HISTORY_DAYS + day)).weekday() == INGEST_WEEKDAY
 
 
 def write_file(folder: Path, absolute_day: int) -> None:
@@ -259,17 +258,22 @@ class DailyLoop:
         self.hook = hook
         self.config = read_config(str(config_path))
         self.defs = build_definitions(config_path=str(config_path))
-        self.cursor: str | None = None
+        self.automation = AutomationTicks(self.defs, instance)
+        self.ingest = self.defs.resolve_schedule_def("ingest_schedule")
+        # The simulated clock: the morning the history was trained, at the daily scoring's time.
+        self.clock = self._scoring_time(-1)
         self.record = LoopRecord()
         self.tags = {
-            name: dict(self._sensor(name).run_tags)
+            name: sensor_run_tags(self.defs, name)
             for name in ("drift_automation_sensor", "customer_automation_sensor")
         }
 
-    def _sensor(self, name: str) -> dg.AutomationConditionSensorDefinition:
-        definition = self.defs.resolve_sensor_def(name)
-        assert isinstance(definition, dg.AutomationConditionSensorDefinition)
-        return definition
+    def _scoring_time(self, day: int) -> pd.Timestamp:
+        """When ``daily_scoring_schedule`` scores simulated ``day``: the next morning."""
+        orchestration = self.config.orchestration
+        return pd.Timestamp(day_key(day), tz=orchestration.timezone) + pd.Timedelta(
+            days=1, hours=orchestration.daily_hour, minutes=orchestration.daily_minute
+        )
 
     def train_history(self) -> None:
         """Ingest and one batch training of every customer, as ``anomaly-pipelines demo`` does;
@@ -282,26 +286,21 @@ class DailyLoop:
 
     def tick(self) -> dict[str, set[str | None]]:
         """One evaluation of every automation condition, continuing from the previous one."""
-        result = dg.evaluate_automation_conditions(
-            defs=self.defs, instance=self.instance, cursor=self.cursor
-        )
-        self.cursor = result.cursor
-        return {
-            r.key.to_user_string(): set(result.get_requested_partitions(r.key))
-            for r in result.results
-            if result.get_num_requested(r.key)
-        }
+        return self.automation.tick()
 
     def run_day(self, day: int) -> None:
-        """The file lands (or not), the weekly ingest, the day's scoring; feedback; then
+        """The file lands (or not); the ingests ``ingest_schedule`` fires up to the day's
+        scoring (every morning, by default before it); the scoring; feedback; then
         automation."""
         timings = self.record.timings
         if day != MISSING_DAY:
             write_file(self.folder, HISTORY_DAYS + day)
-        if is_ingest_day(day):
+        scoring = self._scoring_time(day)
+        for tick in schedule_ticks(self.ingest, self.clock, scoring):
             started = time.perf_counter()
-            self._job("ingest_job").execute_in_process(instance=self.instance, run_config=QUIET)
+            run_schedule_tick(self.defs, self.instance, self.ingest.name, tick, run_config=QUIET)
             timings.ingest.append(time.perf_counter() - started)
+        self.clock = scoring
         started = time.perf_counter()
         result = self._job("daily_scoring_job").execute_in_process(
             instance=self.instance, partition_key=day_key(day), run_config=QUIET
@@ -548,8 +547,9 @@ def figures(loop: DailyLoop, hook: Any, mail: Any, days: int, seconds: float) ->
         "(run time depends on what else the machine runs).",
         "",
         "What ran, for every simulated day: the day's billing file lands in the `daily_folder` "
-        "source (one day has none), `ingest_job` on Mondays (retraining reads what was "
-        "ingested), `daily_scoring_job` for the day, then the "
+        "source (one day has none), `ingest_job` whenever the project's `ingest_schedule` "
+        f"fires (`{loop.config.orchestration.ingest_cron}`, before the scoring; retraining "
+        "reads what was ingested), `daily_scoring_job` for the day, then the "
         "declarative automation evaluated as the daemon's sensors do, and what it requested "
         "(`model_drift`, retrainings) launched with the sensor's tags. Alerts went over real "
         "sockets to a loopback webhook (immediate) and a loopback SMTP server (a daily and a "
@@ -705,11 +705,17 @@ def machine() -> str:
     )
 
 
-def run(days: int, epochs: int) -> list[str]:
-    """The whole loop in a temporary directory; returns the report's lines."""
+def run(days: int, epochs: int, keep: Path | None = None) -> list[str]:
+    """The whole loop in a temporary directory (``keep``: in that one, left for inspection:
+    the billing files, the outputs with every score, the MLflow store); returns the report's
+    lines."""
     started = time.perf_counter()
     with (
-        tempfile.TemporaryDirectory(prefix="daily-loop-") as tmp,
+        (
+            contextlib.nullcontext(str(keep))
+            if keep
+            else tempfile.TemporaryDirectory(prefix="daily-loop-")
+        ) as tmp,
         webhook_server() as hook,
         smtp_server(password=SMTP_PASSWORD) as mail,
         # The secrets are read from the environment at send time, as in a deployment.
@@ -750,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=90, help="days simulated after the history")
     parser.add_argument("--epochs", type=int, default=2, help="LSTM epochs of every training")
     parser.add_argument("--out", default=str(ROOT / "docs" / "daily_loop.md"))
+    parser.add_argument(
+        "--keep", type=Path, help="an empty directory to run in and keep (default: temporary)"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Dagster's beta and preview notices, and aiosmtpd's note on AUTH without TLS (loopback).
@@ -758,7 +767,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
     warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    lines = run(args.days, args.epochs)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        if any(args.keep.iterdir()):
+            parser.error(f"--keep {args.keep}: not empty")
+    lines = run(args.days, args.epochs, args.keep)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

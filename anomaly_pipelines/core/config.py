@@ -79,6 +79,16 @@ def _delimiter(value: str | None) -> str | None:
     return value
 
 
+def _cron_text(value: str) -> str:
+    """Five cron fields. Dagster checks the fields themselves when the code location loads;
+    this catches a wrong field count (a seconds field, a missing one) with a message."""
+    if len(value.split()) != 5:
+        raise ValueError(
+            f"{value!r} is not a cron schedule; use five fields, e.g. '0 5 * * *' (05:00 daily)"
+        )
+    return value
+
+
 def time_zone(value: str) -> str:
     """``value`` when it names an IANA time zone. Checked when the settings load, not when the
     first file with times arrives: a typo must fail before a run, with a message, not later
@@ -416,6 +426,13 @@ class OrchestrationConfig(_Section):
     daily_hour: int = Field(default=6, ge=0, le=23)
     daily_minute: int = Field(default=0, ge=0, le=59)
     timezone: str = "UTC"
+    # When ``ingest_job`` reads the source again (cron, in ``timezone``). Scoring reads each
+    # day's file itself, but a (re)training reads ``validated_usage``: ingesting before the
+    # daily scoring means the retraining its drift measurement requests learns from the newest
+    # rows (and customers new in the files are trained the same morning).
+    ingest_cron: str = "0 5 * * *"
+    _check_ingest_cron = field_validator("ingest_cron")(_cron_text)
+    # Whether the two schedules (ingest, daily scoring) start running when the code location loads.
     schedule_running_by_default: bool = True
     # "in_process": every step of a run in one process (one process per run, least memory);
     # "multiprocess": one process per step, at most ``max_concurrent_steps`` at a time;

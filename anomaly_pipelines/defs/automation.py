@@ -5,12 +5,13 @@ Two things happen without anyone launching a run:
 - **New customers are trained.** A customer partition whose series was never built is requested
   once ``validated_usage`` has been materialized after the partition was registered, i.e. once the
   customer's rows were ingested. A customer first seen in a daily file (registered by
-  ``daily_usage``) therefore waits for the next ``ingest_job`` instead of being "trained" on no
-  rows, which would mark it trained for good.
+  ``daily_usage``) therefore waits for the next ``ingest_job`` (``ingest_schedule``, each
+  morning) instead of being "trained" on no rows, which would mark it trained for good.
 - **Drifted or stale customers are retrained.** ``model_drift`` records a materialization of the
   customer-partitioned ``customer_drift`` for each customer it finds drifted or stale; the
   customer's series and models depend on that partition, so exactly those customers are
-  requested, once per measurement that lists them. The new version then faces the
+  requested, once per measurement that lists them. Their series is rebuilt from the rows of
+  the morning's ingest, which ``ingest_schedule`` runs before the daily scoring. The new version then faces the
   champion/challenger gate of the training.
 
 Either way the request covers what ``customer_job`` runs for the customer: its series (rebuilt

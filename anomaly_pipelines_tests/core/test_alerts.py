@@ -7,8 +7,10 @@ day d are merged into incidents (``explain_incidents``, offline explainer) and h
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,18 @@ def _config(tmp_path: Path, subs: list[dict[str, Any]], **alerts: Any) -> Pipeli
             "explain": {"cache_dir": None},
         }
     )
+
+
+@contextlib.contextmanager
+def _webhook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *subs: dict[str, Any], **alerts: Any
+) -> Iterator[tuple[Any, PipelineConfig, OperationsStore]]:
+    """A loopback webhook (its URL in ``TEST_HOOK_URL``, as a deployment passes secrets), and
+    the settings and operations store of subscriptions sending to it (by default one, ``ops``)."""
+    with webhook_server() as hook:
+        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
+        config = _config(tmp_path, list(subs) or [_hook()], **alerts)
+        yield hook, config, OperationsStore.for_config(config)
 
 
 def _scores(days: int, anomalies: dict[int, float], customer: str = "acme") -> pd.DataFrame:
@@ -106,10 +120,7 @@ def test_an_incident_leaving_the_lookback_window_is_not_alerted_again(
     # The daily run sees the last lookback_days of daily scores. A 3-day incident, and one of
     # 15 days, longer than the 10-day window: as the window moves past their first days, each
     # would start on the window's first day under a new id, every day.
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()], lookback_days=10)
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch, lookback_days=10) as (hook, config, store):
         spikes = {5: 2500.0, 6: 2600.0, 7: 2700.0, **{20 + i: 3000.0 for i in range(15)}}
         scores = _scores(45, spikes)
         for day in range(45):
@@ -149,10 +160,7 @@ def _hook(name: str = "ops", **extra: Any) -> dict[str, Any]:
 def test_one_alert_per_incident_with_updates_and_one_end_and_reruns_send_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()])
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch) as (hook, config, store):
         scores = _scores(12, {5: 1500.0, 6: 1800.0, 7: 1700.0})
         for day in range(12):
             _run_day(config, store, scores, day)
@@ -225,10 +233,8 @@ def _assert_no_secret(
 def test_server_errors_and_timeouts_are_retried_with_backoff_then_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()], timeout_seconds=0.3, max_attempts=3)
-        store = OperationsStore.for_config(config)
+    slow = _webhook(tmp_path, monkeypatch, timeout_seconds=0.3, max_attempts=3)
+    with slow as (hook, config, store):
         scores = _scores(8, {5: 2000.0})
         for day in range(5):
             _run_day(config, store, scores, day)
@@ -257,10 +263,8 @@ def test_server_errors_and_timeouts_are_retried_with_backoff_then_recorded(
 
 
 def test_timeout_is_recorded_as_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()], timeout_seconds=0.2, max_attempts=2)
-        store = OperationsStore.for_config(config)
+    slow = _webhook(tmp_path, monkeypatch, timeout_seconds=0.2, max_attempts=2)
+    with slow as (hook, config, store):
         hook.script = [("stall", 0.8), ("stall", 0.8)]
         summary = _run_day(config, store, _scores(6, {5: 2000.0}), 5)
         assert summary.failed == 1
@@ -282,10 +286,7 @@ def test_missing_url_variable_is_recorded_not_raised(
 def test_feedback_not_anomaly_silences_the_repeat_but_not_other_directions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()])
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch) as (hook, config, store):
         # A spike on day 3, the same spike again on day 10, then a drop on day 15.
         scores = _scores(20, {3: 2000.0, 10: 2100.0, 15: 300.0})
         for day in range(7):
@@ -346,10 +347,7 @@ def test_thresholds_severity_and_customer_patterns() -> None:
 def test_below_threshold_incident_is_alerted_when_it_grows_past_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook(min_impact=1000)])
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch, _hook(min_impact=1000)) as (hook, config, store):
         scores = _scores(10, {4: 1600.0, 5: 1700.0})
         for day in range(10):
             _run_day(config, store, scores, day)
@@ -359,10 +357,7 @@ def test_below_threshold_incident_is_alerted_when_it_grows_past_it(
 def test_no_data_and_missing_file_alerts_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()], no_data_after_days=2)
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch, no_data_after_days=2) as (hook, config, store):
         scores = _scores(5, {})  # data stops after 2024-03-05
         incidents = explain_incidents(scores, None, config.explain)
         last = {"acme": scores["timestamp"].max()}
@@ -433,10 +428,7 @@ def test_smtp_refusing_recipients_is_recorded(tmp_path: Path) -> None:
 
 
 def test_send_test_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()])
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch) as (hook, config, store):
         result = send_test(config, "ops", store)
         assert result.ok and hook.bodies[0]["kind"] == "test"
         assert hook.bodies[0]["subject"].startswith("TEST ")
@@ -530,10 +522,7 @@ def test_concurrent_runs_of_the_same_day_send_each_alert_once(
 
     from anomaly_pipelines.core.alerts import flush
 
-    with webhook_server() as hook:
-        monkeypatch.setenv("TEST_HOOK_URL", hook.url)
-        config = _config(tmp_path, [_hook()], max_attempts=1)
-        store = OperationsStore.for_config(config)
+    with _webhook(tmp_path, monkeypatch, max_attempts=1) as (hook, config, store):
         scores = _scores(12, {3: 2000.0, 7: 1900.0})
         hook.default_status = 503  # everything fails first: 4 notices wait as "failed"
         for day in range(12):

@@ -86,8 +86,18 @@ def test_a_bad_time_zone_fails_when_the_settings_load(section: str) -> None:
         ({"source": {"daily": {"date_regex": r"\d{8}"}}}, "has no group"),
         ({"source": {"encoding": "klingon"}}, "not a known text encoding"),
         ({"source": {"delimiter": ""}}, "is not one character"),
+        ({"orchestration": {"ingest_cron": "0 0 5 * * *"}}, "is not a cron schedule"),
     ],
-    ids=["min_timestamp", "daily_start_date", "format", "regex", "regex-group", "encoding", "delimiter"],
+    ids=[
+        "min_timestamp",
+        "daily_start_date",
+        "format",
+        "regex",
+        "regex-group",
+        "encoding",
+        "delimiter",
+        "ingest_cron",
+    ],
 )
 def test_unusable_settings_fail_when_they_load(settings: dict[str, Any], message: str) -> None:
     """Each used to fail only when the first file was read, with a traceback from deep inside

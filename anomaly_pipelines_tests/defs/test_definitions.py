@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
@@ -94,10 +96,10 @@ def test_jobs_schedule_and_sensor() -> None:
     names = {j.name for j in defs.resolve_all_job_defs()}
     assert {"ingest_job", "customer_job", "batch_job", "report_job", "daily_scoring_job"} <= names
     assert "drift_job" in names
-    assert (
-        defs.resolve_schedule_def("daily_scoring_schedule").default_status
-        == dg.DefaultScheduleStatus.RUNNING
-    )
+    for schedule in ("ingest_schedule", "daily_scoring_schedule"):
+        assert (
+            defs.resolve_schedule_def(schedule).default_status == dg.DefaultScheduleStatus.RUNNING
+        )
     assert (
         defs.resolve_sensor_def("daily_files_sensor").default_status
         == dg.DefaultSensorStatus.STOPPED
@@ -147,6 +149,7 @@ def test_build_definitions_honours_the_orchestration_of_the_given_config(tmp_pat
         "timezone": "Europe/Berlin",
         "daily_hour": 9,
         "daily_minute": 30,
+        "ingest_cron": "0 7 * * 1-5",
         "schedule_running_by_default": False,
         "executor": "in_process",
     }
@@ -162,6 +165,16 @@ def test_build_definitions_honours_the_orchestration_of_the_given_config(tmp_pat
     assert schedule.cron_schedule == "30 9 * * *"
     assert schedule.execution_timezone == "Europe/Berlin"
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    # The ingest: its own cron, in the same time zone, whole source (no partition) each tick.
+    ingest = built.resolve_schedule_def("ingest_schedule")
+    assert (ingest.cron_schedule, ingest.execution_timezone) == ("0 7 * * 1-5", "Europe/Berlin")
+    assert ingest.job_name == "ingest_job"
+    assert ingest.default_status == dg.DefaultScheduleStatus.STOPPED
+    with dg.instance_for_test() as instance:
+        tick = datetime(2025, 3, 3, 7, tzinfo=ZoneInfo("Europe/Berlin"))
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        (request,) = ingest.evaluate_tick(context).run_requests or []
+    assert request.partition_key is None
     assert built.resolve_job_def("batch_job").executor_def.name == "in_process"
     alerts = built.resolve_assets_def("daily_alerts")
     mapping = alerts.get_partition_mapping(dg.AssetKey("daily_scores"))
