@@ -41,7 +41,7 @@ CHAIN = [
     ("anomaly_scores", "scores_export"),
     ("anomaly_plots", "anomaly_report"),
     ("daily_usage", "daily_scores"),
-    ("customer_series", "daily_scores"),
+    ("validated_usage", "daily_scores"),
     ("daily_scores", "daily_alerts"),
     ("daily_usage", "daily_alerts"),
     ("anomaly_scores", "model_drift"),

@@ -28,9 +28,15 @@ from anomaly_pipelines.defs.resources import (
 
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 TOP_ANOMALIES = 15
-# Days of daily files the daily run reads besides the stored history (the day included): more
+# Days of daily files the daily run reads besides the ingested history (the day included): more
 # than a month between two ingests is not expected.
 DAILY_HISTORY_DAYS = 35
+
+
+def _customer_days(frame: pd.DataFrame) -> pd.MultiIndex:
+    """(customer, UTC date) of each row: a day re-delivered as a file replaces all of that
+    customer's ingested rows of the day, whatever their times."""
+    return pd.MultiIndex.from_arrays([frame["customer_id"], frame["timestamp"].dt.floor("D")])
 
 
 def _ids(frame: pd.DataFrame) -> set[str]:
@@ -222,22 +228,25 @@ def anomaly_explanations(
 def daily_scores(
     context: AssetExecutionContext,
     daily_usage: pd.DataFrame,
-    customer_series: pd.DataFrame,
+    validated_usage: pd.DataFrame,
     pipeline_settings: PipelineSettings,
     mlflow_registry: MlflowRegistryResource,
 ) -> dg.Output[pd.DataFrame]:
     """The newest day of every customer as of the partition's day, scored with the champion
     models (no training): the usage of the last ``DAILY_HISTORY_DAYS`` days (the day included) is
-    appended to each customer's stored history, which
-    gives the seasonal expectation and the windows their context. A customer whose newest data is
-    older than the day (billing lag) is scored on its newest day and counted as stale."""
+    appended to the ingested history (``validated_usage``, refreshed each morning by
+    ``ingest_schedule``), which gives the seasonal expectation and the windows their context.
+    Not the customer's stored series: that is rebuilt only when the customer is retrained, and a
+    month-old one left the days in between to interpolation, with no weekly shape. A customer
+    whose newest data is older than the day (billing lag) is scored on its newest day and
+    counted as stale."""
     config = pipeline_settings.config
     window = context.partition_time_window
     day_start = pd.Timestamp(window.start).tz_convert("UTC")
     day_end = pd.Timestamp(window.end).tz_convert("UTC")
-    history = customer_series
+    history = validated_usage
     if len(history):
-        history = history[~history["is_filled"].astype(bool) & (history["timestamp"] < day_start)]
+        history = history[history["timestamp"] < day_start]
     recent = daily_usage[daily_usage["timestamp"] < day_end] if len(daily_usage) else daily_usage
     new = recent[recent["timestamp"] >= day_start] if len(recent) else recent
     columns = ["customer_id", "timestamp", "cost"]
@@ -253,9 +262,7 @@ def daily_scores(
     # A day both ingested and delivered as a daily file counts once, as delivered; a file's rows
     # (services, regions) are summed into the day by ``regularize`` as always.
     if len(history) and len(recent):
-        delivered = pd.MultiIndex.from_frame(recent[["customer_id", "timestamp"]].drop_duplicates())
-        known = pd.MultiIndex.from_frame(history[["customer_id", "timestamp"]])
-        frames[0] = history.loc[~known.isin(delivered), columns]
+        frames[0] = history.loc[~_customer_days(history).isin(_customer_days(recent).unique()), columns]
     combined = pd.concat(frames, ignore_index=True)
     series = regularize(combined, config.preprocess)
     newest = score_with_champions(series, mlflow_registry, config, latest_only=True)
@@ -283,9 +290,9 @@ def daily_scores_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         metadata={MODEL_METADATA_KEY: "DailyScores"},
         ins={
             # The days since the last ingest, not only the day itself: without them the days between
-            # the stored history and the day would be interpolated, and the window and the weekly
+            # the ingested history and the day would be interpolated, and the window and the weekly
             # expectation would be judged on invented values.
             "daily_usage": dg.AssetIn(partition_mapping=recent_days(DAILY_HISTORY_DAYS)),
-            "customer_series": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+            "validated_usage": dg.AssetIn(),
         },
     )(daily_scores)
