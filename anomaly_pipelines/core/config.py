@@ -79,6 +79,22 @@ def _delimiter(value: str | None) -> str | None:
     return value
 
 
+def _duration_text(value: str | None) -> str | None:
+    """A pandas duration (``"12h"``, ``"1D"``, ``"5min"``), checked when the settings load: a
+    typo used to surface at the first scoring as pandas' bare ``ValueError``."""
+    if value is None:
+        return value
+    import pandas as pd
+
+    try:
+        duration = pd.Timedelta(value)
+    except (ValueError, TypeError):
+        duration = None
+    if duration is None or pd.isna(duration) or duration < pd.Timedelta(0):
+        raise ValueError(f"{value!r} is not a duration; use one such as '12h', '1D' or '5min'")
+    return value
+
+
 def _cron_text(value: str) -> str:
     """Five cron fields. Dagster checks the fields themselves when the code location loads;
     this catches a wrong field count (a seconds field, a missing one) with a message."""
@@ -235,6 +251,7 @@ class PreprocessConfig(_Section):
     # Fraction of rows allowed to fail validation before the run fails.
     max_failure_rate: float = 0.05
     frequency: str | None = None  # e.g. "1D", "5min"; None infers it per series
+    _check_frequency = field_validator("frequency")(_duration_text)
 
 
 class WindowConfig(_Section):
@@ -348,6 +365,7 @@ class HybridConfig(_Section):
     # changed; any ratio from 0.5 to 0.85 and windows from 3 to 12 hours did as well.
     peak_ratio: float = 0.8
     peak_window: str = "12h"
+    _check_durations = field_validator("quiet_period", "peak_window")(_duration_text)
     # Each normalised signal counts at most this much in that mean, so no detector alerts alone:
     # with 2.0 a second signal must reach at least half its own threshold. Without the cap, one
     # over-confident window model raised most of the false alarms on cloud metrics.

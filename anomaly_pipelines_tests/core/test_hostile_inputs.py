@@ -87,6 +87,9 @@ def test_a_bad_time_zone_fails_when_the_settings_load(section: str) -> None:
         ({"source": {"encoding": "klingon"}}, "not a known text encoding"),
         ({"source": {"delimiter": ""}}, "is not one character"),
         ({"orchestration": {"ingest_cron": "0 0 5 * * *"}}, "is not a cron schedule"),
+        ({"hybrid": {"peak_window": "half a day"}}, "'half a day' is not a duration"),
+        ({"hybrid": {"quiet_period": "-1D"}}, "'-1D' is not a duration"),
+        ({"preprocess": {"frequency": "daily"}}, "'daily' is not a duration"),
     ],
     ids=[
         "min_timestamp",
@@ -97,6 +100,9 @@ def test_a_bad_time_zone_fails_when_the_settings_load(section: str) -> None:
         "encoding",
         "delimiter",
         "ingest_cron",
+        "peak_window",
+        "quiet_period",
+        "frequency",
     ],
 )
 def test_unusable_settings_fail_when_they_load(settings: dict[str, Any], message: str) -> None:
