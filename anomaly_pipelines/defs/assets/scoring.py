@@ -262,7 +262,12 @@ def daily_scores(
     # A day both ingested and delivered as a daily file counts once, as delivered; a file's rows
     # (services, regions) are summed into the day by ``regularize`` as always.
     if len(history) and len(recent):
-        frames[0] = history.loc[~_customer_days(history).isin(_customer_days(recent).unique()), columns]
+        # Only the ingested rows of the delivered files' days can be replaced: the check skips
+        # the years of history before them.
+        overlap = history["timestamp"] >= recent["timestamp"].min().floor("D")
+        replaced = np.zeros(len(history), dtype=bool)
+        replaced[overlap.to_numpy()] = _customer_days(history[overlap]).isin(_customer_days(recent).unique())
+        frames[0] = history.loc[~replaced, columns]
     combined = pd.concat(frames, ignore_index=True)
     series = regularize(combined, config.preprocess)
     newest = score_with_champions(series, mlflow_registry, config, latest_only=True)
