@@ -467,6 +467,10 @@ class OrchestrationConfig(_Section):
     # Attempts after the first for a cohort step that failed (a lost connection to MLflow or
     # Postgres); a step whose worker process died is redelivered by celery instead.
     step_retries: int = Field(default=2, ge=0)
+    # Seconds before the first retry of a failed cohort step; retry n waits (2**n - 1) times
+    # this, plus or minus this much jitter (cohorts that lost the same server come back spread
+    # out). Long enough for a restarted tracking server to come back.
+    step_retry_delay: float = Field(default=5.0, ge=0)
 
     _check_timezone = field_validator("timezone")(time_zone)
 

@@ -180,9 +180,10 @@ def summarize_batch(context: dg.OpExecutionContext, results: list[dict[str, Any]
 
 
 def cohort_batch_job(orchestration: OrchestrationConfig) -> dg.JobDefinition:
-    """The job, with every step retried ``orchestration.step_retries`` times on failure
-    (exponential backoff with jitter: several cohorts that lost the same MLflow server should
-    not all come back at the same second)."""
+    """The job, with every step retried ``orchestration.step_retries`` times on failure, the
+    first after about ``orchestration.step_retry_delay`` seconds (exponential backoff with
+    jitter: several cohorts that lost the same MLflow server should not all come back at the
+    same second)."""
 
     @dg.job(
         name="cohort_batch_job",
@@ -193,7 +194,7 @@ def cohort_batch_job(orchestration: OrchestrationConfig) -> dg.JobDefinition:
         tags={"anomaly_pipelines/trains": "true"},
         op_retry_policy=dg.RetryPolicy(
             max_retries=orchestration.step_retries,
-            delay=5,
+            delay=orchestration.step_retry_delay,
             backoff=dg.Backoff.EXPONENTIAL,
             jitter=dg.Jitter.PLUS_MINUS,
         ),

@@ -61,9 +61,9 @@ def test_cohorts_are_sorted_consecutive_and_stable() -> None:
 
 
 def test_cohort_steps_are_retried_and_share_the_training_pool() -> None:
-    job = cohort_batch_job(OrchestrationConfig(step_retries=3))
+    job = cohort_batch_job(OrchestrationConfig(step_retries=3, step_retry_delay=0.5))
     policy = job.op_retry_policy
-    assert policy is not None and policy.max_retries == 3
+    assert policy is not None and policy.max_retries == 3 and policy.delay == 0.5
     assert policy.backoff == dg.Backoff.EXPONENTIAL
     assert job.graph.node_named("train_cohort").definition.pool == TRAINING_POOL
     assert job.tags["anomaly_pipelines/trains"] == "true"
