@@ -201,6 +201,58 @@ def mlflow_server(user: str, workdir: Path) -> Iterator[MlflowServer]:
             _stop(process)
 
 
+@contextlib.contextmanager
+def port_forward(port: int, target: int) -> Iterator[None]:
+    """From now on, connections to ``port`` of 127.0.0.1 reach ``target`` there, bytes unchanged
+    both ways: an address of a real server that starts answering only now, as a tracking
+    server's published port or load balancer does once the server behind it is back. Before,
+    nothing listens on ``port`` and a client gets a refused connection."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", port))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    open_sockets: list[socket.socket] = []
+
+    def pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(("127.0.0.1", target), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            open_sockets.extend([client, upstream])
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        listener.close()
+        for sock in open_sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 @dataclass
 class Deployment:
     """A Dagster instance on Postgres, celery settings on Redis and the environment that the

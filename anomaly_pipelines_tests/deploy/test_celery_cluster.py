@@ -1,7 +1,7 @@
 """The deployment of configs/deploy/ against real services: Dagster on PostgreSQL, the celery
 executor with two real workers on Redis, and an MLflow tracking server on PostgreSQL.
 
-One module-wide set-up (server, instance, workers) serves three checks, because starting them
+One module-wide set-up (server, instance, workers) serves these checks, because starting them
 costs more than the runs:
 
 * a batch of 12 customers in two cohort steps runs on the two workers, one worker's pool
@@ -9,7 +9,10 @@ costs more than the runs:
   registered version per customer and the same scores as the same job in-process on SQLite;
 * two runs training different customers at the same time (one cohort each, one per worker)
   against the tracking server: every version registered, every champion the version its own
-  run registered.
+  run registered;
+* a cohort step whose MLflow tracking server does not answer yet fails inside the step, is
+  retried by the job's ``RetryPolicy`` once the server's address answers, and the run succeeds
+  with exactly one registered version per customer.
 """
 
 from __future__ import annotations
@@ -32,17 +35,27 @@ from anomaly_pipelines_tests.deploy.services import (
     deployment,
     launch,
     mlflow_server,
+    port_forward,
     postgres_user,
     redis_available,
     start_workers,
     wait_for_workers,
 )
+from anomaly_pipelines_tests.loopback import free_port
 
 JOB = "cohort_batch_job"
-CUSTOMERS = [f"customer-{i:03d}" for i in range(1, 25)]
+CUSTOMERS = [f"customer-{i:03d}" for i in range(1, 28)]
 DATA = {"customers": len(CUSTOMERS), "days": 200, "seed": 3, "start": "2024-01-01"}
 BATCH = CUSTOMERS[:12]  # two cohorts of 6, one per worker
+LATE = CUSTOMERS[24:27]  # one cohort, trained while its tracking server is still down
 RUN_TIMEOUT = 900
+# The cohort job's RetryPolicy, short for the tests: retry n waits (2**n - 1) * 2 s +- 2 s.
+STEP_RETRIES = 3
+STEP_RETRY_DELAY = 2.0
+# MLflow's HTTP client retries a refused connection itself, by default 7 times over about four
+# minutes, before the step sees an error. Two retries without backoff (MLflow's own settings,
+# read by every worker) make an outage longer than the client's patience quick to reach in a test.
+MLFLOW_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 
 
 def plan(customers: list[str], cohort_size: int) -> dict[str, Any]:
@@ -59,6 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespac
     with contextlib.ExitStack() as stack:
         config = workdir / "deploy" / "pipeline.yaml"
         deploy = stack.enter_context(deployment(user, workdir, config))
+        deploy.env.update(MLFLOW_CLIENT)
         # Workers start while the tracking server creates its tables; both take a while.
         names = start_workers(deploy, 2, workdir)
         server = stack.enter_context(mlflow_server(user, workdir))
@@ -66,7 +80,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespac
             config.parent,
             {
                 "source": {"synthetic": DATA},
-                "orchestration": {"executor": "celery", "celery_config": str(deploy.celery_config)},
+                "orchestration": {
+                    "executor": "celery",
+                    "celery_config": str(deploy.celery_config),
+                    "step_retries": STEP_RETRIES,
+                    "step_retry_delay": STEP_RETRY_DELAY,
+                },
                 "mlflow": {"tracking_uri": server.uri, "artifact_location": ""},
             },
         )
@@ -107,13 +126,21 @@ def _finish(process: Any, log: Path) -> None:
     assert code == 0, log.read_text()[-5000:]
 
 
-def _run_of(instance: Any, customers: list[str]) -> Any:
-    """The finished run whose plan named ``customers``."""
+def _find_run(instance: Any, customers: list[str]) -> Any | None:
+    """The run whose plan named ``customers``, if it exists yet."""
     for run in instance.get_runs():
         planned = run.run_config.get("ops", {}).get("plan_cohorts", {}).get("config", {})
         if run.job_name == JOB and planned.get("customers") == customers:
             return run
-    raise AssertionError(f"no {JOB} run for {customers}")
+    return None
+
+
+def _run_of(instance: Any, customers: list[str]) -> Any:
+    """The finished run whose plan named ``customers``."""
+    run = _find_run(instance, customers)
+    if run is None:
+        raise AssertionError(f"no {JOB} run for {customers}")
+    return run
 
 
 def _events(instance: Any, run_id: str, kind: str) -> list[Any]:
@@ -320,3 +347,109 @@ def test_the_deploy_instance_keeps_everything_in_postgres_and_queues_runs(
     experiment = registry.client().get_experiment(registry.experiment_id())
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     assert any(cluster.server.artifacts.rglob("MLmodel"))
+
+
+def _wait_until_up_for_retry(
+    instance: Any, customers: list[str], step: str, process: Any, log: Path
+) -> None:
+    """Until ``step`` of the run of ``customers`` has failed and is waiting for its retry; an
+    error as soon as the run ends without that (a job with no retry policy fails the run)."""
+    import dagster as dg
+
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        run = _find_run(instance, customers)
+        if run is not None:
+            retries = [
+                e for e in _events(instance, run.run_id, "STEP_UP_FOR_RETRY") if e.step_key == step
+            ]
+            if retries:
+                return
+            status = instance.get_run_by_id(run.run_id).status
+            if status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS):
+                failures = [
+                    _error_text(e.dagster_event.event_specific_data.error)[-3000:]
+                    for e in _events(instance, run.run_id, "STEP_FAILURE")
+                ]
+                raise AssertionError(f"run {status.value} without retrying {step}: {failures}")
+        if process.poll() is not None:
+            raise AssertionError(f"the run exited before a retry:\n{log.read_text()[-5000:]}")
+        time.sleep(0.25)
+    raise AssertionError(f"{step} was not up for retry after {RUN_TIMEOUT} s")
+
+
+def _error_text(error: Any) -> str:
+    """A serialized error with its causes and contexts: the step's own exception is a cause of
+    Dagster's ``DagsterExecutionStepExecutionError``."""
+    parts = []
+    while error is not None:
+        parts.append(f"{error.cls_name}: {error.message}")
+        error = error.cause or error.context
+    return "\n".join(parts)
+
+
+def test_a_step_that_cannot_reach_mlflow_is_retried_by_the_policy_and_registers_once(
+    cluster: SimpleNamespace,
+) -> None:
+    """Executor: celery, the two workers of the module (a run process as a run worker starts it,
+    steps on the workers, Dagster's run and event storage in Postgres).
+
+    The run's tracking URI names a port of 127.0.0.1 where nothing listens yet: the cohort step
+    fails inside the step (MLflow's client, after its own short retries, raises a refused
+    connection when the step opens the store, before training). Only once Dagster has recorded
+    the step as up for retry does that port come alive, forwarded to the module's real
+    ``mlflow server`` on Postgres (starting a second server there would add its 20 s start-up
+    to the suite); the RetryPolicy's retry then trains and registers. Should the jitter send a
+    retry before the port listens, it fails the same way and a later one runs: every failed
+    attempt must have failed on the refused connection, and one must have succeeded."""
+    import dagster as dg
+
+    port = free_port()
+    step = "train_cohort[cohort_00000]"
+    log = cluster.workdir / "late-mlflow.log"
+    run_config = {
+        **plan(LATE, len(LATE)),
+        "resources": {
+            "pipeline_settings": {
+                "config": {"overrides": {"mlflow": {"tracking_uri": f"http://127.0.0.1:{port}"}}}
+            }
+        },
+    }
+    process = launch(cluster.deploy, JOB, run_config, log)
+    try:
+        _wait_until_up_for_retry(cluster.instance, LATE, step, process, log)
+        opened = time.time()
+        with port_forward(port, int(cluster.server.uri.rsplit(":", 1)[1])):
+            _finish(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    run = _run_of(cluster.instance, LATE)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+
+    def of_step(kind: str) -> list[Any]:
+        return [e for e in _events(cluster.instance, run.run_id, kind) if e.step_key == step]
+
+    retries = of_step("STEP_UP_FOR_RETRY")
+    assert retries and retries[0].timestamp < opened
+    # Every failed attempt failed on the tracking server's refused connection, nothing else.
+    for event in retries:
+        error = _error_text(event.dagster_event.event_specific_data.error)
+        assert f"port={port}" in error and "Connection refused" in error, error
+    # The policy's first wait is step_retry_delay (3 s) +- 3 s, not the default 5 s +- 5 s.
+    assert 0 <= retries[0].dagster_event.event_specific_data.seconds_to_wait <= 2 * STEP_RETRY_DELAY
+    assert len(of_step("STEP_RESTARTED")) == len(retries)
+    assert len(of_step("STEP_START")) == 1  # a retry starts with STEP_RESTARTED instead
+    assert len(of_step("STEP_SUCCESS")) == 1 and not of_step("STEP_FAILURE")
+    # Nothing registered twice: one version per customer, each the champion, and one MLflow
+    # run (the successful attempt's); the failed attempts never reached the store.
+    registry = _registry(cluster.server.uri)
+    assert {cid: registry.versions(cid) for cid in LATE} == {cid: ["1"] for cid in LATE}
+    assert registry.champion_versions(LATE) == dict.fromkeys(LATE, "1")
+    trainings = registry.client().search_runs(
+        [registry.experiment_id()], filter_string=f"tags.dagster_run_id = '{run.run_id}'"
+    )
+    assert [(r.data.tags["dagster_step"], r.info.status) for r in trainings] == [
+        ("cohort_00000", "FINISHED")
+    ]
+    assert trainings[0].data.metrics["registered_versions"] == len(LATE)
