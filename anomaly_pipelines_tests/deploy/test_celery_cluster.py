@@ -436,7 +436,7 @@ def test_a_step_that_cannot_reach_mlflow_is_retried_by_the_policy_and_registers_
     for event in retries:
         error = _error_text(event.dagster_event.event_specific_data.error)
         assert f"port={port}" in error and "Connection refused" in error, error
-    # The policy's first wait is step_retry_delay (3 s) +- 3 s, not the default 5 s +- 5 s.
+    # The policy's first wait is step_retry_delay (2 s) +- 2 s, not the default 5 s +- 5 s.
     assert 0 <= retries[0].dagster_event.event_specific_data.seconds_to_wait <= 2 * STEP_RETRY_DELAY
     assert len(of_step("STEP_RESTARTED")) == len(retries)
     assert len(of_step("STEP_START")) == 1  # a retry starts with STEP_RESTARTED instead
