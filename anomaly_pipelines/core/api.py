@@ -47,7 +47,7 @@ def detect(
     series = regularize(observed, cfg.preprocess)
     fitted = fit_detectors(series, cfg)
     scores = score_series(series, fitted, cfg, online=online)
-    out = with_left_out_rows(scores, left_out)
+    out = with_left_out_rows(on_input_times(scores, observed), left_out)
     out["timestamp"] = as_input_time(out["timestamp"], usage["timestamp"])
     return out
 
@@ -103,6 +103,34 @@ def observations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         "negative cost (credits and refunds are not usage): left out, treated as a gap",
     )
     return observed, left_out[[*keys, "cost", "status", "reasons"]]
+
+
+def on_input_times(scores: pd.DataFrame, observed: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` with one observed row per input timestamp of ``observed``, so the result merges
+    back onto the input. Off-grid input (a jittered clock, a sample a minute late) was put on its
+    series' grid; each such input timestamp gets the scores of the nearest observed grid step,
+    which is the step it was put on."""
+    keys = ["customer_id", "timestamp"]
+    present = ~scores["is_filled"].astype(bool)
+    wanted = observed[keys].drop_duplicates()
+    stamp = pd.MultiIndex.from_arrays([scores["customer_id"], _instants(scores["timestamp"])])
+    asked = pd.MultiIndex.from_arrays([wanted["customer_id"], _instants(wanted["timestamp"])])
+    if asked.isin(stamp[present.to_numpy()]).all():
+        return scores
+    steps = scores[present].assign(_at=_instants(scores.loc[present, "timestamp"])).drop(columns="timestamp")
+    rows = pd.merge_asof(
+        wanted.assign(_at=_instants(wanted["timestamp"])).sort_values("_at"),
+        steps.sort_values("_at"),
+        on="_at",
+        by="customer_id",
+        direction="nearest",
+    ).drop(columns="_at")
+    out = pd.concat([rows[list(scores.columns)], scores[~present]], ignore_index=True)
+    return out.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def _instants(stamps: pd.Series) -> np.ndarray:
+    return pd.to_datetime(stamps, utc=True).to_numpy(dtype="datetime64[ns]").view("int64")
 
 
 def with_left_out_rows(scores: pd.DataFrame, left_out: pd.DataFrame) -> pd.DataFrame:

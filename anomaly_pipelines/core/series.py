@@ -19,6 +19,17 @@ from anomaly_pipelines.core.ids import customer_key
 _DAY_NS = pd.Timedelta(days=1).value
 # Largest (customers x distinct steps) table of step counts; beyond it steps are sorted instead.
 _COUNT_TABLE_CELLS = 2**24
+# Sampling intervals clocks are set to, for rounding the steps of a jittered clock.
+_USUAL_STEPS = np.array(
+    [pd.Timedelta(t).value for t in (
+        "1s", "2s", "5s", "10s", "15s", "20s", "30s",
+        "1min", "2min", "3min", "4min", "5min", "6min", "10min", "12min", "15min", "20min", "30min",
+        "1h", "2h", "3h", "4h", "6h", "8h", "12h", "1D", "7D",
+    )],
+    dtype=np.int64,
+)
+# Fewer steps than this say too little about a clock to call it jittered.
+_JITTER_MIN_STEPS = 10
 
 
 @dataclass
@@ -67,7 +78,8 @@ def regularize(
     """Split a long frame (``customer_id``, ``timestamp``, ``cost``) into regular series.
 
     Duplicate timestamps are summed (costs of the same day add up); off-grid timestamps are
-    floored to the inferred grid. Gaps inside a series are filled by ``gap_policy``. The work is
+    floored to the inferred grid, or rounded to its nearest point for a jittered clock (see
+    ``_common_steps``). Gaps inside a series are filled by ``gap_policy``. The work is
     vectorised over all customers (one sort, one grouped sum, one fill and one timestamp index
     for all of them, laid end to end), since the daily run regularises thousands of customers
     at once. Timestamps in a time zone other than UTC keep it: a series
@@ -108,12 +120,16 @@ def regularize(
     first = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
     if config.frequency:
         freq = np.full(len(customers), pd.Timedelta(config.frequency).value, dtype=np.int64)
+        jittered = np.zeros(len(customers), dtype=bool)
     else:  # a customer with a single timestamp gets a day
-        freq = _common_steps(code, ts, len(customers))
+        freq, jittered = _steps_and_jitter(code, ts, len(customers))
         freq[freq == 0] = _DAY_NS
     origin = ts[first]
     step = freq[code]
-    grid = origin[code] + ((ts - origin[code]) // step) * step
+    # A jittered clock's sample goes to the nearest grid point: floored, a sample a second
+    # early would land on the step before and leave its own step a gap.
+    half = np.where(jittered[code], step // 2, 0)
+    grid = origin[code] + ((ts - origin[code] + half) // step) * step
     g_code, g_ts, summed = _sum_steps(code, grid, cost)
     # Rows are in time order within a customer, so its last step is its last grid point.
     last = g_ts[np.r_[np.flatnonzero(g_code[1:] != g_code[:-1]), len(g_code) - 1]]
@@ -240,15 +256,49 @@ def _timestamps(grid: np.ndarray, zone: Any | None, calendar: bool) -> pd.Dateti
 
 def _common_steps(code: np.ndarray, ts: np.ndarray, customers: int) -> np.ndarray:
     """Most common positive step per customer in ns (ties: the smaller; 0 when there is none)
-    from timestamps sorted within each customer code."""
+    from timestamps sorted within each customer code. A jittered clock (a 5-minute sensor whose
+    samples arrive a few seconds early or late) has no single most common step: there, each step
+    is first rounded to the nearest usual sampling interval (``_USUAL_STEPS``)."""
+    return _steps_and_jitter(code, ts, customers)[0]
+
+
+def _steps_and_jitter(code: np.ndarray, ts: np.ndarray, customers: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_common_steps`` and, per customer, whether its clock is jittered: its most common exact
+    step is under half of its steps (at least ``_JITTER_MIN_STEPS`` of them)."""
     same = code[1:] == code[:-1]
     step = (ts[1:] - ts[:-1])[same]
     owner = code[1:][same]
     positive = step > 0
     step, owner = step[positive], owner[positive]
-    out = np.zeros(customers, dtype=np.int64)
+    jittered = np.zeros(customers, dtype=bool)
     if not step.size:
-        return out
+        return np.zeros(customers, dtype=np.int64), jittered
+    mode, count = _mode_steps(step, owner, customers)
+    total = np.bincount(owner, minlength=customers)
+    jittered = (total >= _JITTER_MIN_STEPS) & (2 * count < total)
+    if jittered.any():
+        mine = jittered[owner]
+        rounded, _ = _mode_steps(_usual(step[mine]), owner[mine], customers)
+        mode = np.where(jittered, rounded, mode)
+    return mode, jittered
+
+
+def _usual(step: np.ndarray) -> np.ndarray:
+    """Each step rounded to the nearest of ``_USUAL_STEPS`` on a log scale (steps beyond the
+    longest stay as they are)."""
+    logs = np.log(_USUAL_STEPS.astype(float))
+    x = np.log(step.astype(float))
+    hi = np.clip(np.searchsorted(logs, x), 1, len(logs) - 1)
+    nearest = np.where(x - logs[hi - 1] <= logs[hi] - x, hi - 1, hi)
+    return np.where(step > _USUAL_STEPS[-1], step, _USUAL_STEPS[nearest])
+
+
+def _mode_steps(step: np.ndarray, owner: np.ndarray, customers: int) -> tuple[np.ndarray, np.ndarray]:
+    """(most common step, its count) per customer; ties: the smaller step; 0 and 0 for none."""
+    out = np.zeros(customers, dtype=np.int64)
+    counted = np.zeros(customers, dtype=np.int64)
+    if not step.size:
+        return out, counted
     # Series have few distinct steps: count them in a (customer, distinct step) table, the
     # steps in ascending order so the first largest count is the smaller step of a tie.
     kinds = np.sort(pd.unique(step))
@@ -257,7 +307,8 @@ def _common_steps(code: np.ndarray, ts: np.ndarray, customers: int) -> np.ndarra
         counts = np.bincount(owner * len(kinds) + which, minlength=customers * len(kinds))
         counts = counts.reshape(customers, len(kinds))
         best = counts.argmax(axis=1)
-        return np.where(counts[np.arange(customers), best] > 0, kinds[best], 0)
+        counted = counts[np.arange(customers), best]
+        return np.where(counted > 0, kinds[best], 0), counted
     order = np.lexsort((step, owner))
     step, owner = step[order], owner[order]
     start = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (step[1:] != step[:-1])])
@@ -267,7 +318,8 @@ def _common_steps(code: np.ndarray, ts: np.ndarray, customers: int) -> np.ndarra
     runs = np.lexsort((step[start], -count, owner[start]))
     first = runs[np.r_[True, owner[start][runs][1:] != owner[start][runs][:-1]]]
     out[owner[start][first]] = step[start][first]
-    return out
+    counted[owner[start][first]] = count[first]
+    return out, counted
 
 
 def series_to_frame(series: list[CustomerSeries]) -> pd.DataFrame:

@@ -115,3 +115,24 @@ def test_rows_told_apart_by_another_column_are_summed_without_a_warning() -> Non
 def test_integer_ids_alone_become_text() -> None:
     scores = detect(_frame(customer_id=[7, 7, 7]), FAST)
     assert scores["customer_id"].tolist() == ["7", "7", "7"]
+
+
+def test_a_jittered_clock_gets_a_row_for_every_input_timestamp_and_its_spike_found() -> None:
+    """A 5-minute metric whose samples arrive seconds off the grid (no two steps alike): every
+    input timestamp comes back, so the result merges onto the input, and a clear surge is one
+    alarm, not alarms scattered by a misread step."""
+    rng = np.random.default_rng(8)
+    samples = 1600
+    grid = pd.date_range("2024-02-01", periods=samples, freq="5min")
+    ts = grid + pd.to_timedelta(rng.integers(-45, 46, size=samples), unit="s")
+    day = np.arange(samples) / 288
+    value = 40 + 8 * np.sin(2 * np.pi * day) + rng.normal(0, 1.0, samples)
+    value[1500:1506] += 40
+    usage = pd.DataFrame({"customer_id": "sensor", "timestamp": ts, "cost": value})
+    scores = detect(usage, FAST, online=True)
+    assert len(scores) == samples
+    merged = usage.merge(scores, on=["customer_id", "timestamp"], how="left", validate="one_to_one")
+    assert merged["status"].notna().all()
+    np.testing.assert_allclose(merged["cost_y"].to_numpy(), value)
+    flagged = np.flatnonzero(merged["is_anomaly"].to_numpy(dtype=bool))
+    assert flagged.size and set(flagged) <= set(range(1500, 1530)), flagged

@@ -118,7 +118,7 @@ def test_gaps_of_all_series_are_filled_as_pandas_fills_each(policy: str) -> None
     np.testing.assert_array_equal(series_module._fill_segments(values, offsets, policy), want)
 
 
-def test_common_steps_by_count_table_and_by_sorting_agree_with_counting(
+def test_mode_steps_by_count_table_and_by_sorting_agree_with_counting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = np.random.default_rng(9)
@@ -131,9 +131,16 @@ def test_common_steps_by_count_table_and_by_sorting_agree_with_counting(
         steps = np.diff(ts[code == c])
         values, counts = np.unique(steps[steps > 0], return_counts=True)
         want[c] = values[np.argmax(counts)] if counts.size else 0  # ties: the first, smaller
-    np.testing.assert_array_equal(series_module._common_steps(code, ts, 41), want)
+    same = code[1:] == code[:-1]
+    step, owner = np.diff(ts)[same], code[1:][same]
+    step, owner = step[step > 0], owner[step > 0]
+
+    def modes() -> np.ndarray:
+        return series_module._mode_steps(step, owner, 41)[0]
+
+    np.testing.assert_array_equal(modes(), want)
     monkeypatch.setattr(series_module, "_COUNT_TABLE_CELLS", 0)
-    np.testing.assert_array_equal(series_module._common_steps(code, ts, 41), want)
+    np.testing.assert_array_equal(modes(), want)
 
 
 def test_frame_round_trip_keeps_values_and_fill_marks() -> None:
@@ -169,3 +176,30 @@ def test_robust_scaler_ignores_outliers_and_survives_constant_series() -> None:
     for constant in (np.zeros(20), np.full(20, 5.0)):
         scaler = Scaler.fit(constant)
         assert np.isfinite(scaler.transform(constant)).all() and scaler.scale > 0
+
+
+def _jittered_clock(samples: int, seed: int = 4) -> pd.DatetimeIndex:
+    """A 5-minute sensor whose samples arrive up to 40 s early or late, with a few lost ones."""
+    rng = np.random.default_rng(seed)
+    grid = pd.date_range("2024-01-01 00:02", periods=samples + 20, freq="5min", tz="UTC")
+    kept = np.sort(rng.choice(len(grid), size=samples, replace=False))
+    return grid[kept] + pd.to_timedelta(rng.integers(-40, 41, size=samples), unit="s")
+
+
+def test_a_jittered_clock_keeps_its_sampling_interval_and_every_sample() -> None:
+    ts = _jittered_clock(300)
+    # No exact step is common (they spread over 220 to 380 s), but most round to 5 minutes.
+    assert infer_frequency(ts) == pd.Timedelta(minutes=5)
+    (series,) = regularize(_frame("s", list(ts.astype(str)), list(np.arange(1.0, 301.0))), PreprocessConfig())
+    assert series.frequency == pd.Timedelta(minutes=5)
+    # Each sample on its nearest grid step, none summed with a neighbour (floored, an early
+    # sample would land on the step before its own).
+    observed = series.values[~series.filled]
+    assert observed.tolist() == list(np.arange(1.0, 301.0))
+    assert series.filled.sum() == len(series) - 300
+
+
+def test_a_clock_with_one_common_step_is_not_rounded() -> None:
+    # Steps of exactly 7 minutes and a few of 14: 7 minutes is no usual interval but is the step.
+    ts = pd.date_range("2024-01-01", periods=60, freq="7min", tz="UTC").delete([20, 40])
+    assert infer_frequency(ts) == pd.Timedelta(minutes=7)

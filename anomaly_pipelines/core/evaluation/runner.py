@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_pipelines.core import scoring
-from anomaly_pipelines.core.api import input_rows, usage_series
+from anomaly_pipelines.core.api import input_rows, on_input_times, usage_series
 from anomaly_pipelines.core.config import PipelineConfig, as_config
 from anomaly_pipelines.core.detector import (
     FittedDetectors,
@@ -130,9 +130,9 @@ def run_hybrid(series: list[LabelledSeries], config: PipelineConfig) -> list[Det
     started, cpu = time.perf_counter(), time.process_time()
     regular = usage_series(frame, config)
     fitted = fit_detectors(regular, config)
-    online = input_rows(score_series(regular, fitted, config, online=True))
+    online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), frame))
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    retro = input_rows(score_series(regular, fitted, config, online=False))
+    retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), frame))
     others = {name: window_detector_scores(regular, fitted, config, name) for name in OTHER_WINDOW_DETECTORS}
     components = list(scoring.SIGNALS)
     hybrid = Detection("hybrid", {}, {}, seconds, cpu)
@@ -176,11 +176,11 @@ def _quiet(fitted: FittedDetectors, regular: CustomerSeries | None, config: Pipe
 
 
 def _on_input_steps(regular: CustomerSeries | None, s: LabelledSeries, values: np.ndarray | None) -> np.ndarray:
-    """A per-step array of the regularised series at the labelled series' own steps (0 where
-    the step has no score)."""
+    """A per-step array of the regularised series at the labelled series' own steps: the nearest
+    grid step, where a jittered clock's samples were put (0 without scores)."""
     if values is None or regular is None:
         return np.zeros(len(s))
-    position = pd.DatetimeIndex(regular.timestamps).get_indexer(pd.DatetimeIndex(s.frame["timestamp"]))
+    position = pd.DatetimeIndex(regular.timestamps).get_indexer(pd.DatetimeIndex(s.frame["timestamp"]), method="nearest")
     return np.where(position >= 0, values[np.maximum(position, 0)], 0.0)
 
 
