@@ -375,6 +375,13 @@ class HybridConfig(_Section):
     annual_recurrence: bool = True
     # Cycles of history behind each expected value (weeks for daily data, days for sub-daily).
     seasonal_cycles: int = 4
+    # Sub-daily series with at least four weeks of training take a weekly cycle instead of a
+    # daily one when it leaves residuals at most this fraction of the daily cycle's (median
+    # absolute residual on the training part): taxi rides or road traffic, whose weekends
+    # differ from weekdays, would otherwise measure every weekend against a weekday and hide a
+    # holiday inside that spread. The price is a warm-up of two weeks instead of two days.
+    # 0 keeps the daily cycle.
+    weekly_cycle_gain: float = Field(default=0.75, ge=0, le=1)
     # Values this many spreads from their expectation are left out of the history the final
     # expectation is computed from, so incidents do not become the baseline (0 disables).
     clean_history_z: float = 4.0

@@ -521,6 +521,22 @@ def training_layout(series: CustomerSeries, config: PipelineConfig) -> tuple[int
     return n_train, window
 
 
+def _cycle(series: CustomerSeries, n_train: int, window: int, config: PipelineConfig) -> int | None:
+    """Steps per seasonal cycle: ``season_period``, or for a sub-daily series a week where that
+    explains its training part clearly better (``hybrid.weekly_cycle_gain``)."""
+    period = season_period(series.frequency)
+    gain = config.hybrid.weekly_cycle_gain
+    if not period or series.frequency >= pd.Timedelta(days=1) or gain <= 0 or n_train < 4 * 7 * period:
+        return period
+    week = 7 * period
+    values = series.values[None, :n_train]
+    spread = []
+    for cycle in (period, week):
+        expected = scoring.SeasonalExpectation(values, cycle, config.hybrid.seasonal_cycles, max(window, 3)).expected()
+        spread.append(float(np.nanmedian(np.abs(values - expected)[0, 2 * week :])))
+    return week if spread[1] < gain * spread[0] else period
+
+
 def fit_detectors(
     series_list: list[CustomerSeries],
     config: PipelineConfig,
@@ -541,7 +557,7 @@ def fit_detectors(
             )
             continue
         n_train, window = training_layout(series, config)
-        period = season_period(series.frequency)
+        period = _cycle(series, n_train, window, config)
         # A cycle is only used when training still has enough windows after the warm-up.
         if period and n_train - 2 * period < 4 * window:
             period = None

@@ -404,3 +404,39 @@ def test_the_way_down_from_a_sub_daily_peak_is_a_repeat_and_the_daily_run_agrees
         row = online.iloc[step]
         assert (row["is_anomaly"], row["is_repeat"]) == (day["is_anomaly"], day["is_repeat"]), step
         assert row["hybrid_score"] == pytest.approx(day["hybrid_score"], rel=2e-3, abs=1e-9), step
+
+
+def _half_hourly_rides(weeks: int, weekly: bool, seed: int) -> pd.DataFrame:
+    """Half-hourly demand with a rush-hour day; with ``weekly``, weekends have their own shape."""
+    rng = np.random.default_rng(seed)
+    ts = pd.date_range("2024-01-01", periods=weeks * 7 * 48, freq="30min", tz="UTC")
+    hour = np.asarray(ts.hour + ts.minute / 60)
+    weekday = 10 + 12 * np.exp(-((hour - 8.5) ** 2) / 4) + 14 * np.exp(-((hour - 19) ** 2) / 6)
+    weekend = 9 + 9 * np.exp(-((hour - 14) ** 2) / 18)
+    level = np.where(np.asarray(ts.dayofweek) >= 5, weekend, weekday) if weekly else weekday
+    return pd.DataFrame({"customer_id": f"rides-{weekly}", "timestamp": ts, "cost": level * (1 + rng.normal(0, 0.04, len(ts)))})
+
+
+def test_a_sub_daily_series_whose_weekends_differ_gets_a_weekly_cycle_and_its_holiday_found() -> None:
+    from anomaly_pipelines.core.api import usage_series
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors
+
+    config = PipelineConfig().merged(FAST)
+    rides = _half_hourly_rides(10, weekly=True, seed=3)
+    holiday = np.flatnonzero(pd.DatetimeIndex(rides["timestamp"]).normalize() == pd.Timestamp("2024-03-05", tz="UTC"))
+    rides.loc[holiday, "cost"] *= 0.55  # a Tuesday with a Sunday's demand or less, in the test part
+    plain = _half_hourly_rides(10, weekly=False, seed=4)
+    fitted = fit_detectors(usage_series(pd.concat([rides, plain]), config), config)
+    assert fitted.calibrations["rides-True"].period == 7 * 48
+    assert fitted.calibrations["rides-False"].period == 48  # no weekly shape: two days of warm-up
+    scores = detect(rides, FAST, online=True)
+    flagged = np.flatnonzero(scores["is_anomaly"].to_numpy())
+    assert np.isin(flagged, holiday).any()
+    # Weekends are no surprise: nothing flagged outside the holiday and the windows that still
+    # hold its last hours.
+    around = np.arange(holiday[0], holiday[-1] + 7)
+    assert np.isin(flagged, around).all(), scores.loc[flagged[~np.isin(flagged, around)], "timestamp"]
+    # With the daily cycle (the setting at 0) the same holiday hides in the weekday/weekend spread.
+    daily = detect(rides, {**FAST, "hybrid": {"weekly_cycle_gain": 0.0}}, online=True)
+    assert not np.isin(np.flatnonzero(daily["is_anomaly"].to_numpy()), holiday).any()
