@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_pipelines.core import scoring
-from anomaly_pipelines.core.api import input_rows, on_input_times, usage_series
+from anomaly_pipelines.core.api import coerce, input_rows, observations, on_input_times
 from anomaly_pipelines.core.config import PipelineConfig, as_config
 from anomaly_pipelines.core.detector import (
     FittedDetectors,
@@ -39,7 +39,7 @@ from anomaly_pipelines.core.detector import (
 from anomaly_pipelines.core.evaluation import cache, metrics
 from anomaly_pipelines.core.evaluation.baselines import BASELINES
 from anomaly_pipelines.core.evaluation.datasets import LabelledSeries, describe, load_datasets
-from anomaly_pipelines.core.series import CustomerSeries, infer_frequency
+from anomaly_pipelines.core.series import CustomerSeries, infer_frequency, regularize
 
 DETECTORS = ("hybrid", *BASELINES)
 # The hybrid scored in hindsight (window models may use windows reaching past a step): reported
@@ -128,11 +128,14 @@ def run_hybrid(series: list[LabelledSeries], config: PipelineConfig) -> list[Det
         ignore_index=True,
     )
     started, cpu = time.perf_counter(), time.process_time()
-    regular = usage_series(frame, config)
+    # detect()'s own steps. Scores map back onto the usable rows only: a row left out (an
+    # unusable value) has no score of its own and counts as not flagged.
+    observed = observations(coerce(frame))[0]
+    regular = regularize(observed, config.preprocess)
     fitted = fit_detectors(regular, config)
-    online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), frame))
+    online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), observed))
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), frame))
+    retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), observed))
     others = {name: window_detector_scores(regular, fitted, config, name) for name in OTHER_WINDOW_DETECTORS}
     components = list(scoring.SIGNALS)
     hybrid = Detection("hybrid", {}, {}, seconds, cpu)
