@@ -47,7 +47,7 @@ def detect(
     series = regularize(observed, cfg.preprocess)
     fitted = fit_detectors(series, cfg)
     scores = score_series(series, fitted, cfg, online=online)
-    out = with_left_out_rows(on_input_times(scores, observed), left_out)
+    out = with_left_out_rows(on_input_times(scores, observed, series), left_out)
     out["timestamp"] = as_input_time(out["timestamp"], usage["timestamp"])
     return out
 
@@ -105,11 +105,11 @@ def observations(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return observed, left_out[[*keys, "cost", "status", "reasons"]]
 
 
-def on_input_times(scores: pd.DataFrame, observed: pd.DataFrame) -> pd.DataFrame:
+def on_input_times(scores: pd.DataFrame, observed: pd.DataFrame, series: list[CustomerSeries]) -> pd.DataFrame:
     """``scores`` with one observed row per input timestamp of ``observed``, so the result merges
-    back onto the input. Off-grid input (a jittered clock, a sample a minute late) was put on its
-    series' grid; each such input timestamp gets the scores of the nearest observed grid step,
-    which is the step it was put on."""
+    back onto the input. Off-grid input (a jittered clock, a sample a minute late) was put on a
+    step of its series' grid (``regularize``: the nearest for a jittered clock, else the one at
+    or before it); each such input timestamp gets that step's scores."""
     keys = ["customer_id", "timestamp"]
     present = ~scores["is_filled"].astype(bool)
     wanted = observed[keys].drop_duplicates()
@@ -118,13 +118,15 @@ def on_input_times(scores: pd.DataFrame, observed: pd.DataFrame) -> pd.DataFrame
     if asked.isin(stamp[present.to_numpy()]).all():
         return scores
     steps = scores[present].assign(_at=_instants(scores.loc[present, "timestamp"])).drop(columns="timestamp")
-    rows = pd.merge_asof(
-        wanted.assign(_at=_instants(wanted["timestamp"])).sort_values("_at"),
-        steps.sort_values("_at"),
-        on="_at",
-        by="customer_id",
-        direction="nearest",
-    ).drop(columns="_at")
+    steps = steps.sort_values("_at")
+    wanted = wanted.assign(_at=_instants(wanted["timestamp"])).sort_values("_at")
+    jittered = wanted["customer_id"].isin({s.customer_id for s in series if s.jittered})
+    parts = [
+        pd.merge_asof(wanted[mine], steps, on="_at", by="customer_id", direction=direction)
+        for mine, direction in ((jittered, "nearest"), (~jittered, "backward"))
+        if mine.any()
+    ]
+    rows = pd.concat(parts, ignore_index=True).drop(columns="_at")
     out = pd.concat([rows[list(scores.columns)], scores[~present]], ignore_index=True)
     return out.sort_values(keys, kind="stable").reset_index(drop=True)
 

@@ -45,6 +45,8 @@ class CustomerSeries:
     frequency: pd.Timedelta
     dimensions: pd.DataFrame | None = field(default=None, repr=False)
     declared_normal: np.ndarray | None = field(default=None, repr=False)
+    # Its samples were put on the nearest grid step (a jittered clock), not floored to one.
+    jittered: bool = False
 
     @property
     def key(self) -> str:
@@ -160,6 +162,7 @@ def regularize(
                 filled=filled[lo:hi],
                 frequency=frequencies[int(freq[c])],
                 dimensions=dims_by_customer.get(customer_id),
+                jittered=bool(jittered[c]),
             )
         )
     return out

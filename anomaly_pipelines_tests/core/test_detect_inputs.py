@@ -136,3 +136,15 @@ def test_a_jittered_clock_gets_a_row_for_every_input_timestamp_and_its_spike_fou
     np.testing.assert_allclose(merged["cost_y"].to_numpy(), value)
     flagged = np.flatnonzero(merged["is_anomaly"].to_numpy(dtype=bool))
     assert flagged.size and set(flagged) <= set(range(1500, 1530)), flagged
+
+
+def test_a_late_sample_of_a_regular_clock_keeps_the_scores_of_its_own_step() -> None:
+    """Most samples on a 5-minute grid, every tenth three minutes late: the late one is floored
+    to its own step (not the next, which holds the following sample), and comes back with it."""
+    stamps = pd.date_range("2024-02-01", periods=400, freq="5min")
+    late = np.arange(400) % 10 == 5
+    stamps = stamps + pd.to_timedelta(np.where(late, 3, 0), unit="min")
+    usage = pd.DataFrame({"customer_id": "m", "timestamp": stamps, "cost": np.arange(1.0, 401.0)})
+    scores = detect(usage, {"preprocess": {"min_history": 1000}})  # rows only, no training
+    merged = usage.merge(scores, on=["customer_id", "timestamp"], how="left", validate="one_to_one")
+    np.testing.assert_array_equal(merged["cost_y"].to_numpy(), usage["cost"].to_numpy())

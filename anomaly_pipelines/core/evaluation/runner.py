@@ -133,9 +133,9 @@ def run_hybrid(series: list[LabelledSeries], config: PipelineConfig) -> list[Det
     observed = observations(coerce(frame))[0]
     regular = regularize(observed, config.preprocess)
     fitted = fit_detectors(regular, config)
-    online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), observed))
+    online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), observed, regular))
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), observed))
+    retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), observed, regular))
     others = {name: window_detector_scores(regular, fitted, config, name) for name in OTHER_WINDOW_DETECTORS}
     components = list(scoring.SIGNALS)
     hybrid = Detection("hybrid", {}, {}, seconds, cpu)
@@ -179,11 +179,12 @@ def _quiet(fitted: FittedDetectors, regular: CustomerSeries | None, config: Pipe
 
 
 def _on_input_steps(regular: CustomerSeries | None, s: LabelledSeries, values: np.ndarray | None) -> np.ndarray:
-    """A per-step array of the regularised series at the labelled series' own steps: the nearest
-    grid step, where a jittered clock's samples were put (0 without scores)."""
+    """A per-step array of the regularised series at the labelled series' own steps: the grid step
+    each was put on (``api.on_input_times``), 0 without scores."""
     if values is None or regular is None:
         return np.zeros(len(s))
-    position = pd.DatetimeIndex(regular.timestamps).get_indexer(pd.DatetimeIndex(s.frame["timestamp"]), method="nearest")
+    method = "nearest" if regular.jittered else "pad"
+    position = pd.DatetimeIndex(regular.timestamps).get_indexer(pd.DatetimeIndex(s.frame["timestamp"]), method=method)
     return np.where(position >= 0, values[np.maximum(position, 0)], 0.0)
 
 
