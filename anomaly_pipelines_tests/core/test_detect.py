@@ -420,23 +420,23 @@ def _half_hourly_rides(weeks: int, weekly: bool, seed: int) -> pd.DataFrame:
 def test_a_sub_daily_series_whose_weekends_differ_gets_a_weekly_cycle_and_its_holiday_found() -> None:
     from anomaly_pipelines.core.api import usage_series
     from anomaly_pipelines.core.config import PipelineConfig
-    from anomaly_pipelines.core.detector import fit_detectors
+    from anomaly_pipelines.core.detector import _cycle, training_layout
 
-    config = PipelineConfig().merged(FAST)
-    rides = _half_hourly_rides(10, weekly=True, seed=3)
-    holiday = np.flatnonzero(pd.DatetimeIndex(rides["timestamp"]).normalize() == pd.Timestamp("2024-03-05", tz="UTC"))
+    one_epoch = {"lstm": {"epochs": 1}}
+    config = PipelineConfig().merged(one_epoch)
+    rides = _half_hourly_rides(8, weekly=True, seed=3)
+    holiday = np.flatnonzero(pd.DatetimeIndex(rides["timestamp"]).normalize() == pd.Timestamp("2024-02-20", tz="UTC"))
     rides.loc[holiday, "cost"] *= 0.55  # a Tuesday with a Sunday's demand or less, in the test part
-    plain = _half_hourly_rides(10, weekly=False, seed=4)
-    fitted = fit_detectors(usage_series(pd.concat([rides, plain]), config), config)
-    assert fitted.calibrations["rides-True"].period == 7 * 48
-    assert fitted.calibrations["rides-False"].period == 48  # no weekly shape: two days of warm-up
-    scores = detect(rides, FAST, online=True)
+    plain = _half_hourly_rides(8, weekly=False, seed=4)
+    cycles = {s.customer_id: _cycle(s, *training_layout(s, config), config) for s in usage_series(pd.concat([rides, plain]), config)}
+    assert cycles == {"rides-True": 7 * 48, "rides-False": 48}  # no weekly shape: two days of warm-up
+    (alone,) = usage_series(rides, config)
+    daily_only = config.merged({"hybrid": {"weekly_cycle_gain": 0.0}})
+    assert _cycle(alone, *training_layout(alone, daily_only), daily_only) == 48
+    scores = detect(rides, one_epoch, online=True)
     flagged = np.flatnonzero(scores["is_anomaly"].to_numpy())
     assert np.isin(flagged, holiday).any()
     # Weekends are no surprise: nothing flagged outside the holiday and the windows that still
     # hold its last hours.
     around = np.arange(holiday[0], holiday[-1] + 7)
     assert np.isin(flagged, around).all(), scores.loc[flagged[~np.isin(flagged, around)], "timestamp"]
-    # With the daily cycle (the setting at 0) the same holiday hides in the weekday/weekend spread.
-    daily = detect(rides, {**FAST, "hybrid": {"weekly_cycle_gain": 0.0}}, online=True)
-    assert not np.isin(np.flatnonzero(daily["is_anomaly"].to_numpy()), holiday).any()
