@@ -273,9 +273,6 @@ def _steps_and_jitter(code: np.ndarray, ts: np.ndarray, customers: int) -> tuple
     owner = code[1:][same]
     positive = step > 0
     step, owner = step[positive], owner[positive]
-    jittered = np.zeros(customers, dtype=bool)
-    if not step.size:
-        return np.zeros(customers, dtype=np.int64), jittered
     mode, count = _mode_steps(step, owner, customers)
     total = np.bincount(owner, minlength=customers)
     jittered = (total >= _JITTER_MIN_STEPS) & (2 * count < total)
