@@ -284,6 +284,10 @@ class LSTMConfig(_Section):
     # of per-minute data give tens of thousands of near-identical overlapping windows, which
     # cost epochs of time and teach nothing new. Two years of daily data stay whole.
     max_training_windows: int = 2048
+    # Customer-steps (customers x batches per epoch x epochs) from which the training step is
+    # compiled with XLA: below it, the compile costs more than it saves (a test or one
+    # customer's detect() trains in seconds; 200 customers x 730 days compile).
+    compile_min_work: int = 15_000
 
 
 class IsolationForestConfig(_Section):

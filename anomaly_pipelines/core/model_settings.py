@@ -64,6 +64,7 @@ TRAINING_EFFORT = frozenset(
         "lstm.learning_rate",
         "lstm.customers_per_model",
         "lstm.max_training_windows",
+        "lstm.compile_min_work",
         "isolation_forest.max_training_windows",
         "local_outlier_factor.max_training_windows",
     }

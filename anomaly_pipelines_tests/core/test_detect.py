@@ -140,6 +140,38 @@ def test_stacked_training_matches_training_alone() -> None:
     np.testing.assert_allclose(err_together, err_alone, rtol=1e-3, atol=1e-6)
 
 
+def test_a_kept_trainer_starts_each_training_afresh() -> None:
+    """The traced step of a shape is kept for the next training of that shape (tracing costs
+    seconds); weights and optimizer state are not: the second customer trains as if first."""
+    from anomaly_pipelines.core.models import lstm_autoencoder
+
+    rng = np.random.default_rng(1)
+    windows = {cid: sliding_windows(np.sin(np.arange(90) * 2 * np.pi / 7) + rng.normal(0, 0.2, 90), 7) for cid in "ab"}
+    config = LSTMConfig(epochs=3)
+    train_autoencoders(["a"], [windows["a"]], config, seed=1)
+    after_a = train_autoencoders(["b"], [windows["b"]], config, seed=1)
+    lstm_autoencoder._TRAINERS.clear()
+    fresh = train_autoencoders(["b"], [windows["b"]], config, seed=1)
+    for kept, new in zip(after_a.model.get_weights(), fresh.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(kept, new)
+    np.testing.assert_array_equal(after_a.val_loss, fresh.val_loss)
+
+
+def test_enough_work_compiles_the_training_step_and_trains_alike() -> None:
+    """Large trainings compile the step with XLA (``lstm.compile_min_work``); the compiled step
+    computes what the plain graph does."""
+    rng = np.random.default_rng(2)
+    windows = [sliding_windows(np.sin(np.arange(90) * 2 * np.pi / 7) + rng.normal(0, 0.2, 90), 7)]
+    plain = train_autoencoders(["a"], windows, LSTMConfig(epochs=3), seed=1)
+    compiled = train_autoencoders(["a"], windows, LSTMConfig(epochs=3, compile_min_work=0), seed=1)
+    np.testing.assert_allclose(
+        reconstruction_errors(compiled.model, ["a"], windows)[0],
+        reconstruction_errors(plain.model, ["a"], windows)[0],
+        rtol=1e-3,
+        atol=1e-6,
+    )
+
+
 def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -156,12 +157,16 @@ def _initial_weights(customer_ids: list[str], units: int, seed: int) -> list[np.
     return [np.stack(p).astype(np.float32) for p in parts]
 
 
-def build_model(customer_ids: list[str], window: int, units: int, seed: int) -> Any:
+def build_model(
+    customer_ids: list[str], window: int, units: int, seed: int, weights: list[np.ndarray] | None = None
+) -> Any:
+    """The customers' stacked autoencoder as a Keras model, with ``weights`` (a trained
+    model's) or each customer's seeded initial weights."""
     keras = keras_module()
     inputs = keras.Input(shape=(len(customer_ids), window), name="windows")
     layer = StackedLSTMAutoencoder(len(customer_ids), window, units, customer_ids, name=LAYER_NAME)
     model = keras.Model(inputs, layer(inputs), name="lstm_autoencoder")
-    layer.set_weights(_initial_weights(customer_ids, units, seed))
+    layer.set_weights(weights if weights is not None else _initial_weights(customer_ids, units, seed))
     return model
 
 
@@ -207,15 +212,8 @@ def train_autoencoders(
     seeded order in batches of ``batch_size``. ``on_epoch(epoch, epochs, train_loss, val_loss)``
     is called after each epoch, so a long training can report progress while it runs.
     """
-    keras = keras_module()
-    import tensorflow as tf
-
     window = windows[0].shape[1]
     n_cust = len(customer_ids)
-    model = build_model(customer_ids, window, config.units, seed)
-    layer = model.get_layer(LAYER_NAME)
-    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-
     train_sets, val_sets = [], []
     for w in windows:
         w = w[:: -(-len(w) // config.max_training_windows)] if len(w) > config.max_training_windows else w
@@ -228,20 +226,37 @@ def train_autoencoders(
     batch = config.batch_size
     steps = max(1, int(np.ceil(counts.max() / batch)))
     rngs = [np.random.default_rng(_customer_seed(cid, seed) + 1) for cid in customer_ids]
+    # XLA compiles the step for each new shape, about 5 s more than tracing a plain graph on
+    # 2 cores, then runs each step up to 1.7x faster: worth it only for enough work.
+    jit = n_cust * steps * config.epochs >= config.compile_min_work
+    with _TRAINING:
+        trainer = _trainer(n_cust, window, config, jit)
+        layer, train_step = trainer.layer, trainer.train_step
+        trainer.reset(_initial_weights(customer_ids, config.units, seed), config.learning_rate)
+        best_val, best_train, epochs_run, best_weights, history = _train_epochs(
+            layer, train_step, x_train, x_val, m_val, counts, steps, rngs, config, on_epoch
+        )
+    model = build_model(customer_ids, window, config.units, seed, best_weights)
+    return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run, history)
 
-    variables = layer.trainable_variables
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def train_step(xb: Any, mb: Any) -> Any:
-        with tf.GradientTape() as tape:
-            recon = layer(xb)
-            err = tf.reduce_mean(tf.square(recon - xb), axis=-1)  # (b, c)
-            per_customer = tf.reduce_sum(err * mb, axis=0) / tf.maximum(tf.reduce_sum(mb, axis=0), 1.0)
-            loss = tf.reduce_sum(per_customer)
-        grads = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(grads, variables, strict=True))
-        return per_customer
+def _train_epochs(
+    layer: Any,
+    train_step: Any,
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    m_val: np.ndarray,
+    counts: np.ndarray,
+    steps: int,
+    rngs: list[np.random.Generator],
+    config: LSTMConfig,
+    on_epoch: EpochCallback | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray], list[tuple[float, float]]]:
+    """Up to ``config.epochs`` epochs with per-customer early stopping: each customer's best
+    validation loss, its training loss then, its epochs run, the best weights, the curve."""
+    import tensorflow as tf
 
+    n_cust, batch = len(counts), config.batch_size
     best_val = np.full(n_cust, np.inf)
     best_weights = [w.copy() for w in layer.get_weights()]
     wait = np.zeros(n_cust, dtype=int)
@@ -285,9 +300,60 @@ def train_autoencoders(
             on_epoch(epoch + 1, config.epochs, *history[-1])
         if not active.any():
             break
+    return best_val, best_train, epochs_run, best_weights, history
 
-    layer.set_weights(best_weights)
-    return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run, history)
+
+@dataclass
+class _Trainer:
+    """A stacked layer, its Adam optimizer and their traced training step, for one shape."""
+
+    layer: Any
+    optimizer: Any
+    train_step: Any
+
+    def reset(self, weights: list[np.ndarray], learning_rate: float) -> None:
+        """Start afresh from ``weights``: a new optimizer's zero moments and step count."""
+        self.layer.set_weights(weights)
+        for variable in self.optimizer.variables:
+            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+        self.optimizer.learning_rate = learning_rate
+
+
+# Tracing the training step costs seconds (compiling it with XLA, more) and depends only on the
+# shape, so the trainers of the last few shapes are kept: the next cohort of the same size, or
+# a test's next training, starts at once. One training at a time uses them.
+_TRAINERS: dict[tuple[Any, ...], _Trainer] = {}
+_KEPT_TRAINERS = 2
+_TRAINING = threading.Lock()
+
+
+def _trainer(n_cust: int, window: int, config: LSTMConfig, jit: bool) -> _Trainer:
+    key = (n_cust, window, config.units, jit)
+    if key in _TRAINERS:
+        _TRAINERS[key] = _TRAINERS.pop(key)  # most recently used last
+        return _TRAINERS[key]
+    keras = keras_module()
+    import tensorflow as tf
+
+    layer = StackedLSTMAutoencoder(n_cust, window, config.units, name=LAYER_NAME)
+    optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
+    variables = layer.trainable_variables
+
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def train_step(xb: Any, mb: Any) -> Any:
+        with tf.GradientTape() as tape:
+            recon = layer(xb)
+            err = tf.reduce_mean(tf.square(recon - xb), axis=-1)  # (b, c)
+            per_customer = tf.reduce_sum(err * mb, axis=0) / tf.maximum(tf.reduce_sum(mb, axis=0), 1.0)
+            loss = tf.reduce_sum(per_customer)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return per_customer
+
+    while len(_TRAINERS) >= _KEPT_TRAINERS:
+        _TRAINERS.pop(next(iter(_TRAINERS)))
+    _TRAINERS[key] = _Trainer(layer, optimizer, train_step)
+    return _TRAINERS[key]
 
 
 def _masked_mse(layer: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
