@@ -7,6 +7,9 @@ imported inside the functions: scoring must not pay for it.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,10 @@ UNMATCHED_COLOR = "#555555"  # an anomaly whose incident is not in the incidents
 THRESHOLD_COLOR = "#8c564b"
 BAND_SIGMAS = 3.0
 DPI = 100
+# A customer's plot is about half a second of matplotlib on one core, and starting a worker
+# process (imports) about as long as three plots: from this many plots on, they are drawn on
+# every core.
+PARALLEL_FROM = 16
 
 
 def _plain(text: object) -> str:
@@ -221,6 +228,32 @@ def plot_customer(
     _error_panel(ax_err, frame, x, dense)
     _date_axis(ax_err)
     return _save(fig, path)
+
+
+CustomerPlot = tuple[pd.DataFrame, pd.DataFrame, Path, str | None]
+
+
+def plot_customers(plots: list[CustomerPlot], workers: int = 1) -> list[Path]:
+    """``plot_customer(scores, incidents, path, title)`` for each item, in order. Plots of 200
+    customers take as long as their training, so from ``PARALLEL_FROM`` plots on they are drawn
+    in ``workers`` processes (``usable_cores()``: 1.8x faster on 2 cores). The processes are
+    spawned, not forked, since the caller may hold TensorFlow's threads; as with any spawned
+    process, a script that asks for several workers needs the ``if __name__ == "__main__":``
+    guard."""
+    if workers < 2 or len(plots) < PARALLEL_FROM:
+        return [plot_customer(*item) for item in plots]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(_plot_item, plots, chunksize=-(-len(plots) // (4 * workers))))
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _plot_item(item: CustomerPlot) -> Path:
+    return plot_customer(*item)
 
 
 def _severity_by_step(flagged: pd.DataFrame, incidents: pd.DataFrame) -> pd.Series:

@@ -14,8 +14,10 @@ from matplotlib.image import imread
 
 from anomaly_pipelines.core.explain import find_incidents
 from anomaly_pipelines.core.plots import (
+    PARALLEL_FROM,
     SEVERITY_COLORS,
     plot_customer,
+    plot_customers,
     plot_portfolio,
     portfolio_customers,
 )
@@ -99,6 +101,17 @@ def test_one_customer_per_plot(tmp_path: Path) -> None:
     both = pd.concat([_series("a", 20, "D", {}, 1), _series("b", 20, "D", {}, 2)])
     with pytest.raises(ValueError, match="exactly one customer"):
         plot_customer(both, find_incidents(both), tmp_path / "x.png")
+
+
+def test_many_plots_are_drawn_in_worker_processes_exactly_as_alone(tmp_path: Path) -> None:
+    frames = [_series(f"c{i}", 60, "D", {30 + i % 5: 3.0}, seed=i) for i in range(PARALLEL_FROM)]
+    incidents = find_incidents(pd.concat(frames, ignore_index=True))
+    plots = [(f, incidents, tmp_path / f"many-{i}.png", None) for i, f in enumerate(frames)]
+    paths = plot_customers(plots, workers=2)
+    assert paths == [path for _, _, path, _ in plots]  # in order
+    for i in (0, len(frames) - 1):
+        alone = plot_customer(frames[i], incidents, tmp_path / f"alone-{i}.png")
+        assert alone.read_bytes() == paths[i].read_bytes()
 
 
 def test_portfolio_ranks_by_impact_then_peak(tmp_path: Path) -> None:

@@ -33,19 +33,19 @@ def recent_scores(scores: pd.DataFrame, as_of: str) -> pd.DataFrame:
 def _plots(
     scores: pd.DataFrame, incidents: pd.DataFrame, directory: Path, as_of: str
 ) -> dict[str, str]:
-    from anomaly_pipelines.core.plots import plot_customer
+    from anomaly_pipelines.core.plots import plot_customers, usable_cores
 
-    out: dict[str, str] = {}
     if incidents.empty:
-        return out
+        return {}
     directory.mkdir(parents=True, exist_ok=True)
+    plots = {}
     for cid in sorted(set(incidents["customer_id"].astype(str))):
         group = scores[scores["customer_id"].astype(str) == cid]
-        if group.empty:
-            continue
-        path = directory / f"{customer_key(cid)}-{as_of}.png"
-        out[cid] = str(plot_customer(group, incidents, path, title=f"{cid} (daily, to {as_of})"))
-    return out
+        if not group.empty:
+            path = directory / f"{customer_key(cid)}-{as_of}.png"
+            plots[cid] = (group, incidents, path, f"{cid} (daily, to {as_of})")
+    paths = plot_customers(list(plots.values()), usable_cores())
+    return {cid: str(path) for cid, path in zip(plots, paths, strict=True)}
 
 
 def daily_alerts(

@@ -67,11 +67,11 @@ def anomaly_plots(
 ) -> dg.Output[dict[str, str]]:
     """One PNG per customer: cost, expected cost, flagged steps and incidents, so a reviewer sees
     at a glance whether a flag is a real event. Files: ``<output>/plots/<customer key>.png``."""
-    from anomaly_pipelines.core.plots import plot_customer
+    from anomaly_pipelines.core.plots import plot_customers, usable_cores
 
     config = pipeline_settings.config
     directory = output_dir(config, "plots")
-    paths: dict[str, str] = {}
+    plots = {}
     for cid, group in anomaly_scores.groupby("customer_id", sort=True):
         key = customer_key(str(cid))
         incidents = (
@@ -79,8 +79,9 @@ def anomaly_plots(
             if len(anomaly_explanations)
             else anomaly_explanations
         )
-        path = plot_customer(group, incidents, directory / f"{key}.png", title=str(cid))
-        paths[key] = str(path)
+        plots[key] = (group, incidents, directory / f"{key}.png", str(cid))
+    drawn = plot_customers(list(plots.values()), usable_cores())
+    paths = {key: str(path) for key, path in zip(plots, drawn, strict=True)}
     add_partition_metadata(
         context,
         {
