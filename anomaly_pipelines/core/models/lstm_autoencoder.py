@@ -320,7 +320,7 @@ class _Trainer:
 
 
 # Tracing the training step costs seconds (compiling it with XLA, more) and depends only on the
-# shape, so the trainers of the last few shapes are kept: the next cohort of the same size, or
+# shape, so the trainers of the last two shapes are kept: the next cohort of the same size, or
 # a test's next training, starts at once. One training at a time uses them.
 _TRAINERS: dict[tuple[Any, ...], _Trainer] = {}
 _KEPT_TRAINERS = 2
