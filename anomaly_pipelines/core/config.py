@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 
 class _Section(BaseModel):
@@ -278,8 +278,14 @@ class LSTMConfig(_Section):
     learning_rate: float = 1e-3
     # Notebook threshold: mean + 1.5 sigma of training reconstruction errors.
     threshold_sigma: float = 1.5
-    # Customers trained together in one stacked model (bounds memory; see models/lstm_autoencoder).
+    # A cohort: customers whose IsolationForest and LOF are fitted on their pooled windows, and
+    # the most a cohort step of the batch trains at once (bounds memory).
     customers_per_model: int = 512
+    # Customers whose stacked LSTMs (see models/lstm_autoencoder) take their training steps
+    # together, within a cohort: 200 customers x 730 days trained 1.35x faster in groups of 50
+    # than all at once on 2 cores (a few dozen customers' weights and Adam state fit the CPU's
+    # cache).
+    customers_per_step: PositiveInt = 50
     # Longer histories train on every k-th window so each customer has at most this many: weeks
     # of per-minute data give tens of thousands of near-identical overlapping windows, which
     # cost epochs of time and teach nothing new. Two years of daily data stay whole.

@@ -586,13 +586,19 @@ def fit_detectors(
         chunk = config.lstm.customers_per_model
         for start in range(0, len(window_group), chunk):
             part = window_group[start : start + chunk]
-            ids = [s.customer_id for s, _, _ in part]
             windows = [w for _, _, w in part]
-            report.start_cohort(len(ids))
-            fitted.autoencoders.append(
-                lstm.train_autoencoders(ids, windows, config.lstm, seed, report.epoch if progress else None)
-            )
-            report.end_cohort()
+            # The stacked LSTM trains in smaller groups than the cohort the window models pool:
+            # the weights and Adam state of a few dozen customers stay in the CPU's cache.
+            step = config.lstm.customers_per_step
+            for first in range(0, len(part), step):
+                ids = [s.customer_id for s, _, _ in part[first : first + step]]
+                report.start_cohort(len(ids))
+                fitted.autoencoders.append(
+                    lstm.train_autoencoders(
+                        ids, windows[first : first + step], config.lstm, seed, report.epoch if progress else None
+                    )
+                )
+                report.end_cohort()
             train = pooled(windows, config.isolation_forest.max_training_windows, seed)
             forest = fit_isolation_forest(train, config.isolation_forest, seed)
             train = pooled(windows, config.local_outlier_factor.max_training_windows, seed)

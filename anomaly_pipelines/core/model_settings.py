@@ -63,6 +63,7 @@ TRAINING_EFFORT = frozenset(
         "lstm.validation_fraction",
         "lstm.learning_rate",
         "lstm.customers_per_model",
+        "lstm.customers_per_step",
         "lstm.max_training_windows",
         "lstm.compile_min_work",
         "isolation_forest.max_training_windows",
