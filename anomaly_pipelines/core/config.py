@@ -280,7 +280,7 @@ class LSTMConfig(_Section):
     threshold_sigma: float = 1.5
     # A cohort: customers whose IsolationForest and LOF are fitted on their pooled windows, and
     # the most a cohort step of the batch trains at once (bounds memory).
-    customers_per_model: int = 512
+    customers_per_model: PositiveInt = 512
     # Customers whose stacked LSTMs (see models/lstm_autoencoder) take their training steps
     # together, within a cohort: 200 customers x 730 days trained 1.35x faster in groups of 50
     # than all at once on 2 cores (a few dozen customers' weights and Adam state fit the CPU's
@@ -478,8 +478,8 @@ class OrchestrationConfig(_Section):
     # The celery executor's settings (broker, result backend, celery options), a YAML file with
     # an ``execution: config:`` block; the workers are started with the same file.
     celery_config: str = "configs/deploy/celery.yaml"
-    # Customers per step of ``cohort_batch_job`` (0: ``lstm.customers_per_model``, one stacked
-    # model per step); each cohort is one step that any worker can take.
+    # Customers per step of ``cohort_batch_job`` (0: ``lstm.customers_per_model``, one cohort
+    # per step); each cohort is one step that any worker can take.
     cohort_size: int = Field(default=0, ge=0)
     # Attempts after the first for a cohort step that failed (a lost connection to MLflow or
     # Postgres); a step whose worker process died is redelivered by celery instead.

@@ -593,10 +593,9 @@ def fit_detectors(
             for first in range(0, len(part), step):
                 ids = [s.customer_id for s, _, _ in part[first : first + step]]
                 report.start_cohort(len(ids))
+                on_epoch = report.epoch if progress else None
                 fitted.autoencoders.append(
-                    lstm.train_autoencoders(
-                        ids, windows[first : first + step], config.lstm, seed, report.epoch if progress else None
-                    )
+                    lstm.train_autoencoders(ids, windows[first : first + step], config.lstm, seed, on_epoch)
                 )
                 report.end_cohort()
             train = pooled(windows, config.isolation_forest.max_training_windows, seed)

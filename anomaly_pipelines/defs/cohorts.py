@@ -2,8 +2,8 @@
 
 ``batch_job`` trains every customer of a run in one step (one process), which is the fastest
 use of one machine. On a cluster the same batch should keep every worker busy: this job splits
-the customers into cohorts (``orchestration.cohort_size``, by default one stacked model's worth,
-``lstm.customers_per_model``) and fans them out as dynamic steps, which the celery or Kubernetes
+the customers into cohorts (``orchestration.cohort_size``, by default one cohort of window models'
+worth, ``lstm.customers_per_model``) and fans them out as dynamic steps, which the celery or Kubernetes
 executor hands to whichever worker is free. Each step trains, registers and gates its cohort
 exactly like the ``lstm_autoencoder`` asset (``train_and_register``) and scores it with the
 champions like ``anomaly_scores``; its scores are stored as the ``anomaly_scores`` partitions

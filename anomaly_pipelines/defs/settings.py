@@ -67,7 +67,7 @@ REFERENCE_HEADER = """\
 SECTION_TITLES = {
     "windows": "Sliding windows: what the window models (LSTM, IsolationForest, LOF) see.",
     "training": "The chronological train/test split and the seed of every random source.",
-    "lstm": "LSTM autoencoders: one per customer, trained together as one stacked Keras model.",
+    "lstm": "LSTM autoencoders: one per customer, trained in groups as stacked Keras models.",
     "isolation_forest": "IsolationForest over each customer's windows.",
     "local_outlier_factor": "LocalOutlierFactor (novelty mode) over each customer's windows.",
     "decrease_rule": "The notebook's day-over-day drop rule.",
