@@ -189,6 +189,66 @@ class FittedDetectors:
         return pd.DataFrame(rows)
 
 
+@dataclass
+class PortfolioMoves:
+    """At each timestamp, how many warmed-up daily series were scored and how many of them
+    deviated beyond ``hybrid.portfolio_move_z`` spreads down and up: what tells a move of the
+    whole portfolio (a public holiday, a provider-wide change) from one customer's incident.
+    Counted over every series scored together, their whole history, so the daily run (which
+    scores only the newest steps) and a full scoring see the same counts."""
+
+    stamps: np.ndarray  # sorted unique timestamps (ns)
+    counted: np.ndarray
+    down: np.ndarray
+    up: np.ndarray
+
+    @classmethod
+    def count(
+        cls, items: list[tuple[CustomerSeries, int, np.ndarray]], fitted: FittedDetectors, config: PipelineConfig
+    ) -> PortfolioMoves | None:
+        """The moves of ``(series, start, z from step start on)``; None when the rule is off or
+        too few daily series are scored together for it to apply anywhere."""
+        hybrid = config.hybrid
+        daily = [item for item in items if item[0].frequency >= pd.Timedelta(days=1)]
+        if hybrid.portfolio_move_share <= 0 or len(daily) <= hybrid.portfolio_move_min_series:
+            return None
+        stamps, down, up = [], [], []
+        for series, start, z in daily:
+            scored = ~_warm_steps(series, fitted.calibrations[series.customer_id], start)
+            stamps.append(series.timestamps[start:].as_unit("ns").asi8[scored])
+            down.append(z[scored] < -hybrid.portfolio_move_z)
+            up.append(z[scored] > hybrid.portfolio_move_z)
+        unique, at = np.unique(np.concatenate(stamps), return_inverse=True)
+        size = len(unique)
+        return cls(
+            unique,
+            np.bincount(at, minlength=size),
+            np.bincount(at, weights=np.concatenate(down), minlength=size).astype(np.int64),
+            np.bincount(at, weights=np.concatenate(up), minlength=size).astype(np.int64),
+        )
+
+    def explains(self, stamps: np.ndarray, z: np.ndarray, counted: np.ndarray, config: PipelineConfig) -> np.ndarray:
+        """Which steps (timestamps ``stamps``, deviations ``z``, ``counted`` if among the
+        counted steps) deviate the way at least ``portfolio_move_share`` of the other counted
+        series did at that time."""
+        hybrid = config.hybrid
+        at = np.minimum(np.searchsorted(self.stamps, stamps), len(self.stamps) - 1)
+        known = counted & (self.stamps[at] == stamps)
+        down = known & (np.nan_to_num(z, nan=0.0) < -hybrid.portfolio_move_z)
+        up = known & (np.nan_to_num(z, nan=0.0) > hybrid.portfolio_move_z)
+        others = self.counted[at] - known
+        alike = np.where(down, self.down[at] - 1, np.where(up, self.up[at] - 1, 0))
+        return (down | up) & (others >= hybrid.portfolio_move_min_series) & (alike >= hybrid.portfolio_move_share * others)
+
+
+def _warm_steps(series: CustomerSeries, cal: Calibration, start: int = 0) -> np.ndarray:
+    """Warm-up steps of a series from step ``start`` on: before two cycles of history and a
+    whole window (``_score_block`` computes the same for a block at once)."""
+    stamps = series.timestamps[start:].as_unit("ns").asi8
+    warm_until = (cal.warm_until + (cal.window - 1) * series.frequency).as_unit("ns").value
+    return (stamps < warm_until) | (np.arange(start, len(series)) < cal.window - 1)
+
+
 def _model_input(
     series: CustomerSeries,
     cal: Calibration,
@@ -745,7 +805,9 @@ def score_series(
     fitted.check_settings(config)
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
     raw = _window_scored(known, fitted, config)
-    scored = _score_columns([(s, 0, _per_step(raw[s.customer_id], online)) for s in known], fitted, config, online)
+    items = [(s, 0, _per_step(raw[s.customer_id], online)) for s in known]
+    moves = PortfolioMoves.count([(s, 0, sig["z"]) for s, _, sig in items], fitted, config)
+    scored = _score_columns(items, fitted, config, online, moves)
     return _frame([scored.get(s.customer_id) or _unscored(s, fitted) for s in series_list])
 
 
@@ -768,12 +830,13 @@ def score_latest(
     expectations = _expectations(known, fitted.calibrations, config)
     quiet = {s.customer_id: quiet_steps(s.frequency, fitted.calibrations[s.customer_id].window, config) for s in known}
     starts = {s.customer_id: max(0, len(s) - steps - quiet[s.customer_id]) for s in known}
-    scored = _latest_columns(known, fitted, config, expectations, starts, steps)
+    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id])["z"]) for s in known], fitted, config)
+    scored = _latest_columns(known, fitted, config, expectations, starts, steps, moves)
     longer = [
         s for s in known
         if not _repeats_settled(scored[s.customer_id], steps, quiet[s.customer_id], starts[s.customer_id])
     ]
-    scored.update(_latest_columns(longer, fitted, config, expectations, dict.fromkeys(starts, 0), steps))
+    scored.update(_latest_columns(longer, fitted, config, expectations, dict.fromkeys(starts, 0), steps, moves))
     parts = []
     for series in series_list:
         part = scored.get(series.customer_id) or _unscored(series, fitted)
@@ -788,6 +851,7 @@ def _latest_columns(
     expectations: dict[str, tuple[np.ndarray, np.ndarray]],
     starts: dict[str, int],
     steps: int,
+    moves: PortfolioMoves | None,
 ) -> dict[str, dict[str, Any]]:
     """Online score columns of each series from its step in ``starts`` on, the window models
     run only where they matter: on the newest ``steps``, and where the flag of a step differs
@@ -797,7 +861,7 @@ def _latest_columns(
 
     def flagged(vote: float) -> dict[str, np.ndarray]:
         votes = [(s, start, {**sig, **dict.fromkeys(scoring.MODEL_SIGNALS, np.full(len(s) - start, vote))}) for s, start, sig in points]
-        return {cid: cols["is_anomaly"] | cols["is_repeat"] for cid, cols in _score_columns(votes, fitted, config, True).items()}
+        return {cid: cols["is_anomaly"] | cols["is_repeat"] for cid, cols in _score_columns(votes, fitted, config, True, moves).items()}
 
     low, high = flagged(np.nan), flagged(np.inf)
     windows_of, ends = {}, {}
@@ -817,7 +881,7 @@ def _latest_columns(
         for name, scores in window_scores[cid].items():
             sig[name] = np.full(len(series) - start, np.nan)
             sig[name][ends[cid] - start] = scores
-    return _score_columns(points, fitted, config, True)
+    return _score_columns(points, fitted, config, True, moves)
 
 
 def _repeats_settled(columns: dict[str, Any], steps: int, quiet: int, start: int) -> bool:
@@ -843,18 +907,20 @@ def _score_columns(
     fitted: FittedDetectors,
     config: PipelineConfig,
     online: bool,
+    moves: PortfolioMoves | None,
 ) -> dict[str, dict[str, Any]]:
     """Every score column of each ``(series, start, signals)`` (its steps from ``start`` on,
     ``signals`` per step), by customer. Series with as many steps, frequency and window are
     scored together as one (series, steps) block: per-series arrays of a few steps each would
-    cost more in calls than in arithmetic."""
+    cost more in calls than in arithmetic. ``moves``: those of every series scored together,
+    over their whole history (``PortfolioMoves.count``)."""
     blocks: dict[tuple[Any, ...], list[tuple[CustomerSeries, int, dict[str, np.ndarray]]]] = defaultdict(list)
     for item in items:
         series, start, _ = item
         blocks[(len(series) - start, series.frequency, fitted.calibrations[series.customer_id].window)].append(item)
     out: dict[str, dict[str, Any]] = {}
     for block in blocks.values():
-        out.update(_score_block(block, fitted, config, online))
+        out.update(_score_block(block, fitted, config, online, moves))
     return out
 
 
@@ -863,16 +929,26 @@ def _score_block(
     fitted: FittedDetectors,
     config: PipelineConfig,
     online: bool,
+    moves: PortfolioMoves | None,
 ) -> dict[str, dict[str, Any]]:
     """``_score_columns`` of series with as many steps, one frequency and one window."""
     hybrid = config.hybrid
     frequency = items[0][0].frequency
     cals = [fitted.calibrations[series.customer_id] for series, _, _ in items]
     sig = {name: np.vstack([signals[name] for _, _, signals in items]) for name in items[0][2]}
+    # Timestamps, not positions, so the newest steps alone (daily scoring) match the full series.
+    stamps = np.vstack([series.timestamps[start:].as_unit("ns").asi8 for series, start, _ in items])
+    warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
+    position = np.array([start for _, start, _ in items])[:, None] + np.arange(stamps.shape[1])
+    warm = (stamps < warm_until[:, None]) | (position < cals[0].window - 1)
+    moved = np.zeros(stamps.shape, dtype=bool) if moves is None else moves.explains(stamps, sig["z"], ~warm, config)
     normalised = {}
     for name in ("residual", *scoring.MODEL_SIGNALS):
         center, threshold = np.array([_thresholds(cal, online)[name] for cal in cals]).T[:, :, None]
         normalised[name] = scoring.normalise(sig[name], center, threshold)
+    # A portfolio-wide move explains the step's deviation: without a residual vote, the window
+    # models' votes are capped to nothing online and the decrease is not confirmed.
+    normalised["residual"] = np.where(moved, 0.0, normalised["residual"])
     alone = {"residual": hybrid.residual_alone, "lstm": hybrid.lstm_alone}
     uncapped = {name: normalised[name] for name in alone}
     if online and hybrid.window_gate > 0:
@@ -885,7 +961,7 @@ def _score_block(
     # A drop only counts when the value is also well below what this weekday usually is
     # (``decrease_rule.confirm_z``).
     applies = _decrease_applies(frequency, config)
-    confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies
+    confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies & ~moved
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     score = scoring.hybrid(normalised, {"decrease": 1.0, **hybrid.weights}, hybrid.signal_cap)
     quiet = quiet_steps(frequency, cals[0].window, config)
@@ -904,13 +980,8 @@ def _score_block(
         for vote in votes.values():
             score = np.maximum(score, vote)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
-    # Timestamps, not positions, so the newest steps alone (daily scoring) match the full series.
-    stamps = np.vstack([series.timestamps[start:].as_unit("ns").asi8 for series, start, _ in items])
-    warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
     train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
-    position = np.array([start for _, start, _ in items])[:, None] + np.arange(stamps.shape[1])
-    warm = (stamps < warm_until[:, None]) | (position < cals[0].window - 1)
-    flagged = (score >= hybrid.decision_threshold) & ~warm
+    flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved
     repeat = scoring.repeats(flagged, quiet) | (flagged & past_peak)
     lstm_threshold = np.array([c.lstm_notebook_threshold for c in cals])
     columns = {
@@ -925,7 +996,9 @@ def _score_block(
         "local_outlier_factor_score": sig["local_outlier_factor"],
         "decrease_rate": sig["decrease_rate"],
         "decrease_flag": decrease_flag,
-        "reasons": scoring.reasons({k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag}),
+        "reasons": scoring.reasons(
+            {k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag, "portfolio_move": moved}
+        ),
         "split": np.where(stamps <= train_end[:, None], "train", "test"),
         "status": np.where(warm, "warmup", "scored"),
     }

@@ -45,6 +45,9 @@ LIVE = frozenset(
         "hybrid.quiet_period",
         "hybrid.peak_ratio",
         "hybrid.peak_window",
+        "hybrid.portfolio_move_share",
+        "hybrid.portfolio_move_z",
+        "hybrid.portfolio_move_min_series",
         "preprocess.duplicates",
         "preprocess.max_failure_rate",
     }

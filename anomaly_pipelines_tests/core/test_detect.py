@@ -472,3 +472,34 @@ def test_a_sub_daily_series_whose_weekends_differ_gets_a_weekly_cycle_and_its_ho
     # hold its last hours.
     around = np.arange(holiday[0], holiday[-1] + 7)
     assert np.isin(flagged, around).all(), scores.loc[flagged[~np.isin(flagged, around)], "timestamp"]
+
+
+def test_a_drop_shared_by_a_fifth_of_the_portfolio_is_a_portfolio_move_and_the_daily_run_agrees() -> None:
+    """A holiday that a year of history has not shown yet: 4 of 12 customers drop the same day.
+    That day is a portfolio move, not 4 incidents; a drop of one customer alone still is one."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    days, holiday, alone = 300, 260, 270
+    usage = pd.concat([_daily(f"c{i:02d}", days, 100 + i) for i in range(12)], ignore_index=True)
+    for i in range(4):
+        usage.loc[i * days + holiday, "cost"] *= 0.4
+    usage.loc[11 * days + alone, "cost"] *= 0.4
+    config = PipelineConfig().merged({"lstm": {"epochs": 1}})
+    series = regularize(usage)
+    fitted = fit_detectors(series, config)
+    online = score_series(series, fitted, config, online=True)
+    day = online.groupby("customer_id").nth(holiday).set_index("customer_id")
+    moved = [f"c{i:02d}" for i in range(4)]
+    assert not day["is_anomaly"].any(), day[["cost", "expected_cost", "reasons"]]
+    assert all("portfolio_move" in day.loc[cid, "reasons"] for cid in moved)
+    assert online[online.customer_id == "c11"].iloc[alone]["is_anomaly"]
+    # without the rule the shared drop is four anomalies
+    off = score_series(series, fitted, config.merged({"hybrid": {"portfolio_move_share": 0}}), online=True)
+    assert off.groupby("customer_id").nth(holiday)["is_anomaly"].sum() >= 3
+    # the daily run on that day counts the same portfolio and reports the same
+    cut = [CustomerSeries(s.customer_id, s.timestamps[: holiday + 1], s.values[: holiday + 1], s.filled[: holiday + 1], s.frequency) for s in series]
+    daily = score_latest(cut, fitted, config).set_index("customer_id")
+    assert (daily["is_anomaly"] == day["is_anomaly"]).all()
+    assert (daily["reasons"] == day["reasons"]).all()
