@@ -220,6 +220,8 @@ class PortfolioMoves:
             up.append(z[scored] > hybrid.portfolio_move_z)
         unique, at = np.unique(np.concatenate(stamps), return_inverse=True)
         size = len(unique)
+        if not size:  # every series is still warming up
+            return None
         return cls(
             unique,
             np.bincount(at, minlength=size),
