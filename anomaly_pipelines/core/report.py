@@ -27,6 +27,11 @@ from anomaly_pipelines.core.ids import customer_key, visible
 
 TOP_ANOMALIES = 10
 HTML_NAME = "report.html"
+MOVES_NOTE = (
+    "Days on which many customers moved the same way together, as a public holiday or a "
+    "provider-wide change moves them. No customer is flagged for it (hybrid.portfolio_move_*)."
+)
+MOVES_HEADER = ["Day", "Customers", "Down / up", "Deviation from expected"]
 MD_NAME = "summary.md"
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#!|~$])")
@@ -156,7 +161,41 @@ def _summary(scores: pd.DataFrame, incidents: pd.DataFrame) -> dict[str, Any]:
         "fallbacks": int((incidents["fallback_reason"] != "").sum()) if len(incidents) else 0,
         "with_incidents": sorted(set(incidents["customer_id"])) if len(incidents) else [],
         "all_customers": sorted(set(customers)),
+        "moves": _portfolio_moves(scores),
     }
+
+
+def _portfolio_moves(scores: pd.DataFrame) -> pd.DataFrame:
+    """The steps on which customers moved together (``portfolio_move`` in ``reasons``), newest
+    first: how many customers, which way, and how far from expected in all. Nobody is flagged
+    for them, so without this list an analyst would never hear of a day the whole portfolio
+    dropped."""
+    columns = ["timestamp", "customers", "down", "up", "deviation"]
+    if not len(scores) or "reasons" not in scores.columns:
+        return pd.DataFrame(columns=columns)
+    moved = scores[scores["reasons"].astype(str).str.contains("portfolio_move", regex=False)]
+    if moved.empty:
+        return pd.DataFrame(columns=columns)
+    deviation = moved["cost"] - moved["expected_cost"]
+    frame = moved.assign(deviation=deviation, down=deviation < 0, up=deviation > 0)
+    out = frame.groupby("timestamp", as_index=False).agg(
+        customers=("customer_id", "nunique"), down=("down", "sum"), up=("up", "sum"), deviation=("deviation", "sum")
+    )
+    return out.sort_values("timestamp", ascending=False).reset_index(drop=True)[columns]
+
+
+def _moves_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The newest ``TOP_ANOMALIES`` portfolio moves as table cells (day, customers, down / up,
+    deviation from expected in the scores' own unit: they carry no currency)."""
+    return [
+        [
+            f"{pd.Timestamp(row.timestamp):%Y-%m-%d %H:%M}".removesuffix(" 00:00"),
+            str(row.customers),
+            f"{row.down} / {row.up}",
+            f"{row.deviation:+,.2f}",
+        ]
+        for row in summary["moves"].head(TOP_ANOMALIES).itertuples()
+    ]
 
 
 def _customer_order(incidents: pd.DataFrame, plots: dict[str, Path]) -> list[str]:
@@ -264,6 +303,12 @@ def _html(
         out.append('<p class="muted">No anomalies in this run.</p>')
     for rank, row in enumerate(incidents.head(TOP_ANOMALIES).itertuples(), start=1):
         out.append(_html_incident(rank, row))
+    if len(summary["moves"]):
+        out.append(f"<h2>Portfolio moves</h2><p class=\"muted\">{esc(MOVES_NOTE)}</p><table><tr>")
+        out.append("".join(f"<th>{esc(name)}</th>" for name in MOVES_HEADER) + "</tr>")
+        for cells in _moves_rows(summary):
+            out.append("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>")
+        out.append("</table>")
     order = _customer_order(incidents, plots)
     if order:
         out.append("<h2>Customers</h2>")
@@ -508,6 +553,12 @@ def _markdown(
                 f" Fallback: {row.fallback_reason}" if row.fallback_reason else ""
             )
             out += ["", f"_{md(note)}_", ""] if row.causes else [f"_{md(note)}_", ""]
+    if len(summary["moves"]):
+        out += ["## Portfolio moves", "", md(MOVES_NOTE), ""]
+        out.append(_md_row(MOVES_HEADER))
+        out.append(_md_row(["---", "---:", "---:", "---:"]))
+        out += [_md_row([md(cell) for cell in cells]) for cells in _moves_rows(summary)]
+        out.append("")
     order = _customer_order(incidents, plots)
     if order:
         out += ["## Customers", ""]

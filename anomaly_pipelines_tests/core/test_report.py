@@ -248,3 +248,20 @@ def test_report_prints_the_stable_incident_ids_used_for_feedback(run: dict[str, 
     top = explanations.sort_values("impact", key=abs, ascending=False).iloc[0]["incident_id"]
     assert f'id <span class="id">{top}</span>' in html
     assert f"Incident id: {top}" in markdown
+
+
+def test_portfolio_moves_are_listed_though_nobody_is_flagged_for_them(run: dict[str, object], tmp_path: Path) -> None:
+    scores = run["scores"].copy()  # type: ignore[attr-defined]
+    day = sorted(scores["timestamp"].unique())[-20]
+    moved = (scores["timestamp"] == day) & scores["customer_id"].isin(sorted(scores["customer_id"].unique())[:3])
+    scores.loc[moved, "reasons"] = "portfolio_move"
+    scores.loc[moved, "cost"] = scores.loc[moved, "expected_cost"] - 10.0
+    html_path, md_path = write_report(scores, run["explanations"], {}, tmp_path)  # type: ignore[arg-type]
+    text = md_path.read_text(encoding="utf-8")
+    section = text.split("## Portfolio moves", 1)[1].split("##", 1)[0]
+    row = [line for line in section.splitlines() if line.startswith(f"| {pd.Timestamp(day):%Y-%m-%d}")]
+    assert len(row) == 1 and "| 3 |" in row[0] and "3 / 0" in row[0] and "30.00" in row[0], section
+    assert "Portfolio moves" in Elements(html_path.read_text(encoding="utf-8")).text
+    # a run without any has no such section
+    _, plain = write_report(run["scores"], run["explanations"], {}, tmp_path / "plain")  # type: ignore[arg-type]
+    assert "Portfolio moves" not in plain.read_text(encoding="utf-8")
