@@ -272,6 +272,8 @@ def test_metadata_per_customer_and_for_the_run(
     mine = batch_scores[batch_scores["customer_id"] == "customer-003"]
     assert scores["customer_anomaly_count"] == int(mine["is_anomaly"].sum())
     assert scores["anomaly_count"] == int(batch_scores["is_anomaly"].sum())
+    moved = batch_scores["reasons"].astype(str).str.contains("portfolio_move", regex=False)
+    assert scores["portfolio_move_steps"] == int(moved.sum())
     assert scores["champion_version"] == "1"
     assert scores["customer_lstm_threshold"] == pytest.approx(float(mine["lstm_threshold"].iloc[0]))
     assert "| customer_id |" in scores["top_anomalies"]

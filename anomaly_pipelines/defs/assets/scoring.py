@@ -119,6 +119,10 @@ def score_metadata(scores: pd.DataFrame, decision_threshold: float) -> dict[str,
         else 0,
         "anomaly_count": len(anomalies),
         "anomaly_rate": float(len(anomalies) / len(scored)) if len(scored) else 0.0,
+        # steps not flagged because the portfolio moved with them (a holiday): see the report
+        "portfolio_move_steps": int(scores["reasons"].astype(str).str.contains("portfolio_move", regex=False).sum())
+        if len(scores)
+        else 0,
         "decision_threshold": float(decision_threshold),
         "thresholds": md(markdown_table(per_customer, max_rows=50)),
         "top_anomalies": md(markdown_table(top, max_rows=TOP_ANOMALIES)),
