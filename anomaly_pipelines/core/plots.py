@@ -8,7 +8,6 @@ imported inside the functions: scoring must not pay for it.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -245,11 +244,6 @@ def plot_customers(plots: list[CustomerPlot], workers: int = 1) -> list[Path]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         return list(pool.map(_plot_item, plots, chunksize=-(-len(plots) // (4 * workers))))
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity, where the system tells)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _plot_item(item: CustomerPlot) -> Path:

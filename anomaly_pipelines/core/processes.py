@@ -1,4 +1,5 @@
-"""Is a process still the one we think it is? (Linux ``/proc``; elsewhere: does it exist.)
+"""Processes: how many cores this one may use, and is another still the one we think it is?
+(Linux ``/proc``; elsewhere: does it exist.)
 
 Used to find work left behind by a killed process: MLflow runs still RUNNING and Dagster runs
 still STARTED whose owner is gone. A pid alone is not enough, since pids are reused; the
@@ -9,6 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system tells)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def process_start(pid: int) -> str | None:

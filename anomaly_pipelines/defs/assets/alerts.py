@@ -33,7 +33,8 @@ def recent_scores(scores: pd.DataFrame, as_of: str) -> pd.DataFrame:
 def _plots(
     scores: pd.DataFrame, incidents: pd.DataFrame, directory: Path, as_of: str
 ) -> dict[str, str]:
-    from anomaly_pipelines.core.plots import plot_customers, usable_cores
+    from anomaly_pipelines.core.plots import plot_customers
+    from anomaly_pipelines.core.processes import usable_cores
 
     if incidents.empty:
         return {}

@@ -67,7 +67,8 @@ def anomaly_plots(
 ) -> dg.Output[dict[str, str]]:
     """One PNG per customer: cost, expected cost, flagged steps and incidents, so a reviewer sees
     at a glance whether a flag is a real event. Files: ``<output>/plots/<customer key>.png``."""
-    from anomaly_pipelines.core.plots import plot_customers, usable_cores
+    from anomaly_pipelines.core.plots import plot_customers
+    from anomaly_pipelines.core.processes import usable_cores
 
     config = pipeline_settings.config
     directory = output_dir(config, "plots")
