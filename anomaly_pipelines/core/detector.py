@@ -221,7 +221,7 @@ class PortfolioMoves:
         stamps, counted, down, up = [], [], [], []
         for members in grids.values():
             series, start, _ = members[0]
-            grid = series.timestamps[start:].as_unit("ns").asi8
+            grid = series.timestamps.as_unit("ns").asi8[start:]
             cals = [fitted.calibrations[s.customer_id] for s, _, _ in members]
             warm_until = np.array([(c.warm_until + (c.window - 1) * series.frequency).as_unit("ns").value for c in cals])
             position = np.array([start for _, start, _ in members])[:, None] + np.arange(len(grid))
@@ -939,7 +939,8 @@ def _score_block(
     cals = [fitted.calibrations[series.customer_id] for series, _, _ in items]
     sig = {name: np.vstack([signals[name] for _, _, signals in items]) for name in items[0][2]}
     # Timestamps, not positions, so the newest steps alone (daily scoring) match the full series.
-    stamps = np.vstack([series.timestamps[start:].as_unit("ns").asi8 for series, start, _ in items])
+    # Sliced as arrays: slicing 10,000 DatetimeIndexes cost the daily run a second.
+    stamps = np.vstack([series.timestamps.as_unit("ns").asi8[start:] for series, start, _ in items])
     warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
     position = np.array([start for _, start, _ in items])[:, None] + np.arange(stamps.shape[1])
     warm = (stamps < warm_until[:, None]) | (position < cals[0].window - 1)
@@ -1008,7 +1009,7 @@ def _score_block(
     for row, (series, start, _) in enumerate(items):
         out[series.customer_id] = {
             "customer_id": series.customer_id,
-            "timestamp": _utc_values(series.timestamps[start:]),
+            "timestamp": _utc_values(series.timestamps)[start:],
             "cost": series.values[start:],
             "lstm_threshold": lstm_threshold[row],
             "is_filled": series.filled[start:],

@@ -68,34 +68,15 @@ def _register_layer(keras: Any) -> None:
             self.out_kernel = self.add_weight(shape=(c, h), initializer=zeros, name="out_kernel")
             self.out_bias = self.add_weight(shape=(c,), initializer=zeros, name="out_bias")
 
-        def _cell(self, z: Any, c_state: Any) -> tuple[Any, Any]:
-            ops = keras.ops
-            i, f, g, o = ops.split(z, 4, axis=-1)
-            c_state = ops.sigmoid(f) * c_state + ops.sigmoid(i) * ops.tanh(g)
-            return ops.sigmoid(o) * ops.tanh(c_state), c_state
-
         def call(self, x: Any) -> Any:
-            ops = keras.ops
-            # Work customer-major, (c, b, ...), so every step is one batched matmul over
-            # customers; inputs and outputs stay batch-major for Keras.
-            xc = ops.transpose(x, (1, 0, 2))  # (c, b, t)
-            batch = ops.shape(xc)[1]
-            zeros = ops.zeros((self.n_models, batch, self.units), dtype=x.dtype)
-            # Input projection for all steps at once: (c, b, t, 1) * (c, 1, 1, 4h).
-            xw = ops.expand_dims(xc, -1) * self.enc_kernel[:, None, :, :] + self.enc_bias[:, None, None, :]
-            h, c_state = zeros, zeros
-            for t in range(self.window):
-                z = xw[:, :, t, :] + ops.matmul(h, self.enc_recurrent)
-                h, c_state = self._cell(z, c_state)
-            # Decoder: the code is repeated at every step (RepeatVector), so project it once.
-            zin = ops.matmul(h, self.dec_kernel) + self.dec_bias[:, None, :]
-            h, c_state = zeros, zeros
-            outputs = []
-            for _ in range(self.window):
-                z = zin + ops.matmul(h, self.dec_recurrent)
-                h, c_state = self._cell(z, c_state)
-                outputs.append(ops.sum(h * self.out_kernel[:, None, :], axis=-1) + self.out_bias[:, None])
-            return ops.transpose(ops.stack(outputs, axis=-1), (1, 0, 2))
+            return _forward(keras.ops, x, self.stacked_weights(), self.window)
+
+        def stacked_weights(self) -> tuple[Any, ...]:
+            return (
+                self.enc_kernel, self.enc_recurrent, self.enc_bias,
+                self.dec_kernel, self.dec_recurrent, self.dec_bias,
+                self.out_kernel, self.out_bias,
+            )  # fmt: skip
 
         def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[Any, ...]:
             # A reconstruction has its input's shape. Without this, Keras finds the shape by
@@ -114,6 +95,53 @@ def _register_layer(keras: Any) -> None:
 
 
 StackedLSTMAutoencoder: Any = None
+
+
+def _forward(ops: Any, x: Any, weights: tuple[Any, ...], window: int) -> Any:
+    """The stacked autoencoder's reconstruction of ``x`` (batch, customers, window) under
+    ``weights`` (``stacked_weights()``' order), in Keras ops: the layer's ``call``, and the
+    traced function that scores with any stacked model of a shape (``_traced_forward``)."""
+    enc_kernel, enc_recurrent, enc_bias, dec_kernel, dec_recurrent, dec_bias, out_kernel, out_bias = weights
+    n_models, units = ops.shape(enc_recurrent)[:2]  # dynamic once a trace generalises shapes
+
+    def cell(z: Any, c_state: Any) -> tuple[Any, Any]:
+        i, f, g, o = ops.split(z, 4, axis=-1)
+        c_state = ops.sigmoid(f) * c_state + ops.sigmoid(i) * ops.tanh(g)
+        return ops.sigmoid(o) * ops.tanh(c_state), c_state
+
+    # Work customer-major, (c, b, ...), so every step is one batched matmul over customers;
+    # inputs and outputs stay batch-major for Keras.
+    xc = ops.transpose(x, (1, 0, 2))  # (c, b, t)
+    batch = ops.shape(xc)[1]
+    zeros = ops.zeros((n_models, batch, units), dtype=x.dtype)
+    # Input projection for all steps at once: (c, b, t, 1) * (c, 1, 1, 4h).
+    xw = ops.expand_dims(xc, -1) * enc_kernel[:, None, :, :] + enc_bias[:, None, None, :]
+    h, c_state = zeros, zeros
+    for t in range(window):
+        h, c_state = cell(xw[:, :, t, :] + ops.matmul(h, enc_recurrent), c_state)
+    # Decoder: the code is repeated at every step (RepeatVector), so project it once.
+    zin = ops.matmul(h, dec_kernel) + dec_bias[:, None, :]
+    h, c_state = zeros, zeros
+    outputs = []
+    for _ in range(window):
+        h, c_state = cell(zin + ops.matmul(h, dec_recurrent), c_state)
+        outputs.append(ops.sum(h * out_kernel[:, None, :], axis=-1) + out_bias[:, None])
+    return ops.transpose(ops.stack(outputs, axis=-1), (1, 0, 2))
+
+
+@cache
+def _traced_forward(window: int) -> Any:
+    """``_forward`` traced once per window length and reused by every stacked model: called
+    eagerly, each model's scoring dispatched a few hundred small ops one by one, which was a
+    third of the daily run's scoring time."""
+    keras = keras_module()
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def forward(x: Any, *weights: Any) -> Any:
+        return _forward(keras.ops, x, weights, window)
+
+    return forward
 
 
 def _customer_seed(customer_id: str, seed: int) -> int:
@@ -367,9 +395,11 @@ def reconstruction_errors_padded(layer: Any, x: np.ndarray) -> np.ndarray:
     # Each step holds (chunk, customers, 4 * units) gate activations: bound that to ~64 MB.
     chunk = max(1, (16 * 2**20) // max(1, x.shape[1] * 4 * layer.units))
     out = np.zeros(x.shape[:2], dtype=np.float64)
+    forward = _traced_forward(layer.window)
+    weights = [keras.ops.convert_to_tensor(w) for w in layer.stacked_weights()]
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]
-        recon = keras.ops.convert_to_numpy(layer(keras.ops.convert_to_tensor(xb)))
+        recon = keras.ops.convert_to_numpy(forward(keras.ops.convert_to_tensor(xb), *weights))
         out[start : start + chunk] = np.mean((recon - xb) ** 2, axis=-1)
     return out
 
