@@ -223,9 +223,8 @@ class PortfolioMoves:
             series, start, _ = members[0]
             grid = series.timestamps.as_unit("ns").asi8[start:]
             cals = [fitted.calibrations[s.customer_id] for s, _, _ in members]
-            warm_until = np.array([(c.warm_until + (c.window - 1) * series.frequency).as_unit("ns").value for c in cals])
-            position = np.array([start for _, start, _ in members])[:, None] + np.arange(len(grid))
-            scored = (grid >= warm_until[:, None]) & (position >= np.array([c.window - 1 for c in cals])[:, None])
+            starts = np.array([start for _, start, _ in members])
+            scored = ~_warm_up(grid[None, :], starts, cals, series.frequency)
             z = np.nan_to_num(np.vstack([z for _, _, z in members]), nan=0.0)
             stamps.append(grid)
             counted.append(scored.sum(axis=0))
@@ -249,6 +248,16 @@ class PortfolioMoves:
         others = self.counted[at] - known
         alike = np.where(down, self.down[at] - 1, np.where(up, self.up[at] - 1, 0))
         return (down | up) & (others >= hybrid.portfolio_move_min_series) & (alike >= hybrid.portfolio_move_share * others)
+
+
+def _warm_up(stamps: np.ndarray, starts: np.ndarray, cals: list[Calibration], frequency: pd.Timedelta) -> np.ndarray:
+    """(series, steps): the warm-up steps of series ``cals`` at ``stamps`` (ns; one row per
+    series, or one row for all), their first step being step ``starts`` of each series: before
+    two cycles of history and the window after them, or before the first whole window. Never
+    flagged, never counted in a portfolio move."""
+    warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
+    position = starts[:, None] + np.arange(stamps.shape[-1])
+    return (stamps < warm_until[:, None]) | (position < np.array([c.window for c in cals])[:, None] - 1)
 
 
 def _model_input(
@@ -941,9 +950,7 @@ def _score_block(
     # Timestamps, not positions, so the newest steps alone (daily scoring) match the full series.
     # Sliced as arrays: slicing 10,000 DatetimeIndexes cost the daily run a second.
     stamps = np.vstack([series.timestamps.as_unit("ns").asi8[start:] for series, start, _ in items])
-    warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
-    position = np.array([start for _, start, _ in items])[:, None] + np.arange(stamps.shape[1])
-    warm = (stamps < warm_until[:, None]) | (position < cals[0].window - 1)
+    warm = _warm_up(stamps, np.array([start for _, start, _ in items]), cals, frequency)
     moved = np.zeros(stamps.shape, dtype=bool) if moves is None else moves.explains(stamps, sig["z"], ~warm, config)
     normalised = {}
     for name in ("residual", *scoring.MODEL_SIGNALS):

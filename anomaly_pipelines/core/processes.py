@@ -1,5 +1,5 @@
-"""Processes: how many cores this one may use, and is another still the one we think it is?
-(Linux ``/proc``; elsewhere: does it exist.)
+"""Processes: how many cores this one may use, a pool of workers on them, and is another process
+still the one we think it is? (Linux ``/proc``; elsewhere: does it exist.)
 
 Used to find work left behind by a killed process: MLflow runs still RUNNING and Dagster runs
 still STARTED whose owner is gone. A pid alone is not enough, since pids are reused; the
@@ -8,13 +8,27 @@ process' start time tells a new process with an old pid apart.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity, where the system tells)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def spawned_pool(
+    workers: int, initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()
+) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes. Spawned, not forked: the caller may hold
+    TensorFlow's threads, which a forked child inherits in an unusable state. As with any
+    spawned process, a script using it needs the ``if __name__ == "__main__":`` guard."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, context, initializer, initargs)
 
 
 def process_start(pid: int) -> str | None:

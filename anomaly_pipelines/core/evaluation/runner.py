@@ -15,12 +15,11 @@ not the method. Labels never reach a detector; they are only compared with its o
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import platform
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +40,7 @@ from anomaly_pipelines.core.detector import (
 from anomaly_pipelines.core.evaluation import cache, metrics
 from anomaly_pipelines.core.evaluation.baselines import BASELINES, BaselineResult
 from anomaly_pipelines.core.evaluation.datasets import LabelledSeries, describe, load_datasets
-from anomaly_pipelines.core.processes import usable_cores
+from anomaly_pipelines.core.processes import spawned_pool, usable_cores
 from anomaly_pipelines.core.series import CustomerSeries, infer_frequency, regularize
 
 DETECTORS = ("hybrid", *BASELINES)
@@ -227,22 +226,21 @@ def run_baseline(
     method = BASELINES[name]
     detection = Detection(f"baseline/{name}", {}, {}, None)
     started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
-    if name in IN_PROCESSES and workers > 1 and len(series) > 1:
-        context = multiprocessing.get_context("spawn")
-        threads = max(1, usable_cores() // workers)
-        pool = ProcessPoolExecutor(workers, context, _one_thread_each, (threads,))
-        results: Iterable[BaselineResult] = pool.map(method, [s.values for s in series], [config] * len(series))
-    else:
-        pool, results = None, (method(s.values, config) for s in series)
-    for i, (s, result) in enumerate(zip(series, results, strict=True), start=1):
-        detection.flags[s.name] = result.flags
-        detection.scores[s.name] = result.scores
-        if result.note:
-            detection.notes.append(f"{s.name}: {result.note}")
-        if progress and i % 10 == 0 and i < len(series):
-            progress(f"  {name}: {i}/{len(series)} series, {time.perf_counter() - started:.0f} s")
-    if pool is not None:
-        pool.shutdown()  # the workers' CPU time is counted once they are waited for
+    parallel = name in IN_PROCESSES and workers > 1 and len(series) > 1
+    # Leaving the block waits for the workers, after which their CPU time is counted.
+    with spawned_pool(workers, _one_thread_each, (max(1, usable_cores() // workers),)) if parallel else nullcontext() as pool:
+        results: Iterable[BaselineResult] = (
+            pool.map(method, [s.values for s in series], [config] * len(series))
+            if pool is not None
+            else (method(s.values, config) for s in series)
+        )
+        for i, (s, result) in enumerate(zip(series, results, strict=True), start=1):
+            detection.flags[s.name] = result.flags
+            detection.scores[s.name] = result.scores
+            if result.note:
+                detection.notes.append(f"{s.name}: {result.note}")
+            if progress and i % 10 == 0 and i < len(series):
+                progress(f"  {name}: {i}/{len(series)} series, {time.perf_counter() - started:.0f} s")
     detection.seconds = time.perf_counter() - started
     detection.cpu_seconds = time.process_time() - cpu + _children_cpu() - children
     return detection
