@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 
 class _Section(BaseModel):
@@ -294,6 +294,9 @@ class LSTMConfig(_Section):
     # compiled with XLA: below it, the compile costs more than it saves (a test or one
     # customer's detect() trains in seconds; 200 customers x 730 days compile).
     compile_min_work: int = 15_000
+    # Processes that train those groups side by side (core/models/lstm_workers): 0 is one per
+    # usable core, 1 trains in the caller's process. One process keeps 2 cores only 1.4 busy.
+    training_processes: NonNegativeInt = 0
 
 
 class IsolationForestConfig(_Section):

@@ -20,6 +20,7 @@ from anomaly_pipelines.core import scoring
 from anomaly_pipelines.core.config import PipelineConfig
 from anomaly_pipelines.core.model_settings import ModelSettings
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
+from anomaly_pipelines.core.models import lstm_workers
 from anomaly_pipelines.core.models.outlier import (
     CustomerOutlierModels,
     anomaly_score,
@@ -652,23 +653,23 @@ def fit_detectors(
         prepared[window].append((series, cal, windows))
 
     seed = config.training.seed
+    # The stacked LSTM trains in smaller groups than the cohort the window models pool: the
+    # weights and Adam state of a few dozen customers stay in the CPU's cache.
+    step = config.lstm.customers_per_step
+    chunk = config.lstm.customers_per_model
+    groups = [
+        ([s.customer_id for s, _, _ in part[first : first + step]], [w for _, _, w in part[first : first + step]])
+        for window_group in prepared.values()
+        for start in range(0, len(window_group), chunk)
+        for part in [window_group[start : start + chunk]]
+        for first in range(0, len(part), step)
+    ]
     report = _TrainingProgress(sum(len(group) for group in prepared.values()), progress)
+    fitted.autoencoders.extend(lstm_workers.train_groups(groups, config.lstm, seed, report))
     for window_group in prepared.values():
-        chunk = config.lstm.customers_per_model
         for start in range(0, len(window_group), chunk):
             part = window_group[start : start + chunk]
             windows = [w for _, _, w in part]
-            # The stacked LSTM trains in smaller groups than the cohort the window models pool:
-            # the weights and Adam state of a few dozen customers stay in the CPU's cache.
-            step = config.lstm.customers_per_step
-            for first in range(0, len(part), step):
-                ids = [s.customer_id for s, _, _ in part[first : first + step]]
-                report.start_cohort(len(ids))
-                on_epoch = report.epoch if progress else None
-                fitted.autoencoders.append(
-                    lstm.train_autoencoders(ids, windows[first : first + step], config.lstm, seed, on_epoch)
-                )
-                report.end_cohort()
             train = pooled(windows, config.isolation_forest.max_training_windows, seed)
             forest = fit_isolation_forest(train, config.isolation_forest, seed)
             train = pooled(windows, config.local_outlier_factor.max_training_windows, seed)
@@ -714,8 +715,8 @@ class _TrainingProgress:
     def start_cohort(self, size: int) -> None:
         self.cohort = size
 
-    def end_cohort(self) -> None:
-        self.done += self.cohort
+    def end_cohort(self, size: int) -> None:
+        self.done += size
 
     def epoch(self, epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
         now = time.perf_counter()

@@ -172,6 +172,56 @@ def test_enough_work_compiles_the_training_step_and_trains_alike() -> None:
     )
 
 
+def test_groups_trained_in_worker_processes_equal_groups_trained_here() -> None:
+    """Lanes (``lstm.training_processes``) are a way to use the cores, not another training:
+    every group's weights and epochs are the ones this process trains, in group order, and each
+    worker's progress reaches the caller."""
+    from anomaly_pipelines.core.models.lstm_workers import train_groups
+
+    rng = np.random.default_rng(3)
+    groups = [
+        ([f"{g}{i}" for i in range(2)], [sliding_windows(rng.normal(0, 1, 60 + 10 * g), 7) for _ in range(2)])
+        for g in range(3)
+    ]
+
+    class Report:
+        def __init__(self) -> None:
+            self.started: list[int] = []
+            self.ended: list[int] = []
+            self.epochs: list[int] = []
+
+        def start_cohort(self, size: int) -> None:
+            self.started.append(size)
+
+        def end_cohort(self, size: int) -> None:
+            self.ended.append(size)
+
+        def epoch(self, epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
+            self.epochs.append(epoch)
+
+    here = train_groups(groups, LSTMConfig(epochs=2, training_processes=1), seed=4)
+    report = Report()
+    lanes = train_groups(groups, LSTMConfig(epochs=2, training_processes=2), seed=4, report=report)
+    assert [fit.customer_ids for fit in lanes] == [ids for ids, _ in groups]
+    for a, b in zip(here, lanes, strict=True):
+        for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+            np.testing.assert_array_equal(wa, wb)
+        # The validation pass runs on fewer threads in a worker: its sums may round differently.
+        np.testing.assert_allclose(a.val_loss, b.val_loss, rtol=1e-6)
+        np.testing.assert_allclose(a.history, b.history, rtol=1e-6)
+        np.testing.assert_array_equal(a.epochs, b.epochs)
+    assert report.started == report.ended == [2, 2, 2]
+    assert sorted(report.epochs) == [1, 1, 1, 2, 2, 2]
+
+
+def test_a_failing_training_worker_says_why() -> None:
+    from anomaly_pipelines.core.models.lstm_workers import train_groups
+
+    bad = [(["a"], [np.zeros((20, 7))]), (["b"], [np.zeros(20)])]  # b's windows are not windows
+    with pytest.raises(RuntimeError, match=r"LSTM training worker failed \(exit 1\): IndexError"):
+        train_groups(bad, LSTMConfig(epochs=1, training_processes=2), seed=0)
+
+
 def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
