@@ -423,9 +423,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(name: str, result: dict[str, Any], rate: float, speedup: float) -> str:
+    workers = f"{result['child_peak_rss_mib']:.0f}" if result["child_peak_rss_mib"] else "none"
     return (
         f"| {name} | {result['customers']} | {result['seconds']:.1f} | {rate:.2f} | {speedup:.1f}x | "
-        f"{result['peak_rss_mib']:.0f} | {f"{result['child_peak_rss_mib']:.0f}" if result['child_peak_rss_mib'] else 'none'} | {result['event_f1']:.2f} |"
+        f"{result['peak_rss_mib']:.0f} | {workers} | {result['event_f1']:.2f} |"
     )
 
 
