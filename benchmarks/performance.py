@@ -45,8 +45,6 @@ def _child(target: Callable[..., Any], args: tuple[Any, ...], queue: mp.Queue) -
     result = target(*args)
     result["seconds_total"] = time.perf_counter() - started
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # The largest of its own children, e.g. an LSTM training worker (core/models/lstm_workers).
-    result["child_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     queue.put(result)
 
 
@@ -330,11 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             f"## 1. Training and scoring: plain per-customer loop vs project ({args.days} days per customer)",
             "",
             "Both train up to 50 epochs with early stopping (patience 5), batch 16, and score every day.",
-            "The project trains its groups of customers in one worker process per core when it has",
-            "more than one group (`lstm.training_processes`); a worker's peak is the largest of them.",
+            "With more than one group of 50 customers the project trains the groups in one worker",
+            "process per core (`lstm.training_processes`); peak RSS is the calling process', without",
+            "the workers' (each holds TensorFlow and its groups: about 1 GB).",
             "",
-            "| run | customers | seconds | customers/s | speed-up | peak RSS (MiB) | worker peak RSS (MiB) | event-F1 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| run | customers | seconds | customers/s | speed-up | peak RSS (MiB) | event-F1 |",
+            "|---|---:|---:|---:|---:|---:|---:|",
             _row("plain notebook loop", plain, rate["plain"], 1.0),
             _row("project, same customers", same, rate["same"], rate["same"] / rate["plain"]),
             _row(f"project, {args.customers} customers", full, rate["full"], rate["full"] / rate["plain"]),
@@ -423,10 +422,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(name: str, result: dict[str, Any], rate: float, speedup: float) -> str:
-    workers = f"{result['child_peak_rss_mib']:.0f}" if result["child_peak_rss_mib"] else "none"
     return (
         f"| {name} | {result['customers']} | {result['seconds']:.1f} | {rate:.2f} | {speedup:.1f}x | "
-        f"{result['peak_rss_mib']:.0f} | {workers} | {result['event_f1']:.2f} |"
+        f"{result['peak_rss_mib']:.0f} | {result['event_f1']:.2f} |"
     )
 
 
