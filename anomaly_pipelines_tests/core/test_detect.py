@@ -1,5 +1,7 @@
 """The public ``detect()`` on small data: frequencies, short series, determinism, detection."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -214,12 +216,74 @@ def test_groups_trained_in_worker_processes_equal_groups_trained_here() -> None:
     assert sorted(report.epochs) == [1, 1, 1, 2, 2, 2]
 
 
-def test_a_failing_training_worker_says_why() -> None:
+def test_a_failing_training_worker_says_why_and_stops_the_others() -> None:
     from anomaly_pipelines.core.models.lstm_workers import train_groups
 
-    bad = [(["a"], [np.zeros((20, 7))]), (["b"], [np.zeros(20)])]  # b's windows are not windows
+    class Ends:
+        def __init__(self) -> None:
+            self.ended: list[int] = []
+
+        def start_cohort(self, size: int) -> None: ...
+
+        def end_cohort(self, size: int) -> None:
+            self.ended.append(size)
+
+        def epoch(self, epoch: int, epochs: int, train_loss: float, val_loss: float) -> None: ...
+
+    # a's training is long (hundreds of epochs); b's windows are not windows, it fails at once
+    groups = [(["a"], [np.random.default_rng(0).normal(size=(400, 7))]), (["b"], [np.zeros(20)])]
+    report = Ends()
     with pytest.raises(RuntimeError, match=r"LSTM training worker failed \(exit 1\): IndexError"):
-        train_groups(bad, LSTMConfig(epochs=1, training_processes=2), seed=0)
+        train_groups(groups, LSTMConfig(epochs=2000, patience=2000, training_processes=2), seed=0, report=report)
+    assert report.ended == []  # a's worker was stopped, not waited for
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
+def test_training_workers_stop_when_their_parent_is_killed() -> None:
+    """A killed batch step (out of memory, SIGKILL) must not leave workers training for nobody."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import numpy as np\n"
+        "from anomaly_pipelines.core.config import LSTMConfig\n"
+        "from anomaly_pipelines.core.models.lstm_workers import train_groups\n"
+        "w = np.random.default_rng(0).normal(size=(400, 7))\n"
+        "train_groups([(['a'], [w]), (['b'], [w])], LSTMConfig(epochs=100000, patience=100000, training_processes=2), 0)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+
+    def workers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+                command = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError):
+                continue
+            if int(stat[1]) == parent.pid and b"lstm_workers" in command:
+                found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while len(started := workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(started) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    def running(pid: int) -> bool:
+        try:  # a zombie ("Z") has stopped; only its new parent has not collected it yet
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 60
+    while any(running(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in started if running(pid)], "workers still training without their parent"
 
 
 def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:

@@ -23,9 +23,9 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -68,10 +68,23 @@ def train_groups(
     threads = max(1, usable_cores() // lanes)
     lock = threading.Lock()
     shares = [list(range(lane, len(groups), lanes)) for lane in range(lanes)]
+    workers = _Workers()
     with ThreadPoolExecutor(lanes) as pool:
-        results = list(
-            pool.map(lambda share: _run_lane([groups[i] for i in share], config, seed, threads, report, lock), shares)
-        )
+        futures = [
+            pool.submit(_run_lane, [groups[i] for i in share], config, seed, threads, report, lock, workers)
+            for share in shares
+        ]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f.exception() for f in done if f.exception() is not None), None)
+            if failed is not None:
+                raise failed
+            results = [future.result() for future in futures]
+        except BaseException:
+            # A failed lane, or this run interrupted (Ctrl-C, Dagster terminating the step): the
+            # other workers' results are of no use, and waiting for them could take minutes.
+            workers.kill_all()
+            raise
     out: list[lstm.AutoencoderFit | None] = [None] * len(groups)
     for share, fits in zip(shares, results, strict=True):
         for i, fit in zip(share, fits, strict=True):
@@ -86,6 +99,7 @@ def _run_lane(
     threads: int,
     report: TrainingReport | None,
     lock: threading.Lock,
+    workers: _Workers,
 ) -> list[lstm.AutoencoderFit]:
     with tempfile.TemporaryDirectory(prefix="lstm-lane-") as tmp:
         job, result, log = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl", Path(tmp) / "stderr.txt"
@@ -95,11 +109,9 @@ def _run_lane(
         package_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", __name__, str(job), str(result)]
-        # The worker's stdin stays open and unused: it ends when this process does, however it
-        # ends, and the worker then stops (``_exit_with_parent``) instead of training on alone.
-        with log.open("w") as errors, subprocess.Popen(
-            command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True
-        ) as worker:
+        # Should this process die, however, the worker's next progress line meets a closed pipe
+        # and ends it: no worker trains on for nobody.
+        with log.open("w") as errors, workers.start(command, env, errors) as worker:
             assert worker.stdout is not None
             for line in worker.stdout:
                 _relay(line, report, lock)
@@ -115,6 +127,32 @@ def _run_lane(
         )
         for (ids, windows), (weights, *rest) in zip(groups, trained, strict=True)
     ]
+
+
+class _Workers:
+    """The lanes' worker processes, so all can be stopped at once, including one that starts
+    after the stop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: list[subprocess.Popen[str]] = []
+        self._stopped = False
+
+    def start(self, command: list[str], env: dict[str, str], errors: IO[str]) -> subprocess.Popen[str]:
+        worker = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+        with self._lock:
+            self._started.append(worker)
+            if self._stopped:
+                worker.kill()
+        return worker
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for worker in self._started:
+                worker.kill()
 
 
 def _relay(line: str, report: TrainingReport | None, lock: threading.Lock) -> None:
@@ -145,16 +183,5 @@ def _train_lane(job: Path, result: Path, say: Callable[[str], None]) -> None:
     result.write_bytes(pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _exit_with_parent() -> None:
-    """Stop this worker when its parent's end of stdin closes (the parent was killed)."""
-
-    def watch() -> None:
-        sys.stdin.read()
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 if __name__ == "__main__":
-    _exit_with_parent()
     _train_lane(Path(sys.argv[1]), Path(sys.argv[2]), lambda line: print(line, flush=True))
