@@ -133,14 +133,15 @@ def run_hybrid(series: list[LabelledSeries], config: PipelineConfig) -> list[Det
         ],
         ignore_index=True,
     )
-    started, cpu = time.perf_counter(), time.process_time()
+    # CPU includes the LSTM training workers' (core/models/lstm_workers), once waited for.
+    started, cpu = time.perf_counter(), time.process_time() + _children_cpu()
     # detect()'s own steps. Scores map back onto the usable rows only: a row left out (an
     # unusable value) has no score of its own and counts as not flagged.
     observed = observations(coerce(frame))[0]
     regular = regularize(observed, config.preprocess)
     fitted = fit_detectors(regular, config)
     online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), observed, regular))
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    seconds, cpu = time.perf_counter() - started, time.process_time() + _children_cpu() - cpu
     retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), observed, regular))
     others = {name: window_detector_scores(regular, fitted, config, name) for name in OTHER_WINDOW_DETECTORS}
     components = list(scoring.SIGNALS)
