@@ -657,13 +657,13 @@ def fit_detectors(
     # weights and Adam state of a few dozen customers stay in the CPU's cache.
     step = config.lstm.customers_per_step
     chunk = config.lstm.customers_per_model
-    groups = [
-        ([s.customer_id for s, _, _ in part[first : first + step]], [w for _, _, w in part[first : first + step]])
-        for window_group in prepared.values()
-        for start in range(0, len(window_group), chunk)
-        for part in [window_group[start : start + chunk]]
-        for first in range(0, len(part), step)
-    ]
+    groups: list[lstm_workers.Group] = []
+    for window_group in prepared.values():
+        for start in range(0, len(window_group), chunk):
+            part = window_group[start : start + chunk]
+            for first in range(0, len(part), step):
+                members = part[first : first + step]
+                groups.append(([s.customer_id for s, _, _ in members], [w for _, _, w in members]))
     report = _TrainingProgress(sum(len(group) for group in prepared.values()), progress)
     fitted.autoencoders.extend(lstm_workers.train_groups(groups, config.lstm, seed, report))
     for window_group in prepared.values():
