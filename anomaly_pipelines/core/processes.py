@@ -21,6 +21,12 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def tensorflow_threads(threads: int) -> dict[str, str]:
+    """Environment that sizes TensorFlow's thread pools in a process that has not imported it
+    yet, so processes sharing the cores do not each start one thread per core."""
+    return {"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": str(threads)}
+
+
 def spawned_pool(
     workers: int, initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()
 ) -> ProcessPoolExecutor:

@@ -1,11 +1,11 @@
 """On-disk cache of detector outputs, so a full evaluation is not paid for twice.
 
-The full run takes about 20 minutes on two cores, most of it in the notebook baseline (one
+The full run takes about 15 minutes on two cores, most of it in the notebook baseline (one
 Keras model per series) and the hybrid on long per-minute series. While the detector is being
 tuned the baselines do not change, and a run that is interrupted should resume where it
-stopped. An entry
-is keyed by everything its output depends on: the detector, the data (names, timestamps,
-values), the whole configuration and the source code that produces it; any change is a miss.
+stopped. An entry is keyed by everything its output depends on: the detector, the data (names,
+timestamps, values), the whole configuration and the source code that produces it; any change is
+a miss.
 Detectors are seeded, so a hit returns what a fresh run would.
 
 Entries are ``.npz`` arrays plus a JSON header, read without pickle.

@@ -40,7 +40,7 @@ from anomaly_pipelines.core.detector import (
 from anomaly_pipelines.core.evaluation import cache, metrics
 from anomaly_pipelines.core.evaluation.baselines import BASELINES, BaselineResult
 from anomaly_pipelines.core.evaluation.datasets import LabelledSeries, describe, load_datasets
-from anomaly_pipelines.core.processes import spawned_pool, usable_cores
+from anomaly_pipelines.core.processes import spawned_pool, tensorflow_threads, usable_cores
 from anomaly_pipelines.core.series import CustomerSeries, infer_frequency, regularize
 
 DETECTORS = ("hybrid", *BASELINES)
@@ -248,9 +248,8 @@ def run_baseline(
 
 
 def _one_thread_each(threads: int) -> None:
-    """Worker start: TensorFlow sizes its thread pools from these when it is first imported,
-    so the workers share the cores instead of each starting one thread per core."""
-    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)
+    """Worker start: share the cores among the workers' TensorFlow threads."""
+    os.environ.update(tensorflow_threads(threads))
 
 
 def _children_cpu() -> float:

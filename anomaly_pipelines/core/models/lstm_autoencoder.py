@@ -226,6 +226,22 @@ def _pad(windows: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray
 EpochCallback = Callable[[int, int, float, float], None]
 
 
+@dataclass
+class TrainedWeights:
+    """What training produced, before it becomes a Keras model: a training worker
+    (``lstm_workers``) returns this, and the caller builds the model once."""
+
+    weights: list[np.ndarray]
+    train_loss: np.ndarray
+    val_loss: np.ndarray
+    epochs: np.ndarray
+    history: list[tuple[float, float]]
+
+    def fit(self, customer_ids: list[str], window: int, units: int, seed: int) -> AutoencoderFit:
+        model = build_model(customer_ids, window, units, seed, self.weights)
+        return AutoencoderFit(model, list(customer_ids), self.train_loss, self.val_loss, self.epochs, self.history)
+
+
 def train_autoencoders(
     customer_ids: list[str],
     windows: list[np.ndarray],
@@ -233,6 +249,19 @@ def train_autoencoders(
     seed: int,
     on_epoch: EpochCallback | None = None,
 ) -> AutoencoderFit:
+    """Train one autoencoder per customer on its (already scaled) training windows (see
+    ``train_weights``)."""
+    trained = train_weights(customer_ids, windows, config, seed, on_epoch)
+    return trained.fit(customer_ids, windows[0].shape[1], config.units, seed)
+
+
+def train_weights(
+    customer_ids: list[str],
+    windows: list[np.ndarray],
+    config: LSTMConfig,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+) -> TrainedWeights:
     """Train one autoencoder per customer on its (already scaled) training windows.
 
     The last ``validation_fraction`` of each customer's windows is held out for early stopping,
@@ -264,8 +293,7 @@ def train_autoencoders(
         best_val, best_train, epochs_run, best_weights, history = _train_epochs(
             layer, train_step, x_train, x_val, m_val, counts, steps, rngs, config, on_epoch
         )
-    model = build_model(customer_ids, window, config.units, seed, best_weights)
-    return AutoencoderFit(model, list(customer_ids), best_train, best_val, epochs_run, history)
+    return TrainedWeights(best_weights, best_train, best_val, epochs_run, history)
 
 
 def _train_epochs(

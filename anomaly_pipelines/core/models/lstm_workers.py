@@ -25,13 +25,13 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 import numpy as np
 
 from anomaly_pipelines.core.config import LSTMConfig
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
-from anomaly_pipelines.core.processes import usable_cores
+from anomaly_pipelines.core.processes import tensorflow_threads, usable_cores
 
 Group = tuple[list[str], list[np.ndarray]]
 
@@ -104,7 +104,7 @@ def _run_lane(
     with tempfile.TemporaryDirectory(prefix="lstm-lane-") as tmp:
         job, result, log = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl", Path(tmp) / "stderr.txt"
         job.write_bytes(pickle.dumps((groups, config, seed), protocol=pickle.HIGHEST_PROTOCOL))
-        env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+        env = {**os.environ, **tensorflow_threads(threads)}
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         package_root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -122,10 +122,8 @@ def _run_lane(
             raise RuntimeError(f"LSTM training worker failed (exit {code}): {last}\n{tail}")
         trained = pickle.loads(result.read_bytes())
     return [
-        lstm.AutoencoderFit(
-            lstm.build_model(ids, windows[0].shape[1], config.units, seed, weights), ids, *rest
-        )
-        for (ids, windows), (weights, *rest) in zip(groups, trained, strict=True)
+        weights.fit(ids, windows[0].shape[1], config.units, seed)
+        for (ids, windows), weights in zip(groups, trained, strict=True)
     ]
 
 
@@ -171,15 +169,15 @@ def _relay(line: str, report: TrainingReport | None, lock: threading.Lock) -> No
 
 def _train_lane(job: Path, result: Path, say: Callable[[str], None]) -> None:
     groups, config, seed = pickle.loads(job.read_bytes())
-    trained: list[tuple[Any, ...]] = []
+    trained: list[lstm.TrainedWeights] = []
     for ids, windows in groups:
         say(f"start {len(ids)}")
-        fit = lstm.train_autoencoders(
-            ids, windows, config, seed, lambda e, n, loss, val: say(f"epoch {e} {n} {loss!r} {val!r}")
+        trained.append(
+            lstm.train_weights(
+                ids, windows, config, seed, lambda e, n, loss, val: say(f"epoch {e} {n} {loss!r} {val!r}")
+            )
         )
         say(f"end {len(ids)}")
-        weights = [w.copy() for w in fit.model.get_weights()]
-        trained.append((weights, fit.train_loss, fit.val_loss, fit.epochs, fit.history))
     result.write_bytes(pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL))
 
 
