@@ -286,19 +286,20 @@ def train_weights(
     # XLA compiles the step for each new shape, about 5 s more than tracing a plain graph on
     # 2 cores, then runs each step up to 1.7x faster: worth it only for enough work.
     jit = n_cust * steps * config.epochs >= config.compile_min_work
+    block = _block_steps(steps)
     with _TRAINING:
-        trainer = _trainer(n_cust, window, config, jit)
-        layer, train_step = trainer.layer, trainer.train_step
+        trainer = _trainer(n_cust, window, block, config, jit)
         trainer.reset(_initial_weights(customer_ids, config.units, seed), config.learning_rate)
         best_val, best_train, epochs_run, best_weights, history = _train_epochs(
-            layer, train_step, x_train, x_val, m_val, counts, steps, rngs, config, on_epoch
+            trainer.layer, trainer.train_block, block, x_train, x_val, m_val, counts, steps, rngs, config, on_epoch
         )
     return TrainedWeights(best_weights, best_train, best_val, epochs_run, history)
 
 
 def _train_epochs(
     layer: Any,
-    train_step: Any,
+    train_block: Any,
+    block: int,
     x_train: np.ndarray,
     x_val: np.ndarray,
     m_val: np.ndarray,
@@ -323,21 +324,22 @@ def _train_epochs(
     cols = np.arange(n_cust)[None, :]
 
     history: list[tuple[float, float]] = []
+    rows = -(-steps // block) * block * batch  # whole blocks, the last one padded
     for epoch in range(config.epochs):
-        order = np.zeros((steps * batch, n_cust), dtype=np.int64)
-        mask = np.zeros((steps * batch, n_cust), dtype=np.float32)
+        order = np.zeros((rows, n_cust), dtype=np.int64)
+        mask = np.zeros((rows, n_cust), dtype=np.float32)
         for c, rng in enumerate(rngs):
             perm = rng.permutation(counts[c])
             order[: counts[c], c] = perm
             mask[: counts[c], c] = 1.0 if active[c] else 0.0
+        xs = x_train[order, cols].reshape(-1, block, batch, n_cust, x_train.shape[-1])
+        ms = mask.reshape(-1, block, batch, n_cust)
+        # Steps past the last active customer's windows would only move Adam's state.
+        taken = int(np.ceil(counts[active].max() / batch))
         losses = np.zeros(n_cust)
-        for s in range(steps):
-            rows = order[s * batch : (s + 1) * batch]
-            mb = mask[s * batch : (s + 1) * batch]
-            if not mb.any():
-                continue
-            xb = x_train[rows, cols]
-            losses += train_step(tf.constant(xb), tf.constant(mb)).numpy() * mb.sum(axis=0)
+        for b in range(-(-taken // block)):
+            n = tf.constant(min(block, taken - b * block), tf.int32)
+            losses += train_block(tf.constant(xs[b]), tf.constant(ms[b]), n).numpy()
         last_train = np.where(active, losses / np.maximum(counts, 1), last_train)
         epochs_run += active
         val = _masked_mse(layer, x_val, m_val)
@@ -359,13 +361,19 @@ def _train_epochs(
     return best_val, best_train, epochs_run, best_weights, history
 
 
+def _block_steps(steps: int) -> int:
+    """Training steps per call of the compiled block: a power of two, so histories of many
+    lengths share a few compiled shapes, and at most 64, so a block's batches stay small."""
+    return min(64, 1 << max(0, steps - 1).bit_length())
+
+
 @dataclass
 class _Trainer:
-    """A stacked layer, its Adam optimizer and their traced training step, for one shape."""
+    """A stacked layer, its Adam optimizer and their traced training block, for one shape."""
 
     layer: Any
     optimizer: Any
-    train_step: Any
+    train_block: Any
 
     def reset(self, weights: list[np.ndarray], learning_rate: float) -> None:
         """Start afresh from ``weights``: a new optimizer's zero moments and step count."""
@@ -375,7 +383,7 @@ class _Trainer:
         self.optimizer.learning_rate = learning_rate
 
 
-# Tracing the training step costs seconds (compiling it with XLA, more) and depends only on the
+# Tracing the training block costs seconds (compiling it with XLA, more) and depends only on the
 # shape, so the trainers of the last two shapes are kept: the next cohort of the same size, or
 # a test's next training, starts at once. One training at a time uses them.
 _TRAINERS: dict[tuple[Any, ...], _Trainer] = {}
@@ -383,8 +391,8 @@ _KEPT_TRAINERS = 2
 _TRAINING = threading.Lock()
 
 
-def _trainer(n_cust: int, window: int, config: LSTMConfig, jit: bool) -> _Trainer:
-    key = (n_cust, window, config.units, jit)
+def _trainer(n_cust: int, window: int, block: int, config: LSTMConfig, jit: bool) -> _Trainer:
+    key = (n_cust, window, block, config.units, jit)
     if key in _TRAINERS:
         _TRAINERS[key] = _TRAINERS.pop(key)  # most recently used last
         return _TRAINERS[key]
@@ -395,7 +403,6 @@ def _trainer(n_cust: int, window: int, config: LSTMConfig, jit: bool) -> _Traine
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
     variables = layer.trainable_variables
 
-    @tf.function(jit_compile=jit, reduce_retracing=True)
     def train_step(xb: Any, mb: Any) -> Any:
         with tf.GradientTape() as tape:
             recon = layer(xb)
@@ -406,9 +413,20 @@ def _trainer(n_cust: int, window: int, config: LSTMConfig, jit: bool) -> _Traine
         optimizer.apply_gradients(zip(grads, variables, strict=True))
         return per_customer
 
+    # The first ``n`` of a block's steps run in one call, in a loop inside the compiled graph:
+    # called once per step from Python, each step also paid its dispatch (a third of a
+    # 25-customer step's time).
+    @tf.function(jit_compile=jit, reduce_retracing=True)
+    def train_block(xs: Any, ms: Any, n: Any) -> Any:
+        def body(s: Any, summed: Any) -> tuple[Any, Any]:
+            return s + 1, summed + train_step(xs[s], ms[s]) * tf.reduce_sum(ms[s], axis=0)
+
+        _, summed = tf.while_loop(lambda s, _: s < n, body, (tf.constant(0), tf.zeros((n_cust,))))
+        return summed
+
     while len(_TRAINERS) >= _KEPT_TRAINERS:
         _TRAINERS.pop(next(iter(_TRAINERS)))
-    _TRAINERS[key] = _Trainer(layer, optimizer, train_step)
+    _TRAINERS[key] = _Trainer(layer, optimizer, train_block)
     return _TRAINERS[key]
 
 
