@@ -6,6 +6,7 @@ This is the one place that runs the method; ``detect()`` and the Dagster assets 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -86,6 +87,12 @@ class FittedDetectors:
     skipped: dict[str, str] = field(default_factory=dict)
     # None only for a model that holds no customer (nothing was trained).
     settings: ModelSettings | None = None
+    # The series it was fitted on, scored by every model to learn the thresholds: scoring the
+    # same series under the same configuration next (``detect()``) reuses them. Never saved.
+    fit_scores: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "fit_scores": {}}
 
     def check_settings(self, config: PipelineConfig) -> None:
         """Raise ``model_settings.SettingsMismatch`` naming each defining setting that
@@ -682,6 +689,7 @@ def fit_detectors(
     # Thresholds come from the training part's own scores, series by series: online ones, and
     # for hindsight scoring the window models' own (the models score the windows once).
     scored = _window_scored([s for group in prepared.values() for s, _, _ in group], fitted, config)
+    fitted.fit_scores = {cid: (_scoring_key(fitted_series[cid], config), raw) for cid, raw in scored.items()}
     for cid, raw in scored.items():
         cal = fitted.calibrations[cid]
         series = fitted_series[cid]
@@ -788,6 +796,15 @@ def _score_windows(fitted: FittedDetectors, windows_of: dict[str, np.ndarray]) -
     }
 
 
+def _scoring_key(series: CustomerSeries, config: PipelineConfig) -> bytes:
+    """What ``_window_scored`` depends on besides the model: the series and the settings."""
+    digest = hashlib.blake2b(config.model_dump_json().encode(), digest_size=16)
+    for part in (series.timestamps.asi8, series.values, series.filled, series.declared_normal):
+        if part is not None:
+            digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.digest()
+
+
 def _per_step(raw: dict[str, Any], online: bool) -> dict[str, np.ndarray]:
     """``_window_scored``'s output with each window model's scores attributed to steps."""
     n, window = raw["layout"]
@@ -816,7 +833,12 @@ def score_series(
     """
     fitted.check_settings(config)
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
-    raw = _window_scored(known, fitted, config)
+    raw: dict[str, dict[str, Any]] = {}
+    for series in known:
+        key, scores = fitted.fit_scores.get(series.customer_id, (b"", None))
+        if scores is not None and key == _scoring_key(series, config):
+            raw[series.customer_id] = scores
+    raw.update(_window_scored([s for s in known if s.customer_id not in raw], fitted, config))
     items = [(s, 0, _per_step(raw[s.customer_id], online)) for s in known]
     moves = PortfolioMoves.count([(s, 0, sig["z"]) for s, _, sig in items], fitted, config)
     scored = _score_columns(items, fitted, config, online, moves)

@@ -318,6 +318,34 @@ def test_training_workers_stop_when_their_parent_is_killed() -> None:
     assert not [pid for pid in started if running(pid)], "workers still training without their parent"
 
 
+def test_scoring_the_fitted_series_reuses_the_fit_scores_only_while_nothing_changed() -> None:
+    """Fitting scores its series with every model to learn the thresholds; scoring them right
+    after (``detect()``) reuses those scores: the same frames as scoring afresh, while a changed
+    series is scored afresh."""
+    import dataclasses
+    import pickle
+
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    config = PipelineConfig().merged(FAST)
+    series = regularize(pd.concat([_daily("a", 200, 1), _daily("b", 200, 2)], ignore_index=True))
+    fitted = fit_detectors(series, config)
+    assert set(fitted.fit_scores) == {"a", "b"}
+    afresh = pickle.loads(pickle.dumps(fitted))  # pickling leaves the fit scores behind
+    assert afresh.fit_scores == {}
+    for online in (True, False):
+        pd.testing.assert_frame_equal(score_series(series, fitted, config, online), score_series(series, afresh, config, online))
+
+    spiked = series[0].values.copy()
+    spiked[-1] *= 5
+    changed = [dataclasses.replace(series[0], values=spiked), series[1]]
+    reused = score_series(changed, fitted, config)
+    assert reused["is_anomaly"].iloc[199]
+    pd.testing.assert_frame_equal(reused, score_series(changed, afresh, config))
+
+
 def test_latest_scoring_equals_the_tail_of_full_scoring() -> None:
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
