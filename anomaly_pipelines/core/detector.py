@@ -627,8 +627,7 @@ def fit_detectors(
     left), so a training of thousands of customers shows it is alive in a run log.
     """
     fitted = FittedDetectors(settings=ModelSettings.of(config))
-    prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray]]] = defaultdict(list)
-    fitted_series: dict[str, CustomerSeries] = {}
+    calibrated: dict[str, tuple[CustomerSeries, Calibration]] = {}
     for series in series_list:
         if len(series) < config.preprocess.min_history:
             fitted.skipped[series.customer_id] = (
@@ -655,13 +654,19 @@ def fit_detectors(
             lstm_notebook_threshold=np.inf,
         )
         _calibrate_expectation(series, cal, config)
-        fitted_series[series.customer_id] = series
-        windows = sliding_windows(_model_input(series, cal, config)[_warmup(cal) : n_train], window)
-        prepared[window].append((series, cal, windows))
+        calibrated[series.customer_id] = (series, cal)
+    expectations = _expectations([s for s, _ in calibrated.values()], {cid: cal for cid, (_, cal) in calibrated.items()}, config)
+    # Per window length: each customer, its calibration, training windows and whole model input.
+    prepared: dict[int, list[tuple[CustomerSeries, Calibration, np.ndarray, np.ndarray]]] = defaultdict(list)
+    for cid, (series, cal) in calibrated.items():
+        model_input = _model_input(series, cal, config, expectations[cid])
+        windows = sliding_windows(model_input[_warmup(cal) : cal.train_size], cal.window)
+        prepared[cal.window].append((series, cal, windows, model_input))
 
     seed = config.training.seed
     # The stacked LSTM trains in smaller groups than the cohort the window models pool: the
-    # weights and Adam state of a few dozen customers stay in the CPU's cache.
+    # weights and Adam state of a few dozen customers stay in the CPU's cache. Training also
+    # scores every window of each customer, which the thresholds below need.
     step = config.lstm.customers_per_step
     chunk = config.lstm.customers_per_model
     groups: list[lstm_workers.Group] = []
@@ -670,29 +675,33 @@ def fit_detectors(
             part = window_group[start : start + chunk]
             for first in range(0, len(part), step):
                 members = part[first : first + step]
-                groups.append(([s.customer_id for s, _, _ in members], [w for _, _, w in members]))
+                groups.append(
+                    ([s.customer_id for s, *_ in members], [w for _, _, w, _ in members], [x for *_, x in members])
+                )
     report = _TrainingProgress(sum(len(group) for group in prepared.values()), progress)
     fitted.autoencoders.extend(lstm_workers.train_groups(groups, config.lstm, seed, report))
     for window_group in prepared.values():
         for start in range(0, len(window_group), chunk):
             part = window_group[start : start + chunk]
-            windows = [w for _, _, w in part]
+            windows = [w for _, _, w, _ in part]
             train = pooled(windows, config.isolation_forest.max_training_windows, seed)
             forest = fit_isolation_forest(train, config.isolation_forest, seed)
             train = pooled(windows, config.local_outlier_factor.max_training_windows, seed)
             lof = fit_local_outlier_factor(train, config.local_outlier_factor)
-            for _, cal, _ in part:
+            for _, cal, _, _ in part:
                 fitted.isolation_forest.models[cal.customer_id] = forest
                 fitted.local_outlier_factor.models[cal.customer_id] = lof
                 fitted.calibrations[cal.customer_id] = cal
 
     # Thresholds come from the training part's own scores, series by series: online ones, and
     # for hindsight scoring the window models' own (the models score the windows once).
-    scored = _window_scored([s for group in prepared.values() for s, _, _ in group], fitted, config)
-    fitted.fit_scores = {cid: (_scoring_key(fitted_series[cid], config), raw) for cid, raw in scored.items()}
+    lstm_errors = {
+        cid: errors for fit in fitted.autoencoders for cid, errors in zip(fit.customer_ids, fit.scored or [], strict=False)
+    }
+    scored = _window_scored([s for s, _ in calibrated.values()], fitted, config, expectations, lstm_errors)
+    fitted.fit_scores = {cid: (_scoring_key(calibrated[cid][0], config), raw) for cid, raw in scored.items()}
     for cid, raw in scored.items():
-        cal = fitted.calibrations[cid]
-        series = fitted_series[cid]
+        series, cal = calibrated[cid]
         cal.retrospective_thresholds = _learn_thresholds(cal, _per_step(raw, False), series, config, scoring.MODEL_SIGNALS)
         sig = _per_step(raw, True)
         cal.thresholds = _learn_thresholds(cal, sig, series, config, ("residual", *scoring.MODEL_SIGNALS))
@@ -742,11 +751,16 @@ class _TrainingProgress:
 
 
 def _window_scored(
-    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig
+    series_list: list[CustomerSeries],
+    fitted: FittedDetectors,
+    config: PipelineConfig,
+    expectations: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    lstm_errors: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Point signals per step and each window model's score per window: the expensive part,
-    done once whichever way (online or in hindsight) windows are then attributed to steps."""
-    expectations = _expectations(series_list, fitted.calibrations, config)
+    done once whichever way (online or in hindsight) windows are then attributed to steps.
+    ``expectations`` and ``lstm_errors`` are what the caller has already computed."""
+    expectations = expectations or _expectations(series_list, fitted.calibrations, config)
     windows_of = {
         s.customer_id: sliding_windows(
             _model_input(s, fitted.calibrations[s.customer_id], config, expectations[s.customer_id]),
@@ -754,7 +768,7 @@ def _window_scored(
         )
         for s in series_list
     }
-    window_scores = _score_windows(fitted, windows_of)
+    window_scores = _score_windows(fitted, windows_of, lstm_errors or {})
     out: dict[str, dict[str, Any]] = {}
     for series in series_list:
         cid = series.customer_id
@@ -775,16 +789,20 @@ def _point_signals(series: CustomerSeries, expectation: tuple[np.ndarray, np.nda
     return {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
 
 
-def _score_windows(fitted: FittedDetectors, windows_of: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Each window model's score of each customer's windows; one call per shared model."""
+def _score_windows(
+    fitted: FittedDetectors, windows_of: dict[str, np.ndarray], lstm_errors: dict[str, np.ndarray]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each window model's score of each customer's windows; one call per shared model. An
+    autoencoder is only used (and so built) for customers ``lstm_errors`` does not cover."""
     by_model: dict[int, list[str]] = defaultdict(list)
     models: dict[int, Any] = {}
-    model_of = fitted.autoencoders_by_customer()
-    for cid in windows_of:
+    missing = [cid for cid in windows_of if cid not in lstm_errors]
+    model_of = fitted.autoencoders_by_customer() if missing else {}
+    for cid in missing:
         model = model_of[cid]
         models[id(model)] = model
         by_model[id(model)].append(cid)
-    lstm_errors: dict[str, np.ndarray] = {}
+    lstm_errors = dict(lstm_errors)
     for model_id, members in by_model.items():
         errors = lstm.reconstruction_errors(models[model_id], members, [windows_of[cid] for cid in members])
         lstm_errors.update(zip(members, errors, strict=True))
@@ -909,7 +927,7 @@ def _latest_columns(
         first = max(0, start - cal.window + 1)
         x = _model_input(_tail(series, len(series) - first), cal, config, _sliced(expectations[cid], first))
         windows_of[cid] = sliding_windows(x, cal.window)[ends[cid] - cal.window + 1 - first]
-    window_scores = _score_windows(fitted, windows_of)
+    window_scores = _score_windows(fitted, windows_of, {})
     for series, start, sig in points:
         cid = series.customer_id
         for name, scores in window_scores[cid].items():

@@ -208,15 +208,16 @@ def test_enough_work_compiles_the_training_step_and_trains_alike() -> None:
 
 def test_groups_trained_in_worker_processes_equal_groups_trained_here() -> None:
     """Lanes (``lstm.training_processes``) are a way to use the cores, not another training:
-    every group's weights and epochs are the ones this process trains, in group order, and each
-    worker's progress reaches the caller."""
+    every group's weights and epochs are the ones this process trains, in group order, each
+    worker's progress reaches the caller, and the errors a worker scores are its model's."""
     from anomaly_pipelines.core.models.lstm_workers import train_groups
 
     rng = np.random.default_rng(3)
-    groups = [
-        ([f"{g}{i}" for i in range(2)], [sliding_windows(rng.normal(0, 1, 60 + 10 * g), 7) for _ in range(2)])
-        for g in range(3)
-    ]
+    groups = []
+    for g in range(3):
+        inputs = [rng.normal(0, 1, 60 + 10 * g) for _ in range(2)]
+        windows = [sliding_windows(x[: 40 + 10 * g], 7) for x in inputs]
+        groups.append(([f"{g}{i}" for i in range(2)], windows, inputs if g else None))
 
     class Report:
         def __init__(self) -> None:
@@ -236,8 +237,15 @@ def test_groups_trained_in_worker_processes_equal_groups_trained_here() -> None:
     here = train_groups(groups, LSTMConfig(epochs=2, training_processes=1), seed=4)
     report = Report()
     lanes = train_groups(groups, LSTMConfig(epochs=2, training_processes=2), seed=4, report=report)
-    assert [fit.customer_ids for fit in lanes] == [ids for ids, _ in groups]
-    for a, b in zip(here, lanes, strict=True):
+    assert [fit.customer_ids for fit in lanes] == [ids for ids, _, _ in groups]
+    for (ids, _, inputs), a, b in zip(groups, here, lanes, strict=True):
+        if inputs is None:
+            assert a.scored is None and b.scored is None
+        else:
+            by_model = reconstruction_errors(b.model, ids, [sliding_windows(x, 7) for x in inputs])
+            for mine, theirs, model in zip(a.scored, b.scored, by_model, strict=True):
+                np.testing.assert_allclose(theirs, mine, rtol=1e-5)
+                np.testing.assert_allclose(theirs, model, rtol=1e-5)
         for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
             np.testing.assert_array_equal(wa, wb)
         # The validation pass runs on fewer threads in a worker: its sums may round differently.
@@ -263,7 +271,7 @@ def test_a_failing_training_worker_says_why_and_stops_the_others() -> None:
         def epoch(self, epoch: int, epochs: int, train_loss: float, val_loss: float) -> None: ...
 
     # a's training is long (hundreds of epochs); b's windows are not windows, it fails at once
-    groups = [(["a"], [np.random.default_rng(0).normal(size=(400, 7))]), (["b"], [np.zeros(20)])]
+    groups = [(["a"], [np.random.default_rng(0).normal(size=(400, 7))], None), (["b"], [np.zeros(20)], None)]
     report = Ends()
     with pytest.raises(RuntimeError, match=r"LSTM training worker failed \(exit 1\): IndexError"):
         train_groups(groups, LSTMConfig(epochs=2000, patience=2000, training_processes=2), seed=0, report=report)
@@ -284,7 +292,7 @@ def test_training_workers_stop_when_their_parent_is_killed() -> None:
         "from anomaly_pipelines.core.config import LSTMConfig\n"
         "from anomaly_pipelines.core.models.lstm_workers import train_groups\n"
         "w = np.random.default_rng(0).normal(size=(400, 7))\n"
-        "train_groups([(['a'], [w]), (['b'], [w])], LSTMConfig(epochs=100000, patience=100000, training_processes=2), 0)\n"
+        "train_groups([(['a'], [w], None), (['b'], [w], None)], LSTMConfig(epochs=100000, patience=100000, training_processes=2), 0)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script])
 

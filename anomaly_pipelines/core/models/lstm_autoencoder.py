@@ -280,10 +280,33 @@ def build_model(
 
 
 @dataclass
+class UnbuiltModel:
+    """A trained stacked model's weights, built into a Keras model on first use, once, and
+    shared by every ``AutoencoderFit`` that holds it: a process that only needs the training's
+    own scores (``detect()`` with training in worker processes) never imports TensorFlow."""
+
+    weights: list[np.ndarray]
+    customer_ids: list[str]
+    window: int
+    units: int
+    seed: int
+    _model: Any = field(default=None, repr=False)
+
+    def build(self) -> Any:
+        if self._model is None:
+            self._model = build_model(self.customer_ids, self.window, self.units, self.seed, self.weights)
+        return self._model
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+
+@dataclass
 class AutoencoderFit:
     """A trained stacked model and what training measured, per customer (same order)."""
 
-    model: Any
+    # The Keras model, or its weights until it is first used (``model``).
+    built: Any
     customer_ids: list[str]
     train_loss: np.ndarray
     val_loss: np.ndarray
@@ -291,6 +314,13 @@ class AutoencoderFit:
     # The training curve of the stacked model: per epoch, the mean training and validation loss
     # over the customers still training (what the MLflow UI plots).
     history: list[tuple[float, float]] = field(default_factory=list)
+    # Reconstruction errors training computed for the windows it was asked to score, per
+    # customer (same order), or None.
+    scored: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def model(self) -> Any:
+        return self.built.build() if isinstance(self.built, UnbuiltModel) else self.built
 
 
 def _pad(windows: list[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,17 +340,18 @@ EpochCallback = Callable[[int, int, float, float], None]
 @dataclass
 class TrainedWeights:
     """What training produced, before it becomes a Keras model: a training worker
-    (``lstm_workers``) returns this, and the caller builds the model once."""
+    (``lstm_workers``) returns this."""
 
     weights: list[np.ndarray]
     train_loss: np.ndarray
     val_loss: np.ndarray
     epochs: np.ndarray
     history: list[tuple[float, float]]
+    scored: list[np.ndarray] | None = None
 
     def fit(self, customer_ids: list[str], window: int, units: int, seed: int) -> AutoencoderFit:
-        model = build_model(customer_ids, window, units, seed, self.weights)
-        return AutoencoderFit(model, list(customer_ids), self.train_loss, self.val_loss, self.epochs, self.history)
+        model = UnbuiltModel(self.weights, list(customer_ids), window, units, seed)
+        return AutoencoderFit(model, list(customer_ids), self.train_loss, self.val_loss, self.epochs, self.history, self.scored)
 
 
 def train_autoencoders(
@@ -329,10 +360,11 @@ def train_autoencoders(
     config: LSTMConfig,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    score: list[np.ndarray] | None = None,
 ) -> AutoencoderFit:
     """Train one autoencoder per customer on its (already scaled) training windows (see
     ``train_weights``)."""
-    trained = train_weights(customer_ids, windows, config, seed, on_epoch)
+    trained = train_weights(customer_ids, windows, config, seed, on_epoch, score)
     return trained.fit(customer_ids, windows[0].shape[1], config.units, seed)
 
 
@@ -342,8 +374,10 @@ def train_weights(
     config: LSTMConfig,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    score: list[np.ndarray] | None = None,
 ) -> TrainedWeights:
-    """Train one autoencoder per customer on its (already scaled) training windows.
+    """Train one autoencoder per customer on its (already scaled) training windows, and give
+    the reconstruction errors of each customer's ``score`` windows under its best weights.
 
     The last ``validation_fraction`` of each customer's windows is held out for early stopping,
     like Keras' ``validation_split``; each epoch visits each customer's windows in a fresh
@@ -374,7 +408,12 @@ def train_weights(
         best_val, best_train, epochs_run, best_weights, history = _train_epochs(
             trainer.layer, trainer.train_block, block, x_train, x_val, m_val, counts, steps, rngs, config, on_epoch
         )
-    return TrainedWeights(best_weights, best_train, best_val, epochs_run, history)
+        scored = None
+        if score is not None:
+            trainer.layer.set_weights(best_weights)
+            errors = reconstruction_errors_padded(trainer.layer, _pad(score, window)[0])
+            scored = [errors[: len(w), c] for c, w in enumerate(score)]
+    return TrainedWeights(best_weights, best_train, best_val, epochs_run, history, scored)
 
 
 def _train_epochs(

@@ -11,7 +11,8 @@ Workers are started as ``python -m anomaly_pipelines.core.models.lstm_workers``,
 ``multiprocessing``: a spawned child re-imports the caller's main script, which breaks a script
 without the ``if __name__ == "__main__":`` guard that calls ``detect()``. A worker reads its
 groups from a pickle file, writes one line per epoch to stdout (progress) and its results to
-another pickle file; the caller builds the Keras models from the returned weights.
+another pickle file: the weights, and the reconstruction errors of the windows the caller asked
+it to score, so the caller builds Keras models only when it uses them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ import numpy as np
 from anomaly_pipelines.core.config import LSTMConfig
 from anomaly_pipelines.core.models import lstm_autoencoder as lstm
 from anomaly_pipelines.core.processes import tensorflow_threads, usable_cores
+from anomaly_pipelines.core.windows import sliding_windows
 
-Group = tuple[list[str], list[np.ndarray]]
+# Customers, their training windows, and (or None) each one's whole model input: training
+# returns the reconstruction error of its every window.
+Group = tuple[list[str], list[np.ndarray], list[np.ndarray] | None]
 
 
 class TrainingReport(Protocol):
@@ -58,10 +62,11 @@ def train_groups(
     lanes = lanes_for(len(groups), config)
     if lanes == 1:
         fits = []
-        for ids, windows in groups:
+        for ids, windows, inputs in groups:
             if report is not None:
                 report.start_cohort(len(ids))
-            fits.append(lstm.train_autoencoders(ids, windows, config, seed, report.epoch if report else None))
+            epoch = report.epoch if report else None
+            fits.append(lstm.train_autoencoders(ids, windows, config, seed, epoch, _all_windows(inputs, windows)))
             if report is not None:
                 report.end_cohort(len(ids))
         return fits
@@ -123,7 +128,7 @@ def _run_lane(
         trained = pickle.loads(result.read_bytes())
     return [
         weights.fit(ids, windows[0].shape[1], config.units, seed)
-        for (ids, windows), weights in zip(groups, trained, strict=True)
+        for (ids, windows, _), weights in zip(groups, trained, strict=True)
     ]
 
 
@@ -167,14 +172,25 @@ def _relay(line: str, report: TrainingReport | None, lock: threading.Lock) -> No
             report.end_cohort(int(values[0]))
 
 
+def _all_windows(inputs: list[np.ndarray] | None, windows: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Every window of each model input (sent as the series, not its windows: window-times
+    smaller)."""
+    return None if inputs is None else [sliding_windows(x, windows[0].shape[1]) for x in inputs]
+
+
 def _train_lane(job: Path, result: Path, say: Callable[[str], None]) -> None:
     groups, config, seed = pickle.loads(job.read_bytes())
     trained: list[lstm.TrainedWeights] = []
-    for ids, windows in groups:
+    for ids, windows, inputs in groups:
         say(f"start {len(ids)}")
         trained.append(
             lstm.train_weights(
-                ids, windows, config, seed, lambda e, n, loss, val: say(f"epoch {e} {n} {loss!r} {val!r}")
+                ids,
+                windows,
+                config,
+                seed,
+                lambda e, n, loss, val: say(f"epoch {e} {n} {loss!r} {val!r}"),
+                _all_windows(inputs, windows),
             )
         )
         say(f"end {len(ids)}")
