@@ -284,7 +284,7 @@ class LSTMConfig(_Section):
     # Customers whose stacked LSTMs (see models/lstm_autoencoder) take their training steps
     # together, within a cohort: a group's weights, Adam state and activations stay in the
     # CPU's cache. 200 customers x 730 days took 31.0 to 31.6 s in groups of 25 against 33.2 to
-    # 37.2 s in groups of 50 (two training lanes; all at once, in-process, 1.35x slower still).
+    # 37.2 s in groups of 50 (two training lanes, runs alternating on one machine).
     customers_per_step: PositiveInt = 25
     # Longer histories train on every k-th window so each customer has at most this many: weeks
     # of per-minute data give tens of thousands of near-identical overlapping windows, which

@@ -127,7 +127,7 @@ class FittedDetectors:
             if rows:
                 autoencoders.append(
                     lstm.AutoencoderFit(
-                        fit.model,
+                        fit.built,
                         [fit.customer_ids[i] for i in rows],
                         np.asarray(fit.train_loss)[rows],
                         np.asarray(fit.val_loss)[rows],

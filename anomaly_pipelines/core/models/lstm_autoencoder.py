@@ -536,7 +536,7 @@ def _trainer(n_cust: int, window: int, block: int, config: LSTMConfig, jit: bool
         return per_customer
 
     # The first ``n`` of a block's steps run in one call, in a loop inside the compiled graph:
-    # called once per step from Python, each step also paid its dispatch (a third of a
+    # called once per step from Python, each step also paid its dispatch (a fifth of a
     # 25-customer step's time).
     @tf.function(jit_compile=jit, reduce_retracing=True)
     def train_block(xs: Any, ms: Any, n: Any) -> Any:
