@@ -336,12 +336,15 @@ def _forget(prefix: str) -> None:
             client.close()
 
 
-def start_workers(deploy: Deployment, count: int, workdir: Path) -> list[str]:
+def start_workers(deploy: Deployment, count: int, workdir: Path, pinned: bool = False) -> list[str]:
     """``dagster-celery worker start`` (the command docker-compose.yaml runs), ``count`` times,
-    one pool process each; returns their names (``wait_for_workers`` waits until they answer)."""
+    one pool process each; returns their names (``wait_for_workers`` waits until they answer).
+    ``pinned``: worker i may run on the i-th core only, as a worker given one core would."""
     # dagster-celery appends "@<host>" to the name it is given.
     names = [f"ap-test-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
-    for name in names:
+    cores = sorted(os.sched_getaffinity(0)) if pinned else []
+    for index, name in enumerate(names):
+        core = {cores[index % len(cores)]} if cores else None
         log = workdir / f"worker-{name}.log"
         with open(log, "wb") as out:
             deploy.workers.append(
@@ -364,6 +367,7 @@ def start_workers(deploy: Deployment, count: int, workdir: Path) -> list[str]:
                     cwd=ROOT,
                     env={**os.environ, **deploy.env},
                     start_new_session=True,
+                    preexec_fn=None if core is None else lambda core=core: os.sched_setaffinity(0, core),
                 )
             )
         deploy.logs.append(log)
