@@ -295,7 +295,8 @@ class LSTMConfig(_Section):
     # customer's detect() trains in seconds; 200 customers x 730 days compile).
     compile_min_work: int = 15_000
     # Processes that train those groups side by side (core/models/lstm_workers): 0 is one per
-    # usable core, 1 trains in the caller's process. One process keeps 2 cores only 1.4 busy.
+    # usable core when each gets at least two groups (else the caller's process), 1 trains in
+    # the caller's process. One process keeps 2 cores only 1.4 busy.
     training_processes: NonNegativeInt = 0
 
 

@@ -256,6 +256,18 @@ def test_groups_trained_in_worker_processes_equal_groups_trained_here() -> None:
     assert sorted(report.epochs) == [1, 1, 1, 2, 2, 2]
 
 
+def test_lanes_are_used_only_when_each_trains_two_groups_unless_set() -> None:
+    """A worker's start (TensorFlow, the compile) costs seconds that one group does not win back."""
+    from anomaly_pipelines.core.models.lstm_workers import lanes_for
+    from anomaly_pipelines.core.processes import usable_cores
+
+    cores = usable_cores()
+    assert lanes_for(2 * cores - 1, LSTMConfig()) == 1
+    assert lanes_for(2 * cores, LSTMConfig()) == cores
+    assert lanes_for(2, LSTMConfig(training_processes=2)) == 2
+    assert lanes_for(5, LSTMConfig(training_processes=1)) == 1
+
+
 def test_a_failing_training_worker_says_why_and_stops_the_others() -> None:
     from anomaly_pipelines.core.models.lstm_workers import train_groups
 

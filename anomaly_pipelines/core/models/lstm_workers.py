@@ -50,9 +50,19 @@ class TrainingReport(Protocol):
 
 def lanes_for(groups: int, config: LSTMConfig) -> int:
     """How many worker processes train ``groups`` groups: ``config.training_processes``, or
-    with 0 one per usable core, never more than there are groups; 1 trains in this process."""
+    with 0 one per usable core, never more than there are groups; 1 trains in this process.
+
+    With 0, lanes are used only when each would train at least two groups: a worker's start
+    (importing TensorFlow, compiling the training) costs about 6 s, which a single group per
+    lane does not win back. A celery worker's cohort step of 50 customers (two groups) ran
+    115.7 s for 200 customers in lanes against 93.6 s in its own process on one core
+    (``docs/performance.md`` §4); 200 customers in eight groups, 30.3 s in lanes against
+    38.7 s in one process."""
     wanted = config.training_processes or usable_cores()
-    return max(1, min(wanted, groups))
+    lanes = max(1, min(wanted, groups))
+    if not config.training_processes and groups < 2 * lanes:
+        return 1
+    return lanes
 
 
 def train_groups(
