@@ -695,11 +695,14 @@ def fit_detectors(
 
     # Thresholds come from the training part's own scores, series by series: online ones, and
     # for hindsight scoring the window models' own (the models score the windows once).
-    lstm_errors = {
-        cid: errors for fit in fitted.autoencoders for cid, errors in zip(fit.customer_ids, fit.scored or [], strict=False)
-    }
+    lstm_errors: dict[str, np.ndarray] = {}
+    for fit in fitted.autoencoders:
+        if fit.scored is not None:
+            lstm_errors.update(zip(fit.customer_ids, fit.scored, strict=True))
+            fit.scored = None  # kept in fit_scores below; the model would carry it into every pickle
     scored = _window_scored([s for s, _ in calibrated.values()], fitted, config, expectations, lstm_errors)
-    fitted.fit_scores = {cid: (_scoring_key(calibrated[cid][0], config), raw) for cid, raw in scored.items()}
+    settings = _settings_digest(config)
+    fitted.fit_scores = {cid: (_scoring_key(calibrated[cid][0], settings), raw) for cid, raw in scored.items()}
     for cid, raw in scored.items():
         series, cal = calibrated[cid]
         cal.retrospective_thresholds = _learn_thresholds(cal, _per_step(raw, False), series, config, scoring.MODEL_SIGNALS)
@@ -814,9 +817,15 @@ def _score_windows(
     }
 
 
-def _scoring_key(series: CustomerSeries, config: PipelineConfig) -> bytes:
-    """What ``_window_scored`` depends on besides the model: the series and the settings."""
-    digest = hashlib.blake2b(config.model_dump_json().encode(), digest_size=16)
+def _settings_digest(config: PipelineConfig) -> Any:
+    """The settings' part of ``_scoring_key``, hashed once per call rather than per series."""
+    return hashlib.blake2b(config.model_dump_json().encode(), digest_size=16)
+
+
+def _scoring_key(series: CustomerSeries, settings: Any) -> bytes:
+    """What ``_window_scored`` depends on besides the model: the series and the settings
+    (``_settings_digest``)."""
+    digest = settings.copy()
     for part in (series.timestamps.asi8, series.values, series.filled, series.declared_normal):
         if part is not None:
             digest.update(np.ascontiguousarray(part).tobytes())
@@ -852,9 +861,10 @@ def score_series(
     fitted.check_settings(config)
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
     raw: dict[str, dict[str, Any]] = {}
+    settings = _settings_digest(config) if fitted.fit_scores else None
     for series in known:
         key, scores = fitted.fit_scores.get(series.customer_id, (b"", None))
-        if scores is not None and key == _scoring_key(series, config):
+        if scores is not None and settings is not None and key == _scoring_key(series, settings):
             raw[series.customer_id] = scores
     raw.update(_window_scored([s for s in known if s.customer_id not in raw], fitted, config))
     items = [(s, 0, _per_step(raw[s.customer_id], online)) for s in known]

@@ -360,11 +360,10 @@ def train_autoencoders(
     config: LSTMConfig,
     seed: int,
     on_epoch: EpochCallback | None = None,
-    score: list[np.ndarray] | None = None,
 ) -> AutoencoderFit:
     """Train one autoencoder per customer on its (already scaled) training windows (see
     ``train_weights``)."""
-    trained = train_weights(customer_ids, windows, config, seed, on_epoch, score)
+    trained = train_weights(customer_ids, windows, config, seed, on_epoch)
     return trained.fit(customer_ids, windows[0].shape[1], config.units, seed)
 
 

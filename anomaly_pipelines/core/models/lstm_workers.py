@@ -72,11 +72,12 @@ def train_groups(
     lanes = lanes_for(len(groups), config)
     if lanes == 1:
         fits = []
-        for ids, windows, inputs in groups:
+        for group in groups:
+            ids, windows, _ = group
             if report is not None:
                 report.start_cohort(len(ids))
-            epoch = report.epoch if report else None
-            fits.append(lstm.train_autoencoders(ids, windows, config, seed, epoch, _all_windows(inputs, windows)))
+            trained = _train_group(group, config, seed, report.epoch if report else None)
+            fits.append(trained.fit(ids, windows[0].shape[1], config.units, seed))
             if report is not None:
                 report.end_cohort(len(ids))
         return fits
@@ -182,28 +183,21 @@ def _relay(line: str, report: TrainingReport | None, lock: threading.Lock) -> No
             report.end_cohort(int(values[0]))
 
 
-def _all_windows(inputs: list[np.ndarray] | None, windows: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Every window of each model input (sent as the series, not its windows: window-times
-    smaller)."""
-    return None if inputs is None else [sliding_windows(x, windows[0].shape[1]) for x in inputs]
+def _train_group(group: Group, config: LSTMConfig, seed: int, on_epoch: lstm.EpochCallback | None) -> lstm.TrainedWeights:
+    """One group's training, here or in a worker. The inputs to score come as series, not
+    their windows (window-times smaller to send), and become every window here."""
+    ids, windows, inputs = group
+    score = None if inputs is None else [sliding_windows(x, windows[0].shape[1]) for x in inputs]
+    return lstm.train_weights(ids, windows, config, seed, on_epoch, score)
 
 
 def _train_lane(job: Path, result: Path, say: Callable[[str], None]) -> None:
     groups, config, seed = pickle.loads(job.read_bytes())
     trained: list[lstm.TrainedWeights] = []
-    for ids, windows, inputs in groups:
-        say(f"start {len(ids)}")
-        trained.append(
-            lstm.train_weights(
-                ids,
-                windows,
-                config,
-                seed,
-                lambda e, n, loss, val: say(f"epoch {e} {n} {loss!r} {val!r}"),
-                _all_windows(inputs, windows),
-            )
-        )
-        say(f"end {len(ids)}")
+    for group in groups:
+        say(f"start {len(group[0])}")
+        trained.append(_train_group(group, config, seed, lambda e, n, loss, val: say(f"epoch {e} {n} {loss!r} {val!r}")))
+        say(f"end {len(group[0])}")
     result.write_bytes(pickle.dumps(trained, protocol=pickle.HIGHEST_PROTOCOL))
 
 
