@@ -1011,7 +1011,7 @@ def _score_block(
     # models' votes are capped to nothing online and the decrease is not confirmed.
     normalised["residual"] = np.where(moved, 0.0, normalised["residual"])
     alone = {"residual": hybrid.residual_alone, "lstm": hybrid.lstm_alone}
-    uncapped = {name: normalised[name] for name in alone}
+    uncapped = dict(normalised)
     if online and hybrid.window_gate > 0:
         # A window ending on a step is judged on its whole shape, so an incident echoes through
         # the windows after it: online, a window model's vote at a step is capped by how far the
@@ -1036,6 +1036,8 @@ def _score_block(
             for name, multiple in alone.items()
             if multiple > 0
         }
+        if "residual" in votes:
+            votes["residual"] = _supported(votes["residual"], uncapped, config)
         if "residual" in votes and hybrid.peak_ratio > 0:
             past_peak = _past_peak(sig["residual"], score, votes, frequency, quiet, config)
         for vote in votes.values():
@@ -1074,6 +1076,18 @@ def _score_block(
             **{name: values[row] for name, values in columns.items()},
         }
     return out
+
+
+def _supported(vote: np.ndarray, normalised: dict[str, np.ndarray], config: PipelineConfig) -> np.ndarray:
+    """The residual's lone vote where a window model backs it (``hybrid.residual_alone_support``
+    of its threshold, before the window gate), else nothing; unchanged when no window model has
+    a positive weight."""
+    support = config.hybrid.residual_alone_support
+    models = [name for name in scoring.MODEL_SIGNALS if config.hybrid.weights.get(name, 1.0) > 0]
+    if support <= 0 or not models:
+        return vote
+    backing = np.max(np.stack([np.nan_to_num(normalised[name], nan=0.0) for name in models]), axis=0)
+    return np.where(backing >= support, vote, 0.0)
 
 
 def _past_peak(

@@ -41,6 +41,7 @@ LIVE = frozenset(
         "hybrid.decision_threshold",
         "decrease_rule.confirm_z",
         "hybrid.lstm_alone",
+        "hybrid.residual_alone_support",
         "hybrid.quiet_windows",
         "hybrid.quiet_period",
         "hybrid.peak_ratio",

@@ -113,6 +113,48 @@ def test_on_sub_daily_series_the_lstm_alerts_alone_at_lstm_alone_times_its_thres
     assert (alone["hybrid_score"].to_numpy()[~below] > never["hybrid_score"].to_numpy()[~below]).all()
 
 
+def test_on_sub_daily_series_the_residual_alone_needs_a_window_models_backing() -> None:
+    """``hybrid.residual_alone_support``: raising it only takes away flags, and only at steps
+    where no window model scores the window ending there at that share of its threshold; the
+    hybrid score changes nowhere else."""
+    from anomaly_pipelines.core import scoring
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    rng = np.random.default_rng(8)
+    ts = pd.date_range("2024-03-01", periods=288 * 4, freq="5min", tz="UTC")
+    values = 50 + 20 * np.sin(2 * np.pi * np.arange(len(ts)) / 288) + rng.standard_t(3, len(ts))
+    values[900:906] += 40  # an incident the window models see too
+    values[[960, 1010, 1060, 1110]] += np.array([14.0, 16.0, 18.0, 20.0])  # single odd steps
+    config = PipelineConfig().merged(FAST)
+    series = regularize(pd.DataFrame({"customer_id": "api", "timestamp": ts, "cost": values}))
+    fitted = fit_detectors(series, config)
+    cal = fitted.calibrations["api"]
+
+    def scored(support: float) -> pd.DataFrame:
+        return score_series(series, fitted, config.merged({"hybrid": {"residual_alone_support": support}}), online=True)
+
+    free = scored(0.0)
+    columns = {"lstm": "lstm_error", "isolation_forest": "isolation_forest_score", "local_outlier_factor": "local_outlier_factor_score"}
+    backing = np.max(
+        [np.nan_to_num(scoring.normalise(free[col].to_numpy(), *cal.thresholds[name]), nan=0.0) for name, col in columns.items()],
+        axis=0,
+    )
+    was = (free["is_anomaly"] | free["is_repeat"]).to_numpy()
+    lone = was & (free["reasons"] == "residual").to_numpy()
+    assert lone.sum() >= 2, free.loc[was, ["residual_score", "reasons"]]
+    support = float(np.median(backing[lone]))
+    strict = scored(support)
+    now = (strict["is_anomaly"] | strict["is_repeat"]).to_numpy()
+    assert not (now & ~was).any()
+    lost = was & ~now
+    assert lost.any() and (backing[lost] < support).all()
+    changed = ~np.isclose(strict["hybrid_score"].to_numpy(), free["hybrid_score"].to_numpy())
+    assert (backing[changed] < support).all()
+    assert now[900:906].any()
+
+
 def test_constant_and_zero_series_do_not_crash() -> None:
     ts = pd.date_range("2024-01-01", periods=100, freq="D", tz="UTC")
     usage = pd.concat(
