@@ -1037,7 +1037,7 @@ def _score_block(
             if multiple > 0
         }
         if "residual" in votes:
-            votes["residual"] = _supported(votes["residual"], uncapped, config)
+            votes["residual"] = _supported(votes["residual"], uncapped, sig, config)
         if "residual" in votes and hybrid.peak_ratio > 0:
             past_peak = _past_peak(sig["residual"], score, votes, frequency, quiet, config)
         for vote in votes.values():
@@ -1078,16 +1078,20 @@ def _score_block(
     return out
 
 
-def _supported(vote: np.ndarray, normalised: dict[str, np.ndarray], config: PipelineConfig) -> np.ndarray:
+def _supported(
+    vote: np.ndarray, normalised: dict[str, np.ndarray], raw: dict[str, np.ndarray], config: PipelineConfig
+) -> np.ndarray:
     """The residual's lone vote where a window model backs it (``hybrid.residual_alone_support``
-    of its threshold, before the window gate), else nothing; unchanged when no window model has
-    a positive weight."""
+    of its threshold, before the window gate), else nothing. Where no window model of positive
+    weight has a score (none configured, or no whole window yet) the vote stands: no model is
+    no evidence against it."""
     support = config.hybrid.residual_alone_support
     models = [name for name in scoring.MODEL_SIGNALS if config.hybrid.weights.get(name, 1.0) > 0]
     if support <= 0 or not models:
         return vote
-    backing = np.max(np.stack([np.nan_to_num(normalised[name], nan=0.0) for name in models]), axis=0)
-    return np.where(backing >= support, vote, 0.0)
+    backing = np.max(np.stack([normalised[name] for name in models]), axis=0)
+    scored = np.any(np.stack([~np.isnan(raw[name]) for name in models]), axis=0)
+    return np.where((backing >= support) | ~scored, vote, 0.0)
 
 
 def _past_peak(

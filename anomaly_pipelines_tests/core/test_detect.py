@@ -155,6 +155,21 @@ def test_on_sub_daily_series_the_residual_alone_needs_a_window_models_backing() 
     assert now[900:906].any()
 
 
+def test_a_step_no_window_model_has_scored_keeps_the_residuals_lone_vote() -> None:
+    """No model score (no whole window yet, or every model weighted 0) is no evidence against
+    the residual; a score below the backing is."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import _supported
+
+    vote = np.array([1.5, 1.5, 1.5])
+    normalised = {"lstm": np.array([0.1, 0.5, 0.0]), "isolation_forest": np.zeros(3), "local_outlier_factor": np.zeros(3)}
+    raw = {name: np.array([1.0, 1.0, np.nan]) for name in normalised}
+    config = PipelineConfig()
+    np.testing.assert_array_equal(_supported(vote, normalised, raw, config), [0.0, 1.5, 1.5])
+    silent = config.merged({"hybrid": {"weights": {"lstm": 0.0, "isolation_forest": 0.0, "local_outlier_factor": 0.0}}})
+    np.testing.assert_array_equal(_supported(vote, normalised, raw, silent), vote)
+
+
 def test_constant_and_zero_series_do_not_crash() -> None:
     ts = pd.date_range("2024-01-01", periods=100, freq="D", tz="UTC")
     usage = pd.concat(
