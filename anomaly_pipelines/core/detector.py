@@ -1079,7 +1079,7 @@ def _score_block(
 
 
 def _supported(
-    vote: np.ndarray, normalised: dict[str, np.ndarray], raw: dict[str, np.ndarray], config: PipelineConfig
+    vote: np.ndarray, normalised: dict[str, np.ndarray], signals: dict[str, np.ndarray], config: PipelineConfig
 ) -> np.ndarray:
     """The residual's lone vote where a window model backs it (``hybrid.residual_alone_support``
     of its threshold, before the window gate), else nothing. Where no window model of positive
@@ -1090,7 +1090,7 @@ def _supported(
     if support <= 0 or not models:
         return vote
     backing = np.max(np.stack([normalised[name] for name in models]), axis=0)
-    scored = np.any(np.stack([~np.isnan(raw[name]) for name in models]), axis=0)
+    scored = np.any(np.stack([~np.isnan(signals[name]) for name in models]), axis=0)
     return np.where((backing >= support) | ~scored, vote, 0.0)
 
 
