@@ -81,7 +81,8 @@ def regularize(
 
     Duplicate timestamps are summed (costs of the same day add up); off-grid timestamps are
     floored to the inferred grid, or rounded to its nearest point for a jittered clock (see
-    ``_common_steps``). Gaps inside a series are filled by ``gap_policy``. The work is
+    ``_common_steps``). Distinct timestamps sharing an inferred sub-daily step are averaged
+    (samples of a slipping clock, see below). Gaps inside a series are filled by ``gap_policy``. The work is
     vectorised over all customers (one sort, one grouped sum, one fill and one timestamp index
     for all of them, laid end to end), since the daily run regularises thousands of customers
     at once. Timestamps in a time zone other than UTC keep it: a series
@@ -133,6 +134,15 @@ def regularize(
     half = np.where(jittered[code], step // 2, 0)
     grid = origin[code] + ((ts - origin[code] + half) // step) * step
     g_code, g_ts, summed = _sum_steps(code, grid, cost)
+    if config.frequency is None:
+        # A sub-daily step inferred from the data is the series' own sampling interval: where
+        # a clock drifts, several samples at different times land in one step. Their sum would
+        # double that step against its neighbours (a spike in every such step, and residual
+        # thresholds inflated by them), so they are averaged. Rows at one timestamp are still
+        # added up (line items of the same period), and so are a day's or longer step's rows.
+        sampled = (freq < _DAY_NS)[g_code]
+        if sampled.any():
+            summed = summed / _samples_per_step(code, grid, ts, sampled)
     # Rows are in time order within a customer, so its last step is its last grid point.
     last = g_ts[np.r_[np.flatnonzero(g_code[1:] != g_code[:-1]), len(g_code) - 1]]
     lengths = (last - origin) // freq + 1
@@ -189,6 +199,14 @@ def _sum_steps(
     start = np.r_[True, (code[1:] != code[:-1]) | (grid[1:] != grid[:-1])]
     summed = pd.Series(cost).groupby(np.cumsum(start) - 1, sort=True).sum(min_count=1)
     return code[start], grid[start], summed.to_numpy()
+
+
+def _samples_per_step(code: np.ndarray, grid: np.ndarray, ts: np.ndarray, sampled: np.ndarray) -> np.ndarray:
+    """Distinct timestamps in each occupied step (of rows sorted as for ``_sum_steps``); 1 for
+    steps not ``sampled``."""
+    step_start = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (grid[1:] != grid[:-1])])
+    new_time = np.r_[True, (code[1:] != code[:-1]) | (ts[1:] != ts[:-1])].astype(np.int64)
+    return np.where(sampled, np.add.reduceat(new_time, step_start), 1)
 
 
 def _fill_segments(values: np.ndarray, offsets: np.ndarray, policy: str) -> np.ndarray:

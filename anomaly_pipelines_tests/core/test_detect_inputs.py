@@ -138,6 +138,29 @@ def test_a_jittered_clock_gets_a_row_for_every_input_timestamp_and_its_spike_fou
     assert flagged.size and set(flagged) <= set(range(1500, 1530)), flagged
 
 
+def test_a_drifting_clock_averages_the_samples_sharing_a_step_and_finds_only_its_surge() -> None:
+    """A 5-minute gauge (a road sensor, say) whose clock slips after one gap in ten, so now and
+    then two samples fall in one step. Summed, each such step would be a spike twice the level:
+    false alarms, and residual thresholds inflated until the real surge went unseen. Averaged,
+    the step holds the level its samples share."""
+    rng = np.random.default_rng(3)
+    samples = 1600
+    gaps = np.where(rng.random(samples) < 0.1, rng.integers(1, 15, size=samples), 5)
+    ts = pd.Timestamp("2024-02-01 00:02") + pd.to_timedelta(np.cumsum(gaps), unit="min")
+    day = (ts - ts[0]) / pd.Timedelta(days=1)
+    value = np.asarray(40 + 8 * np.sin(2 * np.pi * day) + rng.normal(0, 1.0, samples), dtype=float)
+    value[1500:1506] += 40
+    usage = pd.DataFrame({"customer_id": "sensor", "timestamp": ts, "cost": value})
+    series = regularize(usage, PreprocessConfig())[0]
+    shared = pd.DatetimeIndex(ts).floor("5min").duplicated(keep=False)
+    assert shared.sum() > 20  # the case this test is about
+    assert np.nanmax(series.values) < 95  # no step holds the sum of two samples
+    scores = detect(usage, FAST, online=True)
+    merged = usage.merge(scores, on=["customer_id", "timestamp"], how="left", validate="one_to_one")
+    flagged = np.flatnonzero(merged["is_anomaly"].to_numpy(dtype=bool))
+    assert flagged.size and flagged[0] == 1500 and set(flagged) <= set(range(1500, 1530)), flagged
+
+
 def test_a_late_sample_of_a_regular_clock_keeps_the_scores_of_its_own_step() -> None:
     """Most samples on a 5-minute grid, every tenth three minutes late: the late one is floored
     to its own step (not the next, which holds the following sample), and comes back with it."""

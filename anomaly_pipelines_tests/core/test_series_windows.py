@@ -46,6 +46,28 @@ def test_duplicates_on_one_step_are_summed_and_customers_split() -> None:
     assert series["b"].values.tolist() == [7.0]
 
 
+def test_samples_sharing_a_sub_daily_step_are_averaged_and_a_days_rows_summed() -> None:
+    """Two readings of a 5-minute gauge in one step (its clock slipped) are one reading of the
+    step; two charges in one day, at any time of it, add up; so do the rows of one timestamp,
+    and every step when the user set the frequency (resampling to it)."""
+    gauge = _frame(
+        "g",
+        ["2024-01-01 00:00", "2024-01-01 00:05", "2024-01-01 00:10", "2024-01-01 00:12",
+         "2024-01-01 00:15", "2024-01-01 00:15", "2024-01-01 00:20"],
+        [10.0, 12.0, 11.0, 13.0, 4.0, 5.0, 10.0],
+    )
+    days = _frame(
+        "d",
+        ["2024-01-01 00:00", "2024-01-02 00:00", "2024-01-02 15:00", "2024-01-03 00:00", "2024-01-04 00:00"],
+        [5.0, 6.0, 1.0, 7.0, 8.0],
+    )
+    series = {s.customer_id: s for s in regularize(pd.concat([gauge, days]))}
+    assert series["g"].values.tolist() == [10.0, 12.0, 12.0, 9.0, 10.0]
+    assert series["d"].values.tolist() == [5.0, 7.0, 7.0, 8.0]
+    resampled = regularize(gauge, PreprocessConfig(frequency="10min"))[0]
+    assert resampled.values.tolist() == [22.0, 33.0, 10.0]
+
+
 def _messy_usage(seed: int, zone: str | None) -> pd.DataFrame:
     """Customers of daily, hourly, 5-minute and weekly steps with missing steps, off-grid and
     duplicate timestamps and missing costs, rows shuffled. Costs are quarters, so duplicates
