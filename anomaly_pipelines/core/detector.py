@@ -1046,6 +1046,8 @@ def _score_block(
     train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
     flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved
     repeat = scoring.repeats(flagged, quiet) | (flagged & past_peak)
+    if hybrid.escalation > 0:
+        repeat &= ~_escalated(flagged, sig["residual"], quiet, hybrid.escalation)
     lstm_threshold = np.array([c.lstm_notebook_threshold for c in cals])
     columns = {
         "expected_cost": sig["expected"],
@@ -1092,6 +1094,15 @@ def _supported(
     backing = np.max(np.stack([normalised[name] for name in models]), axis=0)
     scored = np.any(np.stack([~np.isnan(signals[name]) for name in models]), axis=0)
     return np.where((backing >= support) | ~scored, vote, 0.0)
+
+
+def _escalated(flagged: np.ndarray, residual: np.ndarray, quiet: int, factor: float) -> np.ndarray:
+    """Flagged steps whose residual is at least ``factor`` times the largest residual of the
+    flags in the ``quiet`` steps before them: an incident far beyond the alarm that opened the
+    quiet period (a blip on a flat series, then an outage) is news, not a repeat of it."""
+    residual = np.nan_to_num(residual, nan=0.0)
+    reference = scoring.preceding_peak(np.where(flagged, residual, 0.0), quiet)
+    return flagged & (reference > 0) & (residual >= factor * reference)
 
 
 def _past_peak(

@@ -46,6 +46,7 @@ LIVE = frozenset(
         "hybrid.quiet_period",
         "hybrid.peak_ratio",
         "hybrid.peak_window",
+        "hybrid.escalation",
         "hybrid.portfolio_move_share",
         "hybrid.portfolio_move_z",
         "hybrid.portfolio_move_min_series",

@@ -689,6 +689,38 @@ def test_the_way_down_from_a_sub_daily_peak_is_a_repeat_and_the_daily_run_agrees
         assert row["hybrid_score"] == pytest.approx(day["hybrid_score"], rel=2e-3, abs=1e-9), step
 
 
+def test_an_incident_far_beyond_the_alarm_before_it_is_news_not_a_repeat() -> None:
+    """Hourly: a modest spike raises an alarm; six hours later, inside its quiet period, an
+    outage-sized surge. Reported as a repeat of the first, the surge would reach nobody; at
+    ``escalation`` times the earlier alarm's residual it is a new anomaly, and the daily run
+    says so too. Window models are given no vote, so both flags are the residual's."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    rng = np.random.default_rng(6)
+    ts = pd.date_range("2024-01-01", periods=24 * 30, freq="h", tz="UTC")
+    daily = 100 + 30 * np.sin(2 * np.pi * ts.hour.to_numpy() / 24)
+    cost = daily * (1 + rng.normal(0, 0.02, len(ts)))
+    small, surge = len(ts) - 40, len(ts) - 34
+    cost[small] = daily[small] * 1.5
+    cost[surge] = daily[surge] * 6.0
+    series = regularize(pd.DataFrame({"customer_id": "h", "timestamp": ts, "cost": cost}))
+    silent = {"lstm": 0.0, "isolation_forest": 0.0, "local_outlier_factor": 0.0}
+    config = PipelineConfig().merged({"lstm": {"epochs": 1}, "hybrid": {"weights": silent, "lstm_alone": 0}})
+    fitted = fit_detectors(series, config)
+    online = score_series(series, fitted, config, online=True)
+    assert online["is_anomaly"].iloc[small] and online["is_anomaly"].iloc[surge]
+    ratio = online["residual_score"].iloc[surge] / online["residual_score"].iloc[small]
+    assert ratio >= config.hybrid.escalation
+    off = score_series(series, fitted, config.merged({"hybrid": {"escalation": 0}}), online=True)
+    assert off["is_repeat"].iloc[surge] and not off["is_anomaly"].iloc[surge]
+    s = series[0]
+    cut = [CustomerSeries(s.customer_id, s.timestamps[: surge + 1], s.values[: surge + 1], s.filled[: surge + 1], s.frequency)]
+    day = score_latest(cut, fitted, config).iloc[0]
+    assert day["is_anomaly"] and not day["is_repeat"]
+
+
 def _half_hourly_rides(weeks: int, weekly: bool, seed: int) -> pd.DataFrame:
     """Half-hourly demand with a rush-hour day; with ``weekly``, weekends have their own shape."""
     rng = np.random.default_rng(seed)
