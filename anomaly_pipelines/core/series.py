@@ -82,10 +82,10 @@ def regularize(
     Duplicate timestamps are summed (costs of the same day add up); off-grid timestamps are
     floored to the inferred grid, or rounded to its nearest point for a jittered clock (see
     ``_common_steps``). Distinct timestamps sharing an inferred sub-daily step are averaged
-    (samples of a slipping clock, see below). Gaps inside a series are filled by ``gap_policy``. The work is
-    vectorised over all customers (one sort, one grouped sum, one fill and one timestamp index
-    for all of them, laid end to end), since the daily run regularises thousands of customers
-    at once. Timestamps in a time zone other than UTC keep it: a series
+    (samples of a slipping clock, see below). Gaps inside a series are filled by
+    ``gap_policy``. The work is vectorised over all customers (one sort, one grouped sum, one
+    fill and one timestamp index for all of them, laid end to end), since the daily run
+    regularises thousands of customers at once. Timestamps in a time zone other than UTC keep it: a series
     whose step is whole days is a series of calendar days in that zone (a DST day has 23 or 25
     hours), and its timestamps are those days' starts as in the input.
     """
