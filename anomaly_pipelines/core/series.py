@@ -85,9 +85,9 @@ def regularize(
     (samples of a slipping clock, see below). Gaps inside a series are filled by
     ``gap_policy``. The work is vectorised over all customers (one sort, one grouped sum, one
     fill and one timestamp index for all of them, laid end to end), since the daily run
-    regularises thousands of customers at once. Timestamps in a time zone other than UTC keep it: a series
-    whose step is whole days is a series of calendar days in that zone (a DST day has 23 or 25
-    hours), and its timestamps are those days' starts as in the input.
+    regularises thousands of customers at once. Timestamps in a time zone other than UTC keep
+    it: a series whose step is whole days is a series of calendar days in that zone (a DST day
+    has 23 or 25 hours), and its timestamps are those days' starts as in the input.
     """
     config = config or PreprocessConfig()
     if frame.empty:
@@ -133,16 +133,14 @@ def regularize(
     # early would land on the step before and leave its own step a gap.
     half = np.where(jittered[code], step // 2, 0)
     grid = origin[code] + ((ts - origin[code] + half) // step) * step
-    g_code, g_ts, summed = _sum_steps(code, grid, cost)
+    g_code, g_ts, summed, samples = _sum_steps(code, grid, ts, cost)
     if config.frequency is None:
         # A sub-daily step inferred from the data is the series' own sampling interval: where
         # a clock drifts, several samples at different times land in one step. Their sum would
         # double that step against its neighbours (a spike in every such step, and residual
         # thresholds inflated by them), so they are averaged. Rows at one timestamp are still
         # added up (line items of the same period), and so are a day's or longer step's rows.
-        sampled = (freq < _DAY_NS)[g_code]
-        if sampled.any():
-            summed = summed / _samples_per_step(code, grid, ts, sampled)
+        summed = np.where((freq < _DAY_NS)[g_code], summed / samples, summed)
     # Rows are in time order within a customer, so its last step is its last grid point.
     last = g_ts[np.r_[np.flatnonzero(g_code[1:] != g_code[:-1]), len(g_code) - 1]]
     lengths = (last - origin) // freq + 1
@@ -190,23 +188,17 @@ def _customer_codes(customer_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _sum_steps(
-    code: np.ndarray, grid: np.ndarray, cost: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer, grid point, summed cost) of each occupied step, from rows sorted by customer
-    and grid point. Grouped by one running step number rather than by the (customer, grid
-    point) pair: the groups, their order and so pandas' way of summing them are the same,
-    without hashing two keys of every row."""
+    code: np.ndarray, grid: np.ndarray, ts: np.ndarray, cost: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(customer, grid point, summed cost, distinct timestamps) of each occupied step, from
+    rows sorted by customer and time. Grouped by one running step number rather than by the
+    (customer, grid point) pair: the groups, their order and so pandas' way of summing them
+    are the same, without hashing two keys of every row."""
     start = np.r_[True, (code[1:] != code[:-1]) | (grid[1:] != grid[:-1])]
     summed = pd.Series(cost).groupby(np.cumsum(start) - 1, sort=True).sum(min_count=1)
-    return code[start], grid[start], summed.to_numpy()
-
-
-def _samples_per_step(code: np.ndarray, grid: np.ndarray, ts: np.ndarray, sampled: np.ndarray) -> np.ndarray:
-    """Distinct timestamps in each occupied step (of rows sorted as for ``_sum_steps``); 1 for
-    steps not ``sampled``."""
-    step_start = np.flatnonzero(np.r_[True, (code[1:] != code[:-1]) | (grid[1:] != grid[:-1])])
     new_time = np.r_[True, (code[1:] != code[:-1]) | (ts[1:] != ts[:-1])].astype(np.int64)
-    return np.where(sampled, np.add.reduceat(new_time, step_start), 1)
+    samples = np.add.reduceat(new_time, np.flatnonzero(start))
+    return code[start], grid[start], summed.to_numpy(), samples
 
 
 def _fill_segments(values: np.ndarray, offsets: np.ndarray, policy: str) -> np.ndarray:
