@@ -393,7 +393,20 @@ class HybridConfig(_Section):
     # -> 0.477 (three incidents), nothing else changed; 2.5 did the same, 2 added false alarms
     # on tweets, portfolio and synthetic, 4 and up kept fewer incidents.
     escalation: float = Field(default=3.0, ge=0)
-    _check_durations = field_validator("quiet_period", "peak_window")(_duration_text)
+    # Sub-daily series: once a lasting shift has settled, at least ``shift_share`` of the
+    # ``shift_span`` before a step (at least 12 steps) beyond ``shift_z`` spreads the same way
+    # and scattered no wider than ``shift_noise`` spreads, the step is measured from the new
+    # level too and the nearer of the two counts (``scoring.settled_shift``; "0h" turns it off).
+    # The window models see the same deviations. A 5-minute metric stepping up for good was
+    # flagged for 580 steps (two days, until the seasonal history learned the level), each step
+    # past a labelled window a false alarm; now for the 6 hours it takes to settle. Cloud
+    # Monitoring NAB 33.5 -> 34.4 and event F1 0.477 -> 0.485, tweets NAB 63.1 -> 63.6, the
+    # rest unchanged.
+    shift_span: str = "6h"
+    shift_z: float = Field(default=2.0, gt=0)
+    shift_share: float = Field(default=0.9, gt=0, le=1)
+    shift_noise: float = Field(default=2.0, gt=0)
+    _check_durations = field_validator("quiet_period", "peak_window", "shift_span")(_duration_text)
     # Each normalised signal counts at most this much in that mean, so no detector alerts alone:
     # with 2.0 a second signal must reach at least half its own threshold. Without the cap, one
     # over-confident window model raised most of the false alarms on cloud metrics.

@@ -279,8 +279,20 @@ def _model_input(
     notebook's scaled raw values (``windows.representation: scaled``)."""
     if config.windows.representation == "scaled":
         return cal.scaler.transform(series.values)
-    expected, spread = expectation or _expectation(series, cal, config)
-    return np.clip((series.values - expected) / spread, -50.0, 50.0)
+    return np.clip(_standardised(series, expectation or _expectation(series, cal, config), config), -50.0, 50.0)
+
+
+def _standardised(series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], config: PipelineConfig) -> np.ndarray:
+    """Each step's deviation from its expectation in spreads; on sub-daily series, from a
+    settled lasting shift's new level where that is nearer (``scoring.settled_shift``)."""
+    expected, spread = expectation
+    z = (series.values - expected) / spread
+    hybrid = config.hybrid
+    if series.frequency < pd.Timedelta(days=1) and pd.Timedelta(hybrid.shift_span) > pd.Timedelta(0):
+        # A median and quartiles of fewer than a dozen steps say little about a new level.
+        span = max(int(pd.Timedelta(hybrid.shift_span) / series.frequency), 12)
+        z = scoring.settled_shift(series.values, z, spread, span, hybrid.shift_z, hybrid.shift_share, hybrid.shift_noise)
+    return z
 
 
 def _warmup(cal: Calibration) -> int:
@@ -776,18 +788,19 @@ def _window_scored(
     for series in series_list:
         cid = series.customer_id
         out[cid] = {
-            **_point_signals(series, expectations[cid]),
+            **_point_signals(series, expectations[cid], config),
             "windows": window_scores[cid],
             "layout": (len(series), fitted.calibrations[cid].window),
         }
     return out
 
 
-def _point_signals(series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], start: int = 0) -> dict[str, np.ndarray]:
+def _point_signals(
+    series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], config: PipelineConfig, start: int = 0
+) -> dict[str, np.ndarray]:
     """The signals of single steps (from step ``start`` on): expected value, standardised
     residual and the step-over-step change."""
-    expected, spread = _sliced(expectation, start)
-    z = (series.values[start:] - expected) / spread
+    expected, z = expectation[0][start:], _standardised(series, expectation, config)[start:]
     rate = scoring.decrease_rate(series.values[max(start - 1, 0) :])[1 if start else 0 :]
     return {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
 
@@ -892,7 +905,7 @@ def score_latest(
     expectations = _expectations(known, fitted.calibrations, config)
     quiet = {s.customer_id: quiet_steps(s.frequency, fitted.calibrations[s.customer_id].window, config) for s in known}
     starts = {s.customer_id: max(0, len(s) - steps - quiet[s.customer_id]) for s in known}
-    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id])["z"]) for s in known], fitted, config)
+    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id], config)["z"]) for s in known], fitted, config)
     scored = _latest_columns(known, fitted, config, expectations, starts, steps, moves)
     longer = [
         s for s in known
@@ -919,7 +932,7 @@ def _latest_columns(
     run only where they matter: on the newest ``steps``, and where the flag of a step differs
     with the window models' votes at nothing and at their most (the hybrid score only grows
     with each vote)."""
-    points = [(s, starts[s.customer_id], _point_signals(s, expectations[s.customer_id], starts[s.customer_id])) for s in series_list]
+    points = [(s, starts[s.customer_id], _point_signals(s, expectations[s.customer_id], config, starts[s.customer_id])) for s in series_list]
 
     def flagged(vote: float) -> dict[str, np.ndarray]:
         votes = [(s, start, {**sig, **dict.fromkeys(scoring.MODEL_SIGNALS, np.full(len(s) - start, vote))}) for s, start, sig in points]
@@ -935,7 +948,8 @@ def _latest_columns(
         ends[cid] = start + np.flatnonzero(undecided)
         ends[cid] = ends[cid][ends[cid] >= cal.window - 1]
         first = max(0, start - cal.window + 1)
-        x = _model_input(_tail(series, len(series) - first), cal, config, _sliced(expectations[cid], first))
+        # The whole series: a settled shift is judged on the steps before ``first`` too.
+        x = _model_input(series, cal, config, expectations[cid])[first:]
         windows_of[cid] = sliding_windows(x, cal.window)[ends[cid] - cal.window + 1 - first]
     window_scores = _score_windows(fitted, windows_of, {})
     for series, start, sig in points:
@@ -1138,11 +1152,6 @@ def _thresholds(cal: Calibration, online: bool) -> dict[str, tuple[float, float]
     return thresholds
 
 
-def _sliced(expectation: tuple[np.ndarray, np.ndarray], start: int) -> tuple[np.ndarray, np.ndarray]:
-    expected, spread = expectation
-    return expected[start:], spread[start:]
-
-
 def _utc_values(timestamps: pd.DatetimeIndex) -> np.ndarray:
     """Timestamps as naive UTC datetime64 (``_frame`` marks them UTC again). A zoned index's
     integers are UTC already: converting the index (or ``np.asarray`` of it, one Python object
@@ -1171,19 +1180,6 @@ def _frame(parts: list[dict[str, Any]]) -> pd.DataFrame:
     for name in set(SCORE_COLUMNS) - {"customer_id", "timestamp", "reasons", "split", "status", *flags}:
         frame[name] = frame[name].astype(float)
     return frame
-
-
-def _tail(series: CustomerSeries, steps: int) -> CustomerSeries:
-    if len(series) <= steps:
-        return series
-    return CustomerSeries(
-        customer_id=series.customer_id,
-        timestamps=series.timestamps[-steps:],
-        values=series.values[-steps:],
-        filled=series.filled[-steps:],
-        frequency=series.frequency,
-        declared_normal=None if series.declared_normal is None else series.declared_normal[-steps:],
-    )
 
 
 def quiet_steps(frequency: pd.Timedelta, window: int, config: PipelineConfig) -> int:

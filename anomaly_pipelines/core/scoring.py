@@ -147,9 +147,14 @@ def _past_lags(steps: int, min_count: int | None = None) -> tuple[np.ndarray, in
     known: at least ``min_count`` (default: half), so early offsets are not measured against a
     one-value "level". A long cycle (a day of minutes) is summarised by an evenly spaced sample
     of at most MEDIAN_SAMPLE values: the same level for a fraction of the cost."""
-    stride = -(-steps // MEDIAN_SAMPLE)
-    lags = np.arange(1, steps + 1)[::stride]
-    needed = len(lags) // 2 if min_count is None else -(-min_count // stride)
+    if steps <= MEDIAN_SAMPLE:
+        lags = np.arange(1, steps + 1)
+    else:
+        # Evenly spread, not every k-th lag: with every second one, odd and even steps drew on
+        # disjoint halves of the history, and cleaning it could settle into odd steps expecting
+        # the old level and even steps a new one (a 5-minute shift alternated for an hour).
+        lags = np.unique(np.round(np.linspace(1, steps, MEDIAN_SAMPLE)).astype(int))
+    needed = len(lags) // 2 if min_count is None else -(-min_count * len(lags) // steps)
     return lags, max(needed, 1)
 
 
@@ -463,6 +468,33 @@ def preceding_peak(values: np.ndarray, span: int) -> np.ndarray:
         peak = np.maximum(peak, shifted(peak, width))
         width *= 2
     return np.maximum(peak, shifted(peak, span - width))
+
+
+def settled_shift(
+    values: np.ndarray, z: np.ndarray, spread: np.ndarray, span: int, limit: float, share: float, noise: float
+) -> np.ndarray:
+    """``z`` where a lasting shift has settled: measured from the new level as well, and the
+    smaller of the two deviations kept.
+
+    A shift has settled at a step when at least ``share`` of the ``span`` steps before it lay
+    beyond ``limit`` spreads the same way and scattered around their median no wider than
+    ``noise`` spreads (interquartile range / 1.349): a metric that moved to a new plateau and
+    stays there with its usual noise. The seasonal history takes about half its cycles to learn
+    such a level, and every step flagged meanwhile is an alarm about old news. A bursty incident
+    scatters too widely to settle; a step back to the old level stays near its expectation and a
+    spike on the plateau is far from both, so neither is hidden.
+    """
+    if span < 2 or len(values) <= span:
+        return z
+    frame = pd.DataFrame({"x": values, "up": z > limit, "down": z < -limit}, dtype=float)
+    rolling = frame.rolling(span, min_periods=span)
+    before = rolling.mean().shift(1)
+    level = rolling.median()["x"].shift(1).to_numpy()
+    spread_x = (rolling.quantile(0.75)["x"] - rolling.quantile(0.25)["x"]).shift(1).to_numpy() / 1.349
+    with np.errstate(invalid="ignore"):
+        settled = ((before["up"] >= share) | (before["down"] >= share)).to_numpy() & (spread_x <= noise * spread)
+        from_level = (values - level) / spread
+        return np.where(settled & (np.abs(from_level) < np.abs(z)), from_level, z)
 
 
 def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:

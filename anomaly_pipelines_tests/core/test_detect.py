@@ -721,6 +721,40 @@ def test_an_incident_far_beyond_the_alarm_before_it_is_news_not_a_repeat() -> No
     assert day["is_anomaly"] and not day["is_repeat"]
 
 
+def test_a_metric_that_moves_to_a_new_level_for_good_is_news_once_and_the_daily_run_agrees() -> None:
+    """5-minute: a metric steps up for good. The shift is flagged from its first step; once it
+    has settled (``hybrid.shift_span``) the plateau is nothing new, where before it stayed
+    flagged until the seasonal history had learned the level two days later (each of those
+    steps an alarm past any labelled window). The daily run reports every step the same."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    rng = np.random.default_rng(8)
+    n, shift = 288 * 10, 288 * 9
+    ts = pd.date_range("2024-01-01", periods=n, freq="5min", tz="UTC")
+    cost = 20 + 3 * np.sin(2 * np.pi * np.arange(n) / 288) + rng.normal(0, 1.5, n)
+    cost[shift:] += 25
+    series = regularize(pd.DataFrame({"customer_id": "cpu", "timestamp": ts, "cost": cost}))
+    config = PipelineConfig().merged({"lstm": {"epochs": 1}})
+    fitted = fit_detectors(series, config)
+    online = score_series(series, fitted, config, online=True)
+    flagged = np.flatnonzero(online["is_anomaly"].to_numpy())
+    span = int(pd.Timedelta(config.hybrid.shift_span) / pd.Timedelta("5min"))
+    assert flagged.size and flagged[0] == shift
+    assert flagged[-1] < shift + span + 12, flagged[-5:]
+    unsettled = config.merged({"hybrid": {"shift_span": "0h"}})  # the window models see it too
+    off = score_series(series, fit_detectors(series, unsettled), unsettled, online=True)
+    assert np.flatnonzero(off["is_anomaly"].to_numpy())[-1] > shift + 3 * span
+    s = series[0]
+    for step in (shift + 3, shift + span + 6, shift + 200):
+        cut = [CustomerSeries(s.customer_id, s.timestamps[: step + 1], s.values[: step + 1], s.filled[: step + 1], s.frequency)]
+        day = score_latest(cut, fitted, config).iloc[0]
+        row = online.iloc[step]
+        assert (row["is_anomaly"], row["is_repeat"]) == (day["is_anomaly"], day["is_repeat"]), step
+        assert row["hybrid_score"] == pytest.approx(day["hybrid_score"], rel=2e-3, abs=1e-9), step
+
+
 def _half_hourly_rides(weeks: int, weekly: bool, seed: int) -> pd.DataFrame:
     """Half-hourly demand with a rush-hour day; with ``weekly``, weekends have their own shape."""
     rng = np.random.default_rng(seed)

@@ -228,3 +228,41 @@ def test_preceding_peak_is_the_largest_of_the_steps_before() -> None:
             expected[:, t] = np.nanmax(np.nan_to_num(block[:, max(0, t - span) : t], nan=0.0), axis=1)
         np.testing.assert_array_equal(scoring.preceding_peak(block, span), expected, err_msg=str(span))
     assert not scoring.preceding_peak(block, 0).any()
+
+
+def test_a_settled_shift_is_measured_from_its_new_level_and_nothing_else_is() -> None:
+    rng = np.random.default_rng(4)
+    n, at, span = 600, 300, 48
+    values = 10 + rng.normal(0, 1, n)
+    values[at:] += 12  # a plateau with the old noise
+    values[500] += 8  # a spike on the plateau
+    values[560:] = 10 + rng.normal(0, 1, 40)  # and back to the old level
+    expected, spread = np.full(n, 10.0), np.ones(n)
+    z = (values - expected) / spread
+    out = scoring.settled_shift(values, z, spread, span, limit=2.0, share=0.9, noise=2.0)
+    # the shift's first span of steps is news; after it, the plateau is nothing new
+    np.testing.assert_array_equal(out[: at + span - 4], z[: at + span - 4])
+    assert np.abs(out[at + span + 5 : 500]).max() < 4
+    assert out[500] > 6  # the spike stands out from the plateau as well
+    assert np.abs(out[560:]).max() < 4  # a step back to the old level is no surprise either
+    # a burst scattered far wider than the noise is an incident still running, not a new level
+    bursty = 10 + rng.normal(0, 1, n)
+    bursty[at:] += rng.uniform(6, 30, n - at)
+    zb = bursty - 10.0
+    np.testing.assert_array_equal(scoring.settled_shift(bursty, zb, spread, span, 2.0, 0.9, 2.0), zb)
+    # decided by earlier steps only
+    cut = 520
+    np.testing.assert_array_equal(
+        scoring.settled_shift(values[:cut], z[:cut], spread[:cut], span, 2.0, 0.9, 2.0), out[:cut]
+    )
+
+
+def test_sampled_lags_of_a_long_cycle_cover_odd_and_even_steps() -> None:
+    """Every second lag of a 5-minute day left odd and even steps with disjoint histories."""
+    for steps in (288, 576, 2016):
+        lags, needed = scoring._past_lags(steps)
+        assert len(lags) == scoring.MEDIAN_SAMPLE and lags[0] == 1 and lags[-1] == steps
+        assert abs(np.sum(lags % 2) - len(lags) / 2) <= 2
+        assert needed == len(lags) // 2
+    lags, needed = scoring._past_lags(1152, 144)
+    assert needed == 32  # the same share of the sample as of the steps
