@@ -486,13 +486,12 @@ def settled_shift(
     """
     if span < 2 or len(values) <= span:
         return z
-    frame = pd.DataFrame({"x": values, "up": z > limit, "down": z < -limit}, dtype=float)
-    rolling = frame.rolling(span, min_periods=span)
-    before = rolling.mean().shift(1)
-    level = rolling.median()["x"].shift(1).to_numpy()
-    spread_x = (rolling.quantile(0.75)["x"] - rolling.quantile(0.25)["x"]).shift(1).to_numpy() / 1.349
+    beyond = pd.DataFrame({"up": z > limit, "down": z < -limit}, dtype=float).rolling(span).mean().shift(1)
+    recent = pd.Series(values, dtype=float).rolling(span, min_periods=span)
+    level = recent.median().shift(1).to_numpy()
+    scatter = (recent.quantile(0.75) - recent.quantile(0.25)).shift(1).to_numpy() / 1.349
     with np.errstate(invalid="ignore"):
-        settled = ((before["up"] >= share) | (before["down"] >= share)).to_numpy() & (spread_x <= noise * spread)
+        settled = ((beyond["up"] >= share) | (beyond["down"] >= share)).to_numpy() & (scatter <= noise * spread)
         from_level = (values - level) / spread
         return np.where(settled & (np.abs(from_level) < np.abs(z)), from_level, z)
 
