@@ -273,26 +273,34 @@ def _model_input(
     cal: Calibration,
     config: PipelineConfig,
     expectation: tuple[np.ndarray, np.ndarray] | None = None,
+    start: int = 0,
 ) -> np.ndarray:
-    """What the window models see: standardised residuals by default, so growth, seasonality and
-    scale are already removed and a model trained on the past still fits the present; or the
-    notebook's scaled raw values (``windows.representation: scaled``)."""
+    """What the window models see (from step ``start`` on): standardised residuals by default,
+    so growth, seasonality and scale are already removed and a model trained on the past still
+    fits the present; or the notebook's scaled raw values (``windows.representation: scaled``)."""
     if config.windows.representation == "scaled":
-        return cal.scaler.transform(series.values)
-    return np.clip(_standardised(series, expectation or _expectation(series, cal, config), config), -50.0, 50.0)
+        return cal.scaler.transform(series.values[start:])
+    return np.clip(_standardised(series, expectation or _expectation(series, cal, config), config, start), -50.0, 50.0)
 
 
-def _standardised(series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], config: PipelineConfig) -> np.ndarray:
-    """Each step's deviation from its expectation in spreads; on sub-daily series, from a
-    settled lasting shift's new level where that is nearer (``scoring.settled_shift``)."""
-    expected, spread = expectation
-    z = (series.values - expected) / spread
+def _standardised(
+    series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], config: PipelineConfig, start: int = 0
+) -> np.ndarray:
+    """Each step's deviation from its expectation in spreads (from step ``start`` on); on
+    sub-daily series, from a settled lasting shift's new level where that is nearer
+    (``scoring.settled_shift``). Only the shift span before ``start`` is read: the daily run
+    standardises its newest steps, not the whole history again."""
     hybrid = config.hybrid
+    span = 0
     if series.frequency < pd.Timedelta(days=1) and pd.Timedelta(hybrid.shift_span) > pd.Timedelta(0):
         # A median and quartiles of fewer than a dozen steps say little about a new level.
         span = max(int(pd.Timedelta(hybrid.shift_span) / series.frequency), 12)
-        z = scoring.settled_shift(series.values, z, spread, span, hybrid.shift_z, hybrid.shift_share, hybrid.shift_noise)
-    return z
+    first = max(0, start - span)
+    values, (expected, spread) = series.values[first:], (part[first:] for part in expectation)
+    z = (values - expected) / spread
+    if span:
+        z = scoring.settled_shift(values, z, spread, span, hybrid.shift_z, hybrid.shift_share, hybrid.shift_noise)
+    return z[start - first :]
 
 
 def _warmup(cal: Calibration) -> int:
@@ -800,7 +808,7 @@ def _point_signals(
 ) -> dict[str, np.ndarray]:
     """The signals of single steps (from step ``start`` on): expected value, standardised
     residual and the step-over-step change."""
-    expected, z = expectation[0][start:], _standardised(series, expectation, config)[start:]
+    expected, z = expectation[0][start:], _standardised(series, expectation, config, start)
     rate = scoring.decrease_rate(series.values[max(start - 1, 0) :])[1 if start else 0 :]
     return {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
 
@@ -905,7 +913,9 @@ def score_latest(
     expectations = _expectations(known, fitted.calibrations, config)
     quiet = {s.customer_id: quiet_steps(s.frequency, fitted.calibrations[s.customer_id].window, config) for s in known}
     starts = {s.customer_id: max(0, len(s) - steps - quiet[s.customer_id]) for s in known}
-    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id], config)["z"]) for s in known], fitted, config)
+    # Only daily series are counted in portfolio moves: the others' deviations are not needed.
+    daily = [s for s in known if s.frequency >= pd.Timedelta(days=1)]
+    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id], config)["z"]) for s in daily], fitted, config)
     scored = _latest_columns(known, fitted, config, expectations, starts, steps, moves)
     longer = [
         s for s in known
@@ -948,8 +958,7 @@ def _latest_columns(
         ends[cid] = start + np.flatnonzero(undecided)
         ends[cid] = ends[cid][ends[cid] >= cal.window - 1]
         first = max(0, start - cal.window + 1)
-        # The whole series: a settled shift is judged on the steps before ``first`` too.
-        x = _model_input(series, cal, config, expectations[cid])[first:]
+        x = _model_input(series, cal, config, expectations[cid], first)
         windows_of[cid] = sliding_windows(x, cal.window)[ends[cid] - cal.window + 1 - first]
     window_scores = _score_windows(fitted, windows_of, {})
     for series, start, sig in points:
