@@ -1048,6 +1048,10 @@ def _score_block(
     confirmed = (sig["z"] < -config.decrease_rule.confirm_z) & applies & ~moved
     normalised["decrease"] = np.where(confirmed, _decrease_signal(sig["decrease_rate"], config), 0.0)
     score = scoring.hybrid(normalised, {"decrease": 1.0, **hybrid.weights}, hybrid.signal_cap)
+    if config.decrease_rule.alone_residual > 0:
+        # A confirmed drop well on its way to the residual's threshold is news by itself.
+        dropped = (normalised["decrease"] >= 1.0) & (normalised["residual"] >= config.decrease_rule.alone_residual)
+        score = np.where(dropped, np.maximum(score, hybrid.decision_threshold), score)
     quiet = quiet_steps(frequency, cals[0].window, config)
     past_peak = np.zeros(score.shape, dtype=bool)
     if frequency < pd.Timedelta(days=1):

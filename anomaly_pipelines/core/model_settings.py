@@ -40,6 +40,7 @@ LIVE = frozenset(
     {
         "hybrid.decision_threshold",
         "decrease_rule.confirm_z",
+        "decrease_rule.alone_residual",
         "hybrid.lstm_alone",
         "hybrid.residual_alone_support",
         "hybrid.quiet_windows",

@@ -557,6 +557,35 @@ def test_a_drop_votes_only_when_it_is_confirm_z_spreads_below_its_expectation() 
     assert score_at(depth + 0.1) == score_at(100.0)  # as if the rule never voted
 
 
+def test_a_confirmed_drop_most_of_the_way_to_the_residuals_threshold_is_news_by_itself() -> None:
+    """A 40% fall on a noisy daily series sits just short of the residual's threshold: the mean
+    of the residual and the decrease rule misses it; ``decrease_rule.alone_residual`` (read at
+    scoring time) flags it while the step reaches that share of the threshold, and not above."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    rng = np.random.default_rng(9)
+    cost = 100 * (1 + rng.normal(0, 0.08, 240))
+    cost[212] = 0.6 * cost[211]
+    ts = pd.date_range("2024-01-01", periods=240, freq="D", tz="UTC")
+    series = regularize(pd.DataFrame({"customer_id": "dippy", "timestamp": ts, "cost": cost}))
+    config = PipelineConfig().merged(FAST)
+    fitted = fit_detectors(series, config)
+    share = float(score_series(series, fitted, config, online=True)["residual_score"].iloc[212])
+    share /= fitted.calibrations["dippy"].thresholds["residual"][1]
+    assert 0.8 <= share < 1.0, share
+
+    def step(alone_residual: float) -> pd.Series:
+        settings = config.merged({"decrease_rule": {"alone_residual": alone_residual}})
+        return score_series(series, fitted, settings, online=True).iloc[212]
+
+    assert not step(0.0)["is_anomaly"]
+    assert step(share - 0.05)["is_anomaly"] and "decrease" in step(share - 0.05)["reasons"]
+    assert not step(share + 0.05)["is_anomaly"]
+    assert step(share + 0.05)["hybrid_score"] == step(0.0)["hybrid_score"]
+
+
 def test_thresholds_are_learned_without_a_long_training_incident() -> None:
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors
