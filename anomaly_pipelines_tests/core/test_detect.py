@@ -107,6 +107,9 @@ def test_on_sub_daily_series_the_lstm_alerts_alone_at_lstm_alone_times_its_thres
     assert lstm[top] > 0 and not never["is_anomaly"].iloc[top], lstm[top]
     alone = scored(lstm[top])
     assert alone["is_anomaly"].iloc[top] or alone["is_repeat"].iloc[top]
+    # the LSTM is named wherever its lone vote flagged a step, though the window gate caps it
+    assert "lstm" in alone["reasons"].iloc[top]
+    assert "lstm" not in never["reasons"].iloc[top]
     vote = lstm * config.hybrid.decision_threshold / lstm[top]
     below = vote <= never["hybrid_score"].to_numpy()
     np.testing.assert_array_equal(alone["hybrid_score"].to_numpy()[below], never["hybrid_score"].to_numpy()[below])
