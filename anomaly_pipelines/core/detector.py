@@ -1056,7 +1056,7 @@ def _score_block(
     past_peak = np.zeros(score.shape, dtype=bool)
     # Where the LSTM's lone vote reaches the decision, the LSTM is a reason even though the
     # window gate caps its share of the mean.
-    lstm_alone = np.zeros(score.shape, dtype=bool)
+    lstm_decides = np.zeros(score.shape, dtype=bool)
     if frequency < pd.Timedelta(days=1):
         # Sub-daily: thresholds are extreme tail quantiles fitted on thousands of training steps,
         # trustworthy alone far enough out; a daily one (a month's budget is 3% of the days)
@@ -1069,7 +1069,7 @@ def _score_block(
         if "residual" in votes:
             votes["residual"] = _supported(votes["residual"], uncapped, sig, config)
         if "lstm" in votes:
-            lstm_alone = votes["lstm"] >= hybrid.decision_threshold
+            lstm_decides = votes["lstm"] >= hybrid.decision_threshold
         if "residual" in votes and hybrid.peak_ratio > 0:
             past_peak = _past_peak(sig["residual"], score, votes, frequency, quiet, config)
         for vote in votes.values():
@@ -1094,7 +1094,7 @@ def _score_block(
         "decrease_rate": sig["decrease_rate"],
         "decrease_flag": decrease_flag,
         "reasons": scoring.reasons(
-            {k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag, "portfolio_move": moved, "lstm": lstm_alone}
+            {k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag, "portfolio_move": moved, "lstm": lstm_decides}
         ),
         "split": np.where(stamps <= train_end[:, None], "train", "test"),
         "status": np.where(warm, "warmup", "scored"),
