@@ -583,10 +583,11 @@ def test_a_confirmed_drop_most_of_the_way_to_the_residuals_threshold_is_news_by_
         settings = config.merged({"decrease_rule": {"alone_residual": alone_residual}})
         return score_series(series, fitted, settings, online=True).iloc[212]
 
-    assert not step(0.0)["is_anomaly"]
-    assert step(share - 0.05)["is_anomaly"] and "decrease" in step(share - 0.05)["reasons"]
-    assert not step(share + 0.05)["is_anomaly"]
-    assert step(share + 0.05)["hybrid_score"] == step(0.0)["hybrid_score"]
+    never, below, above = step(0.0), step(share - 0.05), step(share + 0.05)
+    assert not never["is_anomaly"]
+    assert below["is_anomaly"] and "decrease" in below["reasons"]
+    assert not above["is_anomaly"]
+    assert above["hybrid_score"] == never["hybrid_score"]
 
 
 def test_thresholds_are_learned_without_a_long_training_incident() -> None:
