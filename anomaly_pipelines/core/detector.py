@@ -416,8 +416,7 @@ def _expectations(
                 expected = scoring.forward_fill(second)
                 expected = np.where(np.isnan(expected), first, expected)
                 spread = _spread(expected, block_cals)
-        if config.hybrid.annual_recurrence:
-            expected = _annual_recurrence(values, expected, spread, timestamps, block_cals)
+        expected = _calendar_recurrence(values, expected, spread, timestamps, block_cals, config)
         for row, series in enumerate(members):
             out[series.customer_id] = (expected[row], spread[row])
     return out
@@ -429,20 +428,22 @@ def _declared_normal(series: CustomerSeries) -> np.ndarray:
     return np.asarray(series.declared_normal, dtype=bool)
 
 
-def _annual_recurrence(
+def _calendar_recurrence(
     values: np.ndarray,
     expected: np.ndarray,
     spread: np.ndarray,
     timestamps: pd.DatetimeIndex,
     cals: list[Calibration],
+    config: PipelineConfig,
 ) -> np.ndarray:
-    """Daily series: a deviation that repeats the same calendar date's deviation a year ago is
-    expected (public holidays, year-end freezes, quarter-end batches).
+    """Daily series: a deviation that repeats the same calendar date's deviation a year ago
+    (public holidays, year-end freezes) or, in a month's last 5 days, the deviation as many days
+    before the end of the month a quarter ago (quarter-end closes and batches) is expected.
 
     Neither the weekly cycle nor the day of the month knows these dates, and a year of history
     holds each one once: projecting last year's deviation onto every future occurrence would
     also project last year's incidents onto this year's ordinary days. So a date's deviation is
-    only explained when it matches: last year that date was beyond three spreads, and today
+    only explained when it matches: back then that date was beyond three spreads, and today
     deviates the same way by between half and twice the same share of the expectation. A
     normal day after last year's incident is then still normal, and an incident on last year's
     holiday (the other way, or far larger) still stands out.
@@ -450,16 +451,43 @@ def _annual_recurrence(
     daily = len(timestamps) > 1 and timestamps[1] - timestamps[0] == pd.Timedelta(days=1)
     if not daily:
         return expected
-    year_ago = timestamps.get_indexer(timestamps - pd.DateOffset(years=1))
-    if (year_ago < 0).all():
+    if config.hybrid.annual_recurrence:
+        year_ago = timestamps.get_indexer(timestamps - pd.DateOffset(years=1))
+        expected = _recurrence(values, expected, spread, timestamps, cals, year_ago)
+    if config.hybrid.quarterly_recurrence:
+        expected = _recurrence(values, expected, spread, timestamps, cals, _quarter_end_ago(timestamps))
+    return expected
+
+
+def _quarter_end_ago(timestamps: pd.DatetimeIndex) -> np.ndarray:
+    """Position of the day as many days before its month's end three months earlier, for the
+    last 5 days of a month (-1 elsewhere or before the series): the 30th of June answers to the
+    31st of March, the 30th of September to the 30th of June."""
+    days = timestamps.normalize()
+    to_end = (days + pd.offsets.MonthEnd(0)) - days
+    earlier = (days - pd.DateOffset(months=3)) + pd.offsets.MonthEnd(0) - to_end
+    return np.where(to_end < pd.Timedelta(days=5), days.get_indexer(earlier), -1)
+
+
+def _recurrence(
+    values: np.ndarray,
+    expected: np.ndarray,
+    spread: np.ndarray,
+    timestamps: pd.DatetimeIndex,
+    cals: list[Calibration],
+    earlier: np.ndarray,
+) -> np.ndarray:
+    """``expected`` plus the deviation at position ``earlier`` of each step where today's
+    deviation matches it (see ``_calendar_recurrence``)."""
+    if (earlier < 0).all():
         return expected
     deviation = np.where(_warmed_up(timestamps, cals), values - expected, np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(np.abs(expected) > 1e-12, deviation / np.abs(expected), np.nan)
         beyond = np.abs(deviation) > 3 * spread
     pad = np.full((len(cals), 1), np.nan)
-    last_share = np.concatenate([share, pad], axis=1)[:, year_ago]
-    last_beyond = np.concatenate([beyond, pad.astype(bool)], axis=1)[:, year_ago]
+    last_share = np.concatenate([share, pad], axis=1)[:, earlier]
+    last_beyond = np.concatenate([beyond, pad.astype(bool)], axis=1)[:, earlier]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = share / last_share
     matched = last_beyond & (ratio >= 0.5) & (ratio <= 2.0)

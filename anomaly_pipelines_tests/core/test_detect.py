@@ -526,6 +526,29 @@ def test_a_holiday_dip_that_recurs_a_year_later_is_expected_and_a_past_incident_
     assert without.loc[pd.Timestamp("2025-12-25", tz="UTC"), "is_anomaly"]
 
 
+def test_a_quarter_end_batch_is_expected_from_the_second_quarter_on_and_a_month_end_incident_is_not() -> None:
+    usage = _daily("q", 480, 8)  # 2024-01-01 .. 2025-04-24
+    ts = usage["timestamp"]
+    usage.loc[ts.dt.is_month_end & ts.dt.month.isin([3, 6, 9, 12]), "cost"] *= 2.5  # quarter close
+    usage.loc[ts == pd.Timestamp("2024-08-31", tz="UTC"), "cost"] *= 2.5  # once only, at a month's end
+    scores = detect(usage, FAST, online=True).set_index("timestamp")
+    without = detect(usage, {**FAST, "hybrid": {"quarterly_recurrence": False}}, online=True).set_index("timestamp")
+
+    def expected_share(frame: pd.DataFrame, day: str) -> float:
+        row = frame.loc[pd.Timestamp(day, tz="UTC")]
+        return float(row["expected_cost"] / row["cost"])
+
+    assert expected_share(scores, "2024-03-31") < 0.5  # the first quarter end is a surprise
+    for later in ("2024-06-30", "2024-09-30", "2024-12-31", "2025-03-31"):
+        assert 0.85 < expected_share(scores, later) < 1.15, later
+    for later in ("2024-09-30", "2024-12-31"):
+        assert not scores.loc[pd.Timestamp(later, tz="UTC"), "is_anomaly"]
+        assert without.loc[pd.Timestamp(later, tz="UTC"), "is_anomaly"]
+        assert expected_share(without, later) < 0.5
+    # August's one-off incident is not expected again at November's end
+    assert 0.85 < expected_share(scores, "2024-11-30") < 1.15
+
+
 def test_the_decrease_rule_is_a_daily_rule() -> None:
     rng = np.random.default_rng(6)
     ts = pd.date_range("2024-03-01", periods=288 * 6, freq="5min", tz="UTC")
