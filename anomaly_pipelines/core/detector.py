@@ -1104,9 +1104,7 @@ def _score_block(
             score = np.maximum(score, vote)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
-    # A filled gap has no value to be anomalous: it is a guess between two observations.
-    filled = np.vstack([series.filled[start:] for series, start, _ in items])
-    flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved & ~filled
+    flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved
     repeat = scoring.repeats(flagged, quiet) | (flagged & past_peak)
     if hybrid.escalation > 0:
         repeat &= ~_escalated(flagged, sig["residual"], quiet, hybrid.escalation)
