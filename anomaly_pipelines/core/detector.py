@@ -1105,9 +1105,16 @@ def _score_block(
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
     flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved
+    # A filled gap has no value to be anomalous: it is a guess between two observations. It is
+    # never flagged itself, but neither starts nor breaks a run: it carries the flag of the
+    # observation before it, so an incident with a missing day in it stays one incident.
+    filled = np.vstack([series.filled[start:] for series, start, _ in items])
+    flagged = scoring.carry_over(flagged, filled)
     repeat = scoring.repeats(flagged, quiet) | (flagged & past_peak)
     if hybrid.escalation > 0:
         repeat &= ~_escalated(flagged, sig["residual"], quiet, hybrid.escalation)
+    flagged &= ~filled
+    repeat &= ~filled
     lstm_threshold = np.array([c.lstm_notebook_threshold for c in cals])
     columns = {
         "expected_cost": sig["expected"],

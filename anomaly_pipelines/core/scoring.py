@@ -496,6 +496,18 @@ def settled_shift(
         return np.where(settled & (np.abs(from_level) < np.abs(z)), from_level, z)
 
 
+def carry_over(flags: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """``flags`` with each ``skip`` step taking the flag of the latest step before it that is
+    not skipped (False before any); along the last axis, for one series or a block."""
+    flags, skip = np.asarray(flags, dtype=bool), np.asarray(skip, dtype=bool)
+    if not skip.any():
+        return flags
+    idx = np.arange(flags.shape[-1])
+    latest = np.maximum.accumulate(np.where(skip, -1, idx), axis=-1)
+    carried = np.take_along_axis(flags, np.maximum(latest, 0), axis=-1)
+    return np.where(skip, carried & (latest >= 0), flags)
+
+
 def repeats(flags: np.ndarray, quiet: int) -> np.ndarray:
     """Flagged steps whose run of flags started within ``quiet`` steps after an earlier flagged
     step: the same incident flaring up again, not a new one. ``flags`` may be one series or a

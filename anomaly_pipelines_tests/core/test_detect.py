@@ -549,6 +549,30 @@ def test_a_quarter_end_batch_is_expected_from_the_second_quarter_on_and_a_month_
     assert 0.85 < expected_share(scores, "2024-11-30") < 1.15
 
 
+def test_a_filled_gap_is_never_an_anomaly() -> None:
+    """Three weeks missing: their interpolated values cross weekends at weekday level, far
+    from the weekly cycle, but they are a guess between two observations, not spend. A day
+    missing inside an incident neither counts as spend nor splits the incident in two (the
+    days after it would be a repeat of the days before, and never alerted)."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_series
+    from anomaly_pipelines.core.series import regularize
+
+    usage = _daily("gappy", 400, 10)
+    usage.loc[200:206, "cost"] *= 3  # a week-long incident, its fourth day missing
+    usage = usage.drop(usage.index[[203, *range(300, 321)]])
+    config = PipelineConfig().merged(FAST)
+    series = regularize(usage)
+    scores = score_series(series, fit_detectors(series, config), config, online=True)
+    filled = scores["is_filled"].to_numpy(dtype=bool)
+    assert np.flatnonzero(filled).tolist() == [203, *range(300, 321)]
+    assert scores.loc[filled, "residual_score"].max() > 5  # a weekend filled at weekday level
+    assert not scores.loc[filled, "is_anomaly"].any()
+    incident = scores.iloc[200:207]
+    assert incident["is_anomaly"].tolist() == [True, True, True, False, True, True, True]
+    assert not incident["is_repeat"].any()
+
+
 def test_the_decrease_rule_is_a_daily_rule() -> None:
     rng = np.random.default_rng(6)
     ts = pd.date_range("2024-03-01", periods=288 * 6, freq="5min", tz="UTC")

@@ -218,6 +218,16 @@ def test_repeats_are_runs_starting_soon_after_an_earlier_flag() -> None:
         assert scoring.repeats(flags[:cut], 6).tolist() == scoring.repeats(flags, 6)[:cut].tolist()
 
 
+def test_carry_over_gives_a_skipped_step_the_flag_before_it() -> None:
+    flags = np.array([[0, 0, 1, 0, 1, 0, 0, 1], [1, 0, 0, 0, 0, 0, 1, 1]], bool)
+    skip = np.array([[1, 0, 0, 1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0, 0, 0]], bool)
+    # a skipped step before any real one has nothing to carry; a run of skipped steps carries
+    # the last real flag through to its end
+    assert scoring.carry_over(flags, skip).astype(int).tolist() == [[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 1, 1]]
+    assert scoring.carry_over(flags[0], skip[0]).tolist() == scoring.carry_over(flags, skip)[0].tolist()
+    assert scoring.carry_over(flags, np.zeros_like(skip)).tolist() == flags.tolist()
+
+
 def test_preceding_peak_is_the_largest_of_the_steps_before() -> None:
     rng = np.random.default_rng(3)
     block = rng.exponential(size=(3, 200))
