@@ -189,6 +189,54 @@ def test_one_alert_per_incident_with_updates_and_one_end_and_reruns_send_nothing
         assert len(sent) == 4 and (sent["attempts"] == 1).all()
 
 
+def test_plots_are_drawn_only_for_customers_with_a_notice_that_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Drawing a plot takes about a second: the daily run of a portfolio must not redraw every
+    # customer with an incident in the lookback window each day, only those it writes about.
+    with _webhook(tmp_path, monkeypatch) as (hook, config, store):
+        scores = pd.concat(
+            [_scores(12, {2: 1900.0}), _scores(12, {5: 1500.0, 6: 1800.0}, customer="globex")]
+        )
+        asked: dict[int, list[list[str]]] = {}
+
+        def draw(customers: list[str]) -> dict[str, str]:
+            asked[day].append(customers)
+            return {cid: f"/plots/{cid}-{day}.png" for cid in customers}
+
+        for day in range(10):
+            asked[day] = []
+            known = scores[scores["timestamp"] <= START + pd.Timedelta(days=day)]
+            incidents = explain_incidents(known, None, config.explain)
+            last = known.groupby("customer_id")["timestamp"].max().to_dict()
+            for _ in range(2):  # the day re-run draws nothing
+                process_day(
+                    config,
+                    store,
+                    f"{START + pd.Timedelta(days=day):%Y-%m-%d}",
+                    incidents,
+                    last,
+                    plots=draw,
+                    sleep=lambda s: None,
+                )
+        # acme: opened on day 2, ended on day 4; globex: opened 5, update 6, ended 8.
+        assert {d: a for d, a in asked.items() if a} == {
+            2: [["acme"]],
+            4: [["acme"]],
+            5: [["globex"]],
+            6: [["globex"]],
+            8: [["globex"]],
+        }
+        plots = [(b["kind"], b["customer_id"], b["plot"]) for b in hook.bodies]
+        assert plots == [
+            ("opened", "acme", "/plots/acme-2.png"),
+            ("ended", "acme", "/plots/acme-4.png"),
+            ("opened", "globex", "/plots/globex-5.png"),
+            ("update", "globex", "/plots/globex-6.png"),
+            ("ended", "globex", "/plots/globex-8.png"),
+        ]
+
+
 def test_slack_payload_and_secret_header_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -324,7 +324,7 @@ def process_day(
     last_scored: Mapping[str, pd.Timestamp],
     *,
     day_has_data: bool = True,
-    plots: Mapping[str, str] | None = None,
+    plots: Mapping[str, str] | Callable[[list[str]], Mapping[str, str]] | None = None,
     last_seen: Mapping[str, pd.Timestamp] | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> AlertRunSummary:
@@ -332,7 +332,8 @@ def process_day(
 
     ``incidents``: rows of ``explain_incidents`` over the recent daily scores; ``last_scored``:
     each customer's newest scored timestamp (its absence of news is the no-data signal);
-    ``plots``: customer id -> plot path or URL; ``last_seen``: each customer's newest data
+    ``plots``: customer id -> plot path or URL, or a function drawing the plots of the given
+    customers (called once, with the customers that have a notice today); ``last_seen``: each customer's newest data
     (default: ``last_scored``), which decides the no-data notices. Returns counts; never raises
     for a delivery.
     """
@@ -343,7 +344,6 @@ def process_day(
     if not alerts.enabled:
         return summary
     max_gap = config.explain.max_gap_steps
-    plots = plots or {}
     feedback = store.feedback()
 
     def add(sub: AlertSubscriptionConfig, key: str, message: dict[str, Any], status: str) -> bool:
@@ -370,42 +370,50 @@ def process_day(
                 summary.suppressed += 1
         return new
 
+    # Every notice due today is listed before any plot is drawn, so plots are drawn only for
+    # customers with news: a re-run, or an incident that neither grew nor ended, draws none.
+    notices: list[tuple[AlertSubscriptionConfig, str, str, pd.Series, str]] = []
     for _, row in incidents.iterrows():
         cid = str(row["customer_id"])
         status = incident_status(row, last_scored.get(cid), max_gap)
-        causes = _causes(row)
-        record = _incident_record(row, status, as_of, causes)
+        record = _incident_record(row, status, as_of, _causes(row))
         store.upsert_incident(record)
         summary.incidents += 1
         summary.open_incidents += status == "open"
         reason = suppression_reason(record, feedback, config.feedback.suppress_days)
-        plot = _plot_link(plots.get(cid), config)
         iid = record["incident_id"]
+        sent = store.deliveries(incident_id=iid)
         grew_today = last_scored.get(cid) is not None and pd.Timestamp(row["end"]) >= pd.Timestamp(
             last_scored[cid]
         )
+        due = []
         for sub in alerts.subscriptions:
-            opened_key = f"{sub.name}|{iid}|opened"
-            known = not store.deliveries(subscription=sub.name, incident_id=iid).empty
-            if not known:
+            mine = sent[sent["subscription"] == sub.name]
+            if mine.empty:
                 if not incident_matches(sub, row):
                     continue
-                state = "suppressed" if reason else "pending"
-                message = incident_message("opened", row, plot=plot, as_of=as_of)
-                if reason:
-                    message["suppressed_because"] = reason
-                add(sub, opened_key, message, state)
-            elif status == "open" and grew_today and sub.send_updates:
-                message = incident_message("update", row, plot=plot, as_of=as_of)
-                add(
-                    sub,
-                    f"{sub.name}|{iid}|update|{_day(row['end'])}",
-                    message,
-                    "suppressed" if reason else "pending",
-                )
+                due.append((sub, f"{sub.name}|{iid}|opened", "opened"))
+            # An incident opened today is not also updated today (a re-run of its first day).
+            elif (
+                status == "open"
+                and grew_today
+                and sub.send_updates
+                and not ((mine["kind"] == "opened") & (mine["as_of"] == as_of)).any()
+            ):
+                due.append((sub, f"{sub.name}|{iid}|update|{_day(row['end'])}", "update"))
             if status == "ended":
-                message = incident_message("ended", row, plot=plot, as_of=as_of)
-                add(sub, f"{sub.name}|{iid}|ended", message, "suppressed" if reason else "pending")
+                due.append((sub, f"{sub.name}|{iid}|ended", "ended"))
+        known = set(sent["key"])
+        notices += [(sub, key, kind, row, reason) for sub, key, kind in due if key not in known]
+
+    news = sorted({str(row["customer_id"]) for _, _, _, row, _ in notices})
+    links = (plots(news) if news else {}) if callable(plots) else plots or {}
+    for sub, key, kind, row, reason in notices:
+        plot = _plot_link(links.get(str(row["customer_id"])), config)
+        message = incident_message(kind, row, plot=plot, as_of=as_of)
+        if reason and kind == "opened":
+            message["suppressed_because"] = reason
+        add(sub, key, message, "suppressed" if reason else "pending")
 
     as_of_day = pd.Timestamp(as_of, tz="UTC")
     for cid, newest in sorted((last_seen if last_seen is not None else last_scored).items()):

@@ -31,16 +31,19 @@ def recent_scores(scores: pd.DataFrame, as_of: str) -> pd.DataFrame:
 
 
 def _plots(
-    scores: pd.DataFrame, incidents: pd.DataFrame, directory: Path, as_of: str
+    scores: pd.DataFrame,
+    incidents: pd.DataFrame,
+    customers: list[str],
+    directory: Path,
+    as_of: str,
 ) -> dict[str, str]:
+    """Plots of ``customers`` (those with a notice today) as of the day, drawn in parallel."""
     from anomaly_pipelines.core.plots import plot_customers
     from anomaly_pipelines.core.processes import usable_cores
 
-    if incidents.empty:
-        return {}
     directory.mkdir(parents=True, exist_ok=True)
     plots = {}
-    for cid in sorted(set(incidents["customer_id"].astype(str))):
+    for cid in customers:
         group = scores[scores["customer_id"].astype(str) == cid]
         if not group.empty:
             path = directory / f"{customer_key(cid)}-{as_of}.png"
@@ -110,11 +113,7 @@ def daily_alerts(
         for cid, stamp in arrived.groupby("customer_id")["timestamp"].max().items():
             seen = pd.Timestamp(stamp)
             last_seen[str(cid)] = max(seen, last_seen.get(str(cid), seen))
-    plots = (
-        _plots(scores, incidents, Path(config.output.directory) / "plots" / "daily", as_of)
-        if len(incidents)
-        else {}
-    )
+    directory = Path(config.output.directory) / "plots" / "daily"
     summary = process_day(
         config,
         store,
@@ -122,7 +121,7 @@ def daily_alerts(
         incidents,
         last_scored,
         day_has_data=len(on_day) > 0,
-        plots=plots,
+        plots=lambda customers: _plots(scores, incidents, customers, directory, as_of),
         last_seen=last_seen,
     )
     for error in summary.errors:
