@@ -367,6 +367,10 @@ class HybridConfig(_Section):
     # Sub-daily series: the residual alone at this multiple of its threshold is an anomaly too
     # (0: always two detectors). Daily series always need two.
     residual_alone: float = 1.0
+    # Weekly or coarser series (measured against last year): the residual alone at this multiple
+    # of its threshold is an anomaly too (0: always two detectors). Six years of months are 57
+    # training steps: too few windows for the window models to back a month that doubled.
+    coarse_residual_alone: float = Field(default=2.0, ge=0)
     # Sub-daily series: the LSTM alone at this multiple of its threshold (not capped by the
     # step's residual) is an anomaly too (0: never alone). A window that far from every shape
     # seen in training is an incident even when its newest step sits near its expectation.

@@ -35,7 +35,7 @@ from anomaly_pipelines.core.models.outlier import (
 # The scores table's columns and types are defined once, by its pandera model.
 from anomaly_pipelines.core.score_schema import SCORE_COLUMNS
 from anomaly_pipelines.core.series import CustomerSeries
-from anomaly_pipelines.core.windows import Scaler, season_period, sliding_windows, window_size
+from anomaly_pipelines.core.windows import WEEK, Scaler, season_period, sliding_windows, window_size
 
 
 @dataclass
@@ -1102,6 +1102,9 @@ def _score_block(
             past_peak = _past_peak(sig["residual"], score, votes, frequency, quiet, config)
         for vote in votes.values():
             score = np.maximum(score, vote)
+    elif frequency >= WEEK and hybrid.coarse_residual_alone > 0:
+        vote = np.nan_to_num(uncapped["residual"], nan=0.0) * hybrid.decision_threshold / hybrid.coarse_residual_alone
+        score = np.maximum(score, vote)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
     flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved

@@ -17,6 +17,7 @@ from anomaly_pipelines.core.config import PreprocessConfig
 from anomaly_pipelines.core.ids import customer_key
 
 _DAY_NS = pd.Timedelta(days=1).value
+_MONTH_DAYS = 365.2425 / 12
 # Largest (customers x distinct steps) table of step counts; beyond it steps are sorted instead.
 _COUNT_TABLE_CELLS = 2**24
 # Sampling intervals clocks are set to, for rounding the steps of a jittered clock.
@@ -127,6 +128,17 @@ def regularize(
     else:  # a customer with a single timestamp gets a day
         freq, jittered = _steps_and_jitter(code, ts, len(customers))
         freq[freq == 0] = _DAY_NS
+    # Months are 28 to 31 days long: on a grid of the most common month length two months
+    # would share a step every few years (their costs summed) and leave the next one a gap.
+    # A step of whole months (or quarters, years) is a step in calendar months: each row goes
+    # to its month's step, counted from the customer's first month.
+    months = _months_per_step(freq)
+    month_grid = months[code] > 0
+    real_origin = ts[first]
+    if month_grid.any():
+        index = ts.astype("datetime64[ns]").astype("datetime64[M]").astype(np.int64)
+        relative = (index - index[first][code]) // np.maximum(months[code], 1)
+        ts = np.where(month_grid, real_origin[code] + relative * freq[code], ts)
     origin = ts[first]
     step = freq[code]
     # A jittered clock's sample goes to the nearest grid point: floored, a sample a second
@@ -152,6 +164,8 @@ def regularize(
     # Every series' timestamps at once, in each form some series needs; a series takes a slice.
     owner = np.repeat(np.arange(len(customers)), lengths)
     points = origin[owner] + (np.arange(offsets[-1]) - offsets[owner]) * freq[owner]
+    for c in np.flatnonzero(months > 0):
+        points[offsets[c] : offsets[c + 1]] = _month_points(real_origin[c], int(lengths[c]), int(months[c]))
     stamps_all = {kind: _timestamps(points, zone, kind) for kind in map(bool, np.unique(calendar))}
     dims_by_customer = (
         dict(tuple(dimensions.groupby("customer_id", sort=False)))
@@ -174,6 +188,26 @@ def regularize(
             )
         )
     return out
+
+
+def _months_per_step(freq: np.ndarray) -> np.ndarray:
+    """Calendar months in each inferred step (0 where the step is not whole months): the most
+    common step of monthly rows is 31 days, of quarterly ones 92, of yearly ones 365."""
+    days = freq / _DAY_NS
+    months = np.rint(days / _MONTH_DAYS).astype(np.int64)
+    whole = (months >= 1) & (np.abs(days - months * _MONTH_DAYS) <= 1.5) & (freq % _DAY_NS == 0)
+    return np.where(whole, months, 0)
+
+
+def _month_points(origin: np.int64, length: int, months: int) -> np.ndarray:
+    """``length`` steps of ``months`` calendar months from ``origin`` (ns), as ns: month ends
+    stay month ends (Jan 31, Feb 29, Mar 31), other days keep their day of the month."""
+    start = pd.Timestamp(int(origin))
+    if start.is_month_end:
+        stamps = [start + pd.offsets.MonthEnd(k * months) for k in range(length)]
+    else:
+        stamps = [start + pd.DateOffset(months=k * months) for k in range(length)]
+    return pd.DatetimeIndex(stamps).as_unit("ns").asi8
 
 
 def _customer_codes(customer_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,9 @@ from anomaly_pipelines.core.config import WindowConfig
 
 DAY = pd.Timedelta(days=1)
 HOUR = pd.Timedelta(hours=1)
+WEEK = pd.Timedelta(days=7)
+MONTH = pd.Timedelta(days=28)
+YEAR = pd.Timedelta(days=365.25)
 
 
 def sliding_windows(values: np.ndarray, size: int) -> np.ndarray:
@@ -26,9 +29,15 @@ def sliding_windows(values: np.ndarray, size: int) -> np.ndarray:
 
 
 def season_period(frequency: pd.Timedelta) -> int | None:
-    """Steps in the dominant business cycle: a week for daily data, a day for sub-daily data."""
+    """Steps in the dominant business cycle: a year for monthly or coarser data (invoices
+    follow the fiscal year, and a month's value is too far from last month's to be expected
+    from it), a week for daily data, a day for sub-daily data. Weekly data have none: a year
+    of warm-up would cost more than the slow season costs the last weeks' median."""
     if frequency <= pd.Timedelta(0):
         return None
+    if frequency >= MONTH:
+        steps = round(YEAR / frequency)
+        return steps if steps >= 2 else None
     if frequency >= DAY:
         steps = round(pd.Timedelta(days=7) / frequency)
         return steps if steps >= 2 else None

@@ -573,6 +573,28 @@ def test_a_filled_gap_is_never_an_anomaly() -> None:
     assert not incident["is_repeat"].any()
 
 
+def test_monthly_cost_is_expected_from_last_year_and_a_doubled_month_is_found() -> None:
+    """Monthly invoices follow the year: a month is far from the last months' median, so a
+    month expected from them hides a doubled bill in the season's swing. Measured against the
+    same months of earlier years, it stands out, and the residual alone reports it (six years
+    of months are too few windows for the window models to agree)."""
+    rng = np.random.default_rng(11)
+    ts = pd.date_range("2019-01-01", periods=84, freq="MS", tz="UTC")
+    season = 100 + 20 * np.sin(2 * np.pi * np.arange(84) / 12)
+    frames = []
+    for name in ("steady", "doubled"):
+        cost = season * (1 + rng.normal(0, 0.03, 84))
+        if name == "doubled":
+            cost[74] *= 2.0
+        frames.append(pd.DataFrame({"customer_id": name, "timestamp": ts, "cost": cost}))
+    scores = detect(pd.concat(frames), FAST, online=True)
+    flagged = scores[scores["is_anomaly"]]
+    assert list(zip(flagged["customer_id"], flagged["timestamp"], strict=True)) == [("doubled", ts[74])]
+    # Two years are needed to know a month's place in the year.
+    steady = scores[scores["customer_id"] == "steady"].reset_index(drop=True)
+    assert steady["status"].iloc[:24].eq("warmup").all() and steady["status"].iloc[31:].eq("scored").all()
+
+
 def test_the_decrease_rule_is_a_daily_rule() -> None:
     rng = np.random.default_rng(6)
     ts = pd.date_range("2024-03-01", periods=288 * 6, freq="5min", tz="UTC")

@@ -180,6 +180,18 @@ def test_sliding_windows_end_positions() -> None:
     assert sliding_windows(np.arange(3.0), 7).shape == (0, 7)
 
 
+@pytest.mark.parametrize("freq", ["MS", "ME", "QS", "YS"])
+def test_calendar_months_each_keep_their_own_step(freq: str) -> None:
+    # Seven years of months: on a fixed grid of 31 days (their most common step) two months
+    # would share a step every few years, a bill of twice the size next to a filled gap.
+    stamps = pd.date_range("2019-01-31" if freq == "ME" else "2019-01-01", periods=84, freq=freq, tz="UTC")
+    frame = pd.DataFrame({"customer_id": "a", "timestamp": stamps.delete(40), "cost": np.delete(np.arange(1.0, 85.0), 40)})
+    (series,) = regularize(frame)
+    assert list(series.timestamps) == list(stamps)
+    assert list(np.flatnonzero(series.filled)) == [40]
+    assert np.array_equal(np.delete(series.values, 40), np.delete(np.arange(1.0, 85.0), 40))
+
+
 def test_window_and_season_sizes_follow_frequency() -> None:
     cfg = WindowConfig()
     assert window_size(pd.Timedelta(days=1), cfg) == 7
@@ -187,6 +199,10 @@ def test_window_and_season_sizes_follow_frequency() -> None:
     assert season_period(pd.Timedelta(days=1)) == 7
     assert season_period(pd.Timedelta(hours=1)) == 24
     assert season_period(pd.Timedelta(minutes=5)) == 288
+    assert season_period(pd.Timedelta(days=7)) is None  # weekly: no year of warm-up
+    assert season_period(pd.Timedelta(days=31)) == 12  # monthly, as inferred from its steps
+    assert season_period(pd.Timedelta(days=92)) == 4
+    assert season_period(pd.Timedelta(days=366)) is None
 
 
 def test_robust_scaler_ignores_outliers_and_survives_constant_series() -> None:
