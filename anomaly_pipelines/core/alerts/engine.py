@@ -333,9 +333,9 @@ def process_day(
     ``incidents``: rows of ``explain_incidents`` over the recent daily scores; ``last_scored``:
     each customer's newest scored timestamp (its absence of news is the no-data signal);
     ``plots``: customer id -> plot path or URL, or a function drawing the plots of the given
-    customers (called once, with the customers that have a notice today); ``last_seen``: each customer's newest data
-    (default: ``last_scored``), which decides the no-data notices. Returns counts; never raises
-    for a delivery.
+    customers (called once, with the customers that have a notice today); ``last_seen``: each
+    customer's newest data (default: ``last_scored``), which decides the no-data notices.
+    Returns counts; never raises for a delivery.
     """
     from anomaly_pipelines.core.feedback import suppression_reason
 
