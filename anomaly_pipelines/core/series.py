@@ -132,7 +132,7 @@ def regularize(
     # would share a step every few years (their costs summed) and leave the next one a gap.
     # A step of whole months (or quarters, years) is a step in calendar months: each row goes
     # to its month's step, counted from the customer's first month.
-    months = _months_per_step(freq)
+    months = _months_per_step(freq, ts, first)
     month_grid = months[code] > 0
     real_origin = ts[first]
     if month_grid.any():
@@ -190,12 +190,20 @@ def regularize(
     return out
 
 
-def _months_per_step(freq: np.ndarray) -> np.ndarray:
-    """Calendar months in each inferred step (0 where the step is not whole months): the most
-    common step of monthly rows is 31 days, of quarterly ones 92, of yearly ones 365."""
+def _months_per_step(freq: np.ndarray, ts: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Calendar months in each customer's step (0 where its rows are not calendar months): a
+    step near a whole number of months (the most common step of monthly rows is 31 days, of
+    quarterly ones 92, of yearly ones 365) whose rows all sit on one day of the month (or
+    on month ends) at one time of day. Rows every 30 days drift through the month and keep
+    their fixed grid."""
     days = freq / _DAY_NS
     months = np.rint(days / _MONTH_DAYS).astype(np.int64)
     whole = (months >= 1) & (np.abs(days - months * _MONTH_DAYS) <= 1.5) & (freq % _DAY_NS == 0)
+    ends = np.r_[first[1:], len(ts)]
+    for c in np.flatnonzero(whole):
+        rows = pd.DatetimeIndex(ts[first[c] : ends[c]].astype("datetime64[ns]"))
+        same_day = rows.day.nunique() == 1 or bool(rows.is_month_end.all())
+        whole[c] = same_day and (rows - rows.normalize()).nunique() == 1
     return np.where(whole, months, 0)
 
 

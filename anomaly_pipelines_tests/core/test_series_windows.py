@@ -192,6 +192,13 @@ def test_calendar_months_each_keep_their_own_step(freq: str) -> None:
     assert np.array_equal(np.delete(series.values, 40), np.delete(np.arange(1.0, 85.0), 40))
 
 
+def test_rows_every_30_days_keep_their_fixed_grid() -> None:
+    # They drift through the calendar: as months, two of them would share January.
+    stamps = pd.date_range("2019-01-01", periods=40, freq="30D", tz="UTC")
+    (series,) = regularize(pd.DataFrame({"customer_id": "a", "timestamp": stamps, "cost": np.arange(40.0)}))
+    assert list(series.timestamps) == list(stamps) and np.array_equal(series.values, np.arange(40.0))
+
+
 def test_window_and_season_sizes_follow_frequency() -> None:
     cfg = WindowConfig()
     assert window_size(pd.Timedelta(days=1), cfg) == 7
