@@ -608,34 +608,44 @@ def _threshold(
 
 
 def window_detector_scores(
-    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, name: str
-) -> dict[str, np.ndarray]:
-    """Online score of any PyOD window detector (``outlier.WINDOW_DETECTORS``), fitted and
-    thresholded exactly as the hybrid's own window models are (pooled training windows of each
-    cohort; thresholds from each series' clean training scores), normalised so 1.0 is its
-    threshold and zero in the warm-up: what the evaluation compares window detectors with."""
+    series_list: list[CustomerSeries], fitted: FittedDetectors, config: PipelineConfig, names: Iterable[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Online score of each named PyOD window detector (``outlier.WINDOW_DETECTORS``), fitted
+    and thresholded exactly as the hybrid's own window models are (pooled training windows of
+    each cohort; thresholds from each series' clean training scores), normalised so 1.0 is its
+    threshold and zero in the warm-up: what the evaluation compares window detectors with.
+    The expectations, windows and threshold masks are the same for every detector, so they
+    are computed once (on an hour of 5-minute metrics they cost as much as fitting ECOD)."""
+    names = list(names)
     known = [s for s in series_list if s.customer_id in fitted.calibrations]
     expectations = _expectations(known, fitted.calibrations, config)
     cohorts: dict[int, list[CustomerSeries]] = defaultdict(list)
     for series in known:
         cohorts[fitted.calibrations[series.customer_id].window].append(series)
     seed = config.training.seed
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
     for window, members in cohorts.items():
-        inputs = {s.customer_id: _model_input(s, fitted.calibrations[s.customer_id], config, expectations[s.customer_id]) for s in members}
-        train = [
-            sliding_windows(inputs[s.customer_id][_warmup(cal) : cal.train_size], window)
-            for s in members
-            for cal in [fitted.calibrations[s.customer_id]]
-        ]
-        model = window_detector(name, seed).fit(window_features(pooled(train, config.isolation_forest.max_training_windows, seed)))
+        cals = {s.customer_id: fitted.calibrations[s.customer_id] for s in members}
+        inputs = {s.customer_id: _model_input(s, cals[s.customer_id], config, expectations[s.customer_id]) for s in members}
+        train = window_features(
+            pooled(
+                [sliding_windows(inputs[s.customer_id][_warmup(cals[s.customer_id]) : cals[s.customer_id].train_size], window) for s in members],
+                config.isolation_forest.max_training_windows,
+                seed,
+            )
+        )
+        scored = {s.customer_id: sliding_windows(inputs[s.customer_id], window) for s in members}
+        usable = {}
         for series in members:
-            cid, cal = series.customer_id, fitted.calibrations[series.customer_id]
-            score = _window_signal(anomaly_score(model, sliding_windows(inputs[cid], window)), len(series), window)
-            expected, spread = expectations[cid]
-            _, usable = _threshold_masks(series, cal, (series.values - expected) / spread, config)
-            center, threshold = _threshold(score[: cal.train_size][usable], series.frequency, config, 0.0)
-            out[cid] = np.where(_in_warmup(series, cal), 0.0, scoring.normalise(score, center, threshold))
+            expected, spread = expectations[series.customer_id]
+            usable[series.customer_id] = _threshold_masks(series, cals[series.customer_id], (series.values - expected) / spread, config)[1]
+        for name in names:
+            model = window_detector(name, seed).fit(train)
+            for series in members:
+                cid, cal = series.customer_id, cals[series.customer_id]
+                score = _window_signal(anomaly_score(model, scored[cid]), len(series), window)
+                center, threshold = _threshold(score[: cal.train_size][usable[cid]], series.frequency, config, 0.0)
+                out[name][cid] = np.where(_in_warmup(series, cal), 0.0, scoring.normalise(score, center, threshold))
     return out
 
 

@@ -143,7 +143,7 @@ def run_hybrid(series: list[LabelledSeries], config: PipelineConfig) -> list[Det
     online = input_rows(on_input_times(score_series(regular, fitted, config, online=True), observed, regular))
     seconds, cpu = time.perf_counter() - started, time.process_time() + _children_cpu() - cpu
     retro = input_rows(on_input_times(score_series(regular, fitted, config, online=False), observed, regular))
-    others = {name: window_detector_scores(regular, fitted, config, name) for name in OTHER_WINDOW_DETECTORS}
+    others = window_detector_scores(regular, fitted, config, OTHER_WINDOW_DETECTORS)
     components = list(scoring.SIGNALS)
     hybrid = Detection("hybrid", {}, {}, seconds, cpu)
     hindsight = Detection(RETROSPECTIVE, {}, {}, None)
