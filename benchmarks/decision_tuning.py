@@ -110,7 +110,7 @@ def score(state: dict[str, Any], config: PipelineConfig, relearn: bool = False) 
             )
     known = [s for s in state["regular"] if s.customer_id in fitted.calibrations]
     items = [(s, 0, detector._per_step(raw[s.customer_id], True)) for s in known]
-    moves = detector.PortfolioMoves.count([(s, 0, sig["z"]) for s, _, sig in items], fitted, config)
+    moves = detector.PortfolioMoves.count([(s, 0, sig["usual_z"]) for s, _, sig in items if "usual_z" in sig], fitted, config)
     columns = detector._score_columns(items, fitted, config, True, moves)
     frame = detector._frame(
         [columns.get(s.customer_id) or detector._unscored(s, fitted) for s in state["regular"]]

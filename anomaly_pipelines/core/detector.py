@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,17 @@ from anomaly_pipelines.core.models.outlier import (
 from anomaly_pipelines.core.score_schema import SCORE_COLUMNS
 from anomaly_pipelines.core.series import CustomerSeries
 from anomaly_pipelines.core.windows import WEEK, Scaler, season_period, sliding_windows, window_size
+
+
+class Expectation(NamedTuple):
+    """Expected value and spread of each step of a series."""
+
+    expected: np.ndarray
+    spread: np.ndarray
+    # The expected value before calendar recurrence (``_calendar_recurrence``): what the step
+    # usually is on its weekday and day of the month, with last year's holidays not yet
+    # explained away. Portfolio moves are counted on it.
+    usual: np.ndarray
 
 
 @dataclass
@@ -203,7 +214,13 @@ class PortfolioMoves:
     deviated beyond ``hybrid.portfolio_move_z`` spreads down and up: what tells a move of the
     whole portfolio (a public holiday, a provider-wide change) from one customer's incident.
     Counted over every series scored together, their whole history, so the daily run (which
-    scores only the newest steps) and a full scoring see the same counts."""
+    scores only the newest steps) and a full scoring see the same counts.
+
+    Deviations are counted from what each step usually is (``Expectation.usual``), before
+    calendar recurrence: in a holiday's second year most series expect it from last year and
+    no longer deviate, so counted after recurrence the holiday stopped being a move, and the
+    few series whose last year did not match (it fell on a Sunday, the account was new) were
+    flagged alone."""
 
     stamps: np.ndarray  # sorted unique timestamps (ns)
     counted: np.ndarray
@@ -214,8 +231,8 @@ class PortfolioMoves:
     def count(
         cls, items: list[tuple[CustomerSeries, int, np.ndarray]], fitted: FittedDetectors, config: PipelineConfig
     ) -> PortfolioMoves | None:
-        """The moves of ``(series, start, z from step start on)``; None when the rule is off or
-        too few daily series are scored together for it to apply anywhere."""
+        """The moves of ``(series, start, usual_z from step start on)``; None when the rule is
+        off or too few daily series are scored together for it to apply anywhere."""
         hybrid = config.hybrid
         daily = [item for item in items if item[0].frequency >= pd.Timedelta(days=1)]
         if hybrid.portfolio_move_share <= 0 or len(daily) <= hybrid.portfolio_move_min_series:
@@ -272,7 +289,7 @@ def _model_input(
     series: CustomerSeries,
     cal: Calibration,
     config: PipelineConfig,
-    expectation: tuple[np.ndarray, np.ndarray] | None = None,
+    expectation: Expectation | None = None,
     start: int = 0,
 ) -> np.ndarray:
     """What the window models see (from step ``start`` on): standardised residuals by default,
@@ -284,7 +301,7 @@ def _model_input(
 
 
 def _standardised(
-    series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], config: PipelineConfig, start: int = 0
+    series: CustomerSeries, expectation: Expectation, config: PipelineConfig, start: int = 0
 ) -> np.ndarray:
     """Each step's deviation from its expectation in spreads (from step ``start`` on); on
     sub-daily series, from a settled lasting shift's new level where that is nearer
@@ -296,7 +313,7 @@ def _standardised(
         # A median and quartiles of fewer than a dozen steps say little about a new level.
         span = max(int(pd.Timedelta(hybrid.shift_span) / series.frequency), 12)
     first = max(0, start - span)
-    values, (expected, spread) = series.values[first:], (part[first:] for part in expectation)
+    values, expected, spread = series.values[first:], expectation.expected[first:], expectation.spread[first:]
     z = (values - expected) / spread
     if span:
         z = scoring.settled_shift(values, z, spread, span, hybrid.shift_z, hybrid.shift_share, hybrid.shift_noise)
@@ -367,7 +384,7 @@ def _spread(expected: np.ndarray, cals: list[Calibration]) -> np.ndarray:
 
 def _expectations(
     series_list: list[CustomerSeries], cals: dict[str, Calibration], config: PipelineConfig
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+) -> dict[str, Expectation]:
     """Expected value and spread per step of each series, learned from cleaned history.
 
     Values far from their expectation (``clean_history_z`` spreads) are left out (NaN) and the
@@ -385,7 +402,7 @@ def _expectations(
         cal = cals[series.customer_id]
         key = (len(series), series.timestamps[0] if len(series) else None, series.frequency, cal.period, cal.window)
         groups[key].append(series)
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out: dict[str, Expectation] = {}
     limit = config.hybrid.clean_history_z
     for members in groups.values():
         block_cals = [cals[s.customer_id] for s in members]
@@ -416,9 +433,10 @@ def _expectations(
                 expected = scoring.forward_fill(second)
                 expected = np.where(np.isnan(expected), first, expected)
                 spread = _spread(expected, block_cals)
+        usual = expected
         expected = _calendar_recurrence(values, expected, spread, timestamps, block_cals, config)
         for row, series in enumerate(members):
-            out[series.customer_id] = (expected[row], spread[row])
+            out[series.customer_id] = Expectation(expected[row], spread[row], usual[row])
     return out
 
 
@@ -496,7 +514,7 @@ def _recurrence(
 
 def _expectation(
     series: CustomerSeries, cal: Calibration, config: PipelineConfig
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Expectation:
     return _expectations([series], {series.customer_id: cal}, config)[series.customer_id]
 
 
@@ -547,7 +565,7 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
         cal.day_of_month_offsets = scoring.day_of_month_offsets(
             series.timestamps[:n], train_res, cal.residual_sigma
         )
-    expected, spread = _expectation(series, cal, config)
+    expected, spread, _ = _expectation(series, cal, config)
     scaled = ((series.values - expected) / spread * cal.residual_sigma)[:n]
     cal.residual_sigma = scoring.robust_sigma(scaled, floor=floor)
 
@@ -637,7 +655,7 @@ def window_detector_scores(
         scored = {s.customer_id: sliding_windows(inputs[s.customer_id], window) for s in members}
         usable = {}
         for series in members:
-            expected, spread = expectations[series.customer_id]
+            expected, spread, _ = expectations[series.customer_id]
             usable[series.customer_id] = _threshold_masks(series, cals[series.customer_id], (series.values - expected) / spread, config)[1]
         for name in names:
             model = window_detector(name, seed).fit(train)
@@ -815,7 +833,7 @@ def _window_scored(
     series_list: list[CustomerSeries],
     fitted: FittedDetectors,
     config: PipelineConfig,
-    expectations: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    expectations: dict[str, Expectation] | None = None,
     lstm_errors: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Point signals per step and each window model's score per window: the expensive part,
@@ -842,13 +860,17 @@ def _window_scored(
 
 
 def _point_signals(
-    series: CustomerSeries, expectation: tuple[np.ndarray, np.ndarray], config: PipelineConfig, start: int = 0
+    series: CustomerSeries, expectation: Expectation, config: PipelineConfig, start: int = 0
 ) -> dict[str, np.ndarray]:
     """The signals of single steps (from step ``start`` on): expected value, standardised
-    residual and the step-over-step change."""
-    expected, z = expectation[0][start:], _standardised(series, expectation, config, start)
+    residual and the step-over-step change; for daily series also ``usual_z``, the deviation
+    from what the step usually is, which portfolio moves are counted on."""
+    expected, z = expectation.expected[start:], _standardised(series, expectation, config, start)
     rate = scoring.decrease_rate(series.values[max(start - 1, 0) :])[1 if start else 0 :]
-    return {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
+    signals = {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
+    if series.frequency >= pd.Timedelta(days=1):
+        signals["usual_z"] = (series.values[start:] - expectation.usual[start:]) / expectation.spread[start:]
+    return signals
 
 
 def _score_windows(
@@ -927,7 +949,7 @@ def score_series(
             raw[series.customer_id] = scores
     raw.update(_window_scored([s for s in known if s.customer_id not in raw], fitted, config))
     items = [(s, 0, _per_step(raw[s.customer_id], online)) for s in known]
-    moves = PortfolioMoves.count([(s, 0, sig["z"]) for s, _, sig in items], fitted, config)
+    moves = PortfolioMoves.count([(s, 0, sig["usual_z"]) for s, _, sig in items if "usual_z" in sig], fitted, config)
     scored = _score_columns(items, fitted, config, online, moves)
     return _frame([scored.get(s.customer_id) or _unscored(s, fitted) for s in series_list])
 
@@ -953,7 +975,7 @@ def score_latest(
     starts = {s.customer_id: max(0, len(s) - steps - quiet[s.customer_id]) for s in known}
     # Only daily series are counted in portfolio moves: the others' deviations are not needed.
     daily = [s for s in known if s.frequency >= pd.Timedelta(days=1)]
-    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id], config)["z"]) for s in daily], fitted, config)
+    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id], config)["usual_z"]) for s in daily], fitted, config)
     scored = _latest_columns(known, fitted, config, expectations, starts, steps, moves)
     longer = [
         s for s in known
@@ -971,7 +993,7 @@ def _latest_columns(
     series_list: list[CustomerSeries],
     fitted: FittedDetectors,
     config: PipelineConfig,
-    expectations: dict[str, tuple[np.ndarray, np.ndarray]],
+    expectations: dict[str, Expectation],
     starts: dict[str, int],
     steps: int,
     moves: PortfolioMoves | None,

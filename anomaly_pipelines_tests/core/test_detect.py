@@ -893,32 +893,65 @@ def test_a_sub_daily_series_whose_weekends_differ_gets_a_weekly_cycle_and_its_ho
     assert np.isin(flagged, around).all(), scores.loc[flagged[~np.isin(flagged, around)], "timestamp"]
 
 
-def test_a_drop_shared_by_a_fifth_of_the_portfolio_is_a_portfolio_move_and_the_daily_run_agrees() -> None:
-    """A holiday that a year of history has not shown yet: 4 of 12 customers drop the same day.
-    That day is a portfolio move, not 4 incidents; a drop of one customer alone still is one."""
+def _portfolio_scored(days: int, drops: dict[int, list[int]]) -> tuple[Callable[..., pd.DataFrame], Callable[[int], pd.DataFrame]]:
+    """12 daily customers, customer ``i`` dropping to 40% on each day of ``drops[i]``, fitted
+    once: a function scoring every step online (under changed decision settings if given),
+    and one giving the daily run's scores of a day."""
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
     from anomaly_pipelines.core.series import CustomerSeries, regularize
 
-    days, holiday, alone = 300, 260, 270
     usage = pd.concat([_daily(f"c{i:02d}", days, 100 + i) for i in range(12)], ignore_index=True)
-    for i in range(4):
-        usage.loc[i * days + holiday, "cost"] *= 0.4
-    usage.loc[11 * days + alone, "cost"] *= 0.4
+    for i, steps in drops.items():
+        usage.loc[[i * days + step for step in steps], "cost"] *= 0.4
     config = PipelineConfig().merged({"lstm": {"epochs": 1}})
     series = regularize(usage)
     fitted = fit_detectors(series, config)
-    online = score_series(series, fitted, config, online=True)
+
+    def online(changes: dict[str, Any] | None = None) -> pd.DataFrame:
+        return score_series(series, fitted, config.merged(changes or {}), online=True)
+
+    def daily_run(step: int) -> pd.DataFrame:
+        cut = [CustomerSeries(s.customer_id, s.timestamps[: step + 1], s.values[: step + 1], s.filled[: step + 1], s.frequency) for s in series]
+        return score_latest(cut, fitted, config).set_index("customer_id")
+
+    return online, daily_run
+
+
+def test_a_holiday_in_its_second_year_is_still_a_portfolio_move_for_a_customer_it_is_new_to() -> None:
+    """Christmas a year on: four customers dipped last year too, so each expects it now and
+    barely deviates. The portfolio still moved: a fifth customer, whose spend did not dip last
+    Christmas, dips with them and is explained by the move, not flagged alone; a drop of one
+    customer on an ordinary day still is an anomaly."""
+    first, second, alone = 359, 724, 700  # 2024-12-25, 2025-12-25, 2025-12-01
+    score, daily_run = _portfolio_scored(760, {**{i: [first, second] for i in range(4)}, 4: [second], 11: [alone]})
+    online = score()
+    day = online.groupby("customer_id").nth(second).set_index("customer_id")
+    assert str(day["timestamp"].iloc[0].date()) == "2025-12-25"
+    # the four who dipped last year expect it: their own deviation is small
+    assert (day.loc[[f"c{i:02d}" for i in range(4)], "residual_score"] < 3).all()
+    assert not day["is_anomaly"].any(), day[["cost", "expected_cost", "reasons"]]
+    assert "portfolio_move" in day.loc["c04", "reasons"]
+    assert online[online.customer_id == "c11"].iloc[alone]["is_anomaly"]
+    daily = daily_run(second)  # the daily run on that day counts the same portfolio
+    assert (daily["is_anomaly"] == day["is_anomaly"]).all()
+    assert (daily["reasons"] == day["reasons"]).all()
+
+
+def test_a_drop_shared_by_a_fifth_of_the_portfolio_is_a_portfolio_move_and_the_daily_run_agrees() -> None:
+    """A holiday that a year of history has not shown yet: 4 of 12 customers drop the same day.
+    That day is a portfolio move, not 4 incidents; a drop of one customer alone still is one."""
+    holiday, alone = 260, 270
+    score, daily_run = _portfolio_scored(300, {**{i: [holiday] for i in range(4)}, 11: [alone]})
+    online = score()
     day = online.groupby("customer_id").nth(holiday).set_index("customer_id")
     moved = [f"c{i:02d}" for i in range(4)]
     assert not day["is_anomaly"].any(), day[["cost", "expected_cost", "reasons"]]
     assert all("portfolio_move" in day.loc[cid, "reasons"] for cid in moved)
     assert online[online.customer_id == "c11"].iloc[alone]["is_anomaly"]
     # without the rule the shared drop is four anomalies
-    off = score_series(series, fitted, config.merged({"hybrid": {"portfolio_move_share": 0}}), online=True)
+    off = score({"hybrid": {"portfolio_move_share": 0}})
     assert off.groupby("customer_id").nth(holiday)["is_anomaly"].sum() >= 3
-    # the daily run on that day counts the same portfolio and reports the same
-    cut = [CustomerSeries(s.customer_id, s.timestamps[: holiday + 1], s.values[: holiday + 1], s.filled[: holiday + 1], s.frequency) for s in series]
-    daily = score_latest(cut, fitted, config).set_index("customer_id")
+    daily = daily_run(holiday)  # the daily run on that day counts the same portfolio
     assert (daily["is_anomaly"] == day["is_anomaly"]).all()
     assert (daily["reasons"] == day["reasons"]).all()
