@@ -110,7 +110,10 @@ def score(state: dict[str, Any], config: PipelineConfig, relearn: bool = False) 
             )
     known = [s for s in state["regular"] if s.customer_id in fitted.calibrations]
     items = [(s, 0, detector._per_step(raw[s.customer_id], True)) for s in known]
-    moves = detector.PortfolioMoves.count([(s, 0, sig["usual_z"]) for s, _, sig in items if "usual_z" in sig], fitted, config)
+    daily = [(s, 0, sig) for s, _, sig in items if s.frequency >= pd.Timedelta(days=1)]
+    if any("usual_z" not in sig for _, _, sig in daily):
+        raise SystemExit("the cached signals predate the detector's usual_z signal: run `fit` again")
+    moves = detector.PortfolioMoves.count([(s, 0, sig["usual_z"]) for s, _, sig in daily], fitted, config)
     columns = detector._score_columns(items, fitted, config, True, moves)
     frame = detector._frame(
         [columns.get(s.customer_id) or detector._unscored(s, fitted) for s in state["regular"]]
