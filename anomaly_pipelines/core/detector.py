@@ -869,8 +869,13 @@ def _point_signals(
     rate = scoring.decrease_rate(series.values[max(start - 1, 0) :])[1 if start else 0 :]
     signals = {"expected": expected, "z": z, "residual": np.abs(z), "decrease_rate": rate}
     if series.frequency >= pd.Timedelta(days=1):
-        signals["usual_z"] = (series.values[start:] - expectation.usual[start:]) / expectation.spread[start:]
+        signals["usual_z"] = _usual_z(series, expectation, start)
     return signals
+
+
+def _usual_z(series: CustomerSeries, expectation: Expectation, start: int = 0) -> np.ndarray:
+    """Deviation in spreads from what each step usually is (``Expectation.usual``)."""
+    return (series.values[start:] - expectation.usual[start:]) / expectation.spread[start:]
 
 
 def _score_windows(
@@ -975,7 +980,7 @@ def score_latest(
     starts = {s.customer_id: max(0, len(s) - steps - quiet[s.customer_id]) for s in known}
     # Only daily series are counted in portfolio moves: the others' deviations are not needed.
     daily = [s for s in known if s.frequency >= pd.Timedelta(days=1)]
-    moves = PortfolioMoves.count([(s, 0, _point_signals(s, expectations[s.customer_id], config)["usual_z"]) for s in daily], fitted, config)
+    moves = PortfolioMoves.count([(s, 0, _usual_z(s, expectations[s.customer_id])) for s in daily], fitted, config)
     scored = _latest_columns(known, fitted, config, expectations, starts, steps, moves)
     longer = [
         s for s in known
