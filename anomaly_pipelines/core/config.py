@@ -371,6 +371,12 @@ class HybridConfig(_Section):
     # of its threshold is an anomaly too (0: always two detectors). Six years of months are 57
     # training steps: too few windows for the window models to back a month that doubled.
     coarse_residual_alone: float = Field(default=2.0, ge=0)
+    # A value repeated exactly for ``stuck_run`` times as many steps as the longest such run in
+    # training (and at least 6 steps) is an anomaly: a metric whose agent stopped, a billing
+    # export that keeps sending yesterday's number. A run's deviation from the expectation only
+    # grows as the cycle moves away from it, so the other signals find a stuck metric late or
+    # never (0 turns it off). No labelled set holds one, and at 3 none of them changes.
+    stuck_run: float = Field(default=3.0, ge=0)
     # Sub-daily series: the LSTM alone at this multiple of its threshold (not capped by the
     # step's residual) is an anomaly too (0: never alone). A window that far from every shape
     # seen in training is an incident even when its newest step sits near its expectation.

@@ -1142,6 +1142,8 @@ def _score_block(
     elif frequency >= WEEK and hybrid.coarse_residual_alone > 0:
         vote = np.nan_to_num(uncapped["residual"], nan=0.0) * hybrid.decision_threshold / hybrid.coarse_residual_alone
         score = np.maximum(score, vote)
+    stuck = _stuck(items, cals, config)
+    score = np.where(stuck, np.maximum(score, hybrid.decision_threshold), score)
     decrease_flag = (np.nan_to_num(sig["decrease_rate"], nan=0.0) < config.decrease_rule.threshold) & applies
     train_end = np.array([c.train_end.as_unit("ns").value for c in cals])
     flagged = (score >= hybrid.decision_threshold) & ~warm & ~moved
@@ -1169,7 +1171,7 @@ def _score_block(
         "decrease_rate": sig["decrease_rate"],
         "decrease_flag": decrease_flag,
         "reasons": scoring.reasons(
-            {k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag, "portfolio_move": moved, "lstm": lstm_decides}
+            {k: v for k, v in normalised.items() if k != "decrease"}, {"decrease": decrease_flag, "portfolio_move": moved, "lstm": lstm_decides, "stuck": stuck}
         ),
         "split": np.where(stamps <= train_end[:, None], "train", "test"),
         "status": np.where(warm, "warmup", "scored"),
@@ -1184,6 +1186,33 @@ def _score_block(
             "is_filled": series.filled[start:],
             **{name: values[row] for name, values in columns.items()},
         }
+    return out
+
+
+def _stuck(
+    items: list[tuple[CustomerSeries, int, dict[str, np.ndarray]]], cals: list[Calibration], config: PipelineConfig
+) -> np.ndarray:
+    """(series, steps from each item's start): the step ends a run of one repeated value
+    ``hybrid.stuck_run`` times as long as the longest of training, and at least 6 steps long.
+    Runs are counted on the whole series, so the daily run's newest steps see runs that began
+    before them."""
+    width = len(items[0][0]) - items[0][1]
+    out = np.zeros((len(items), width), dtype=bool)
+    factor = config.hybrid.stuck_run
+    if factor <= 0:
+        return out
+    # Series of one length (the usual block) are counted as one array, others one by one.
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for row, (series, _, _) in enumerate(items):
+        by_length[len(series)].append(row)
+    for rows in by_length.values():
+        runs = scoring.constant_runs(
+            np.vstack([items[r][0].values for r in rows]), np.vstack([items[r][0].filled for r in rows])
+        )
+        training = np.arange(runs.shape[-1]) < np.array([cals[r].train_size for r in rows])[:, None]
+        limit = np.maximum(factor * np.maximum(np.where(training, runs, 0).max(axis=-1), 1), 6)
+        for i, r in enumerate(rows):
+            out[r] = runs[i, items[r][1] :] >= limit[i]
     return out
 
 

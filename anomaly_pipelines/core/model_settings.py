@@ -48,6 +48,7 @@ LIVE = frozenset(
         "hybrid.peak_ratio",
         "hybrid.peak_window",
         "hybrid.escalation",
+        "hybrid.stuck_run",
         "hybrid.portfolio_move_share",
         "hybrid.portfolio_move_z",
         "hybrid.portfolio_move_min_series",

@@ -542,6 +542,21 @@ def long_runs(mask: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
+def constant_runs(values: np.ndarray, breaks: np.ndarray) -> np.ndarray:
+    """Per step of a (series, steps) block, how many steps in a row, this one included, have
+    had exactly this value (1 where it differs from the step before); a step marked in
+    ``breaks`` (a filled gap: a straight line between two equal values is flat by
+    construction) starts afresh and is 0 itself."""
+    values = np.asarray(values, dtype=float)
+    breaks = np.asarray(breaks, dtype=bool)
+    same = np.zeros(values.shape, dtype=bool)
+    same[..., 1:] = (values[..., 1:] == values[..., :-1]) & ~breaks[..., :-1]
+    same &= ~breaks
+    position = np.broadcast_to(np.arange(values.shape[-1]), values.shape)
+    first = np.maximum.accumulate(np.where(same, 0, position), axis=-1)
+    return np.where(breaks, 0, position - first + 1)
+
+
 def trailing_any(mask: np.ndarray, span: int) -> np.ndarray:
     """True where any of the last ``span`` steps (including the current one) is True: the
     windows ending at a step that contain a marked step."""

@@ -823,6 +823,52 @@ def test_an_incident_far_beyond_the_alarm_before_it_is_news_not_a_repeat() -> No
     assert day["is_anomaly"] and not day["is_repeat"]
 
 
+def test_a_metric_stuck_at_one_value_is_found_and_counts_that_often_repeat_are_not() -> None:
+    """Hourly: a metric whose agent stopped repeats its last reading for eight hours. It stays
+    within the noise of its gentle daily wave, and the window models are given no vote, so
+    without ``hybrid.stuck_run`` nothing reports it. With it, the run is an
+    anomaly once it is three times the longest run of training (here 1 step, so 6 steps at
+    the least), online and in the daily run alike. A count that repeats values all the time
+    (runs of 5 zeros in training) is not stuck after the same eight hours."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    rng = np.random.default_rng(4)
+    ts = pd.date_range("2024-01-01", periods=24 * 30, freq="h", tz="UTC")
+    wave = 100 + 5 * np.sin(2 * np.pi * ts.hour.to_numpy() / 24)
+    metric = wave * (1 + rng.normal(0, 0.03, len(ts)))
+    counts = rng.poisson(0.3, len(ts)).astype(float)
+    counts[:30] = [0.0] * 5 + [1.0] + [0.0] * 24  # a run of 24 zeros early in training
+    first = len(ts) - 50
+    metric[first : first + 8] = metric[first - 1]
+    counts[first : first + 8] = counts[first - 1]
+    usage = pd.concat(
+        [
+            pd.DataFrame({"customer_id": "metric", "timestamp": ts, "cost": metric}),
+            pd.DataFrame({"customer_id": "counts", "timestamp": ts, "cost": counts}),
+        ]
+    )
+    series = regularize(usage)
+    silent = {"lstm": 0.0, "isolation_forest": 0.0, "local_outlier_factor": 0.0}
+    config = PipelineConfig().merged({"lstm": {"epochs": 1}, "hybrid": {"weights": silent, "lstm_alone": 0}})
+    fitted = fit_detectors(series, config)
+    online = score_series(series, fitted, config, online=True)
+    stuck = online[online["reasons"].str.contains("stuck")]
+    # The run counts its first, unchanged reading: step first + 4 is the 6th in a row.
+    assert stuck["customer_id"].unique().tolist() == ["metric"]
+    metric_rows = online[online["customer_id"] == "metric"].reset_index(drop=True)
+    assert metric_rows.index[metric_rows["reasons"].str.contains("stuck")].tolist() == list(range(first + 4, first + 8))
+    assert metric_rows["is_anomaly"].iloc[first + 4]
+    off = score_series(series, fitted, config.merged({"hybrid": {"stuck_run": 0}}), online=True)
+    assert not off[off["customer_id"] == "metric"]["is_anomaly"].iloc[first : first + 8].any()
+    s = next(x for x in series if x.customer_id == "metric")
+    end = first + 5
+    cut = [CustomerSeries(s.customer_id, s.timestamps[:end], s.values[:end], s.filled[:end], s.frequency)]
+    day = score_latest(cut, fitted, config).iloc[0]
+    assert "stuck" in day["reasons"] and day["is_anomaly"] == metric_rows["is_anomaly"].iloc[end - 1]
+
+
 def test_a_metric_that_moves_to_a_new_level_for_good_is_news_once_and_the_daily_run_agrees() -> None:
     """5-minute: a metric steps up for good. The shift is flagged from its first step; once it
     has settled (``hybrid.shift_span``) the plateau is nothing new, where before it stayed

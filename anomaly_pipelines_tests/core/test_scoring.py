@@ -69,6 +69,16 @@ def test_seasonal_expectation_skips_removed_values_and_bridges_a_missing_cycle()
     assert scoring.seasonal_expectation(values, 7, 4, 7)[0] == 10.0
 
 
+def test_constant_runs_count_repeats_and_restart_after_a_filled_step() -> None:
+    values = np.array([1.0, 2.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0])
+    filled = np.zeros(10, dtype=bool)
+    assert scoring.constant_runs(values, filled).tolist() == [1, 1, 2, 3, 1, 1, 2, 3, 4, 5]
+    filled[7] = True  # a gap filled between two equal readings is flat by construction
+    assert scoring.constant_runs(values, filled).tolist() == [1, 1, 2, 3, 1, 1, 2, 0, 1, 2]
+    block = scoring.constant_runs(np.vstack([values, values]), np.vstack([filled, ~filled & False]))
+    assert block[1].tolist() == [1, 1, 2, 3, 1, 1, 2, 3, 4, 5]
+
+
 def test_recent_day_of_month_offsets_follow_a_changed_charge() -> None:
     days = np.tile(np.arange(1, 31), 6)  # six 30-day months
     residuals = np.zeros((1, days.size))

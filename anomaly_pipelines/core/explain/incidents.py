@@ -53,6 +53,7 @@ SIGNAL_LABELS = {
     "isolation_forest": "Isolation Forest outlier score",
     "local_outlier_factor": "Local Outlier Factor score",
     "decrease": "sharp drop from the previous step",
+    "stuck": "the same value repeated far longer than ever in training (a stuck metric or a stale export)",
 }
 
 
