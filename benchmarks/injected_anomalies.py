@@ -1,6 +1,6 @@
 """Shapes no labelled data set has: one anomaly injected into clean generated series, online.
 
-    .venv/bin/python benchmarks/injected_anomalies.py            # ~4 min on 2 cores
+    .venv/bin/python benchmarks/injected_anomalies.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/injected_anomalies.py --seeds 3  # quicker, coarser
 
 The labelled sets say how the detector does on the shapes they hold; the project is also
@@ -29,6 +29,10 @@ KINDS = ("clean", "spike", "shift_up", "shift_down", "stuck", "zero", "variance"
 FREQUENCIES = (("5min", 14), ("1h", 42))
 
 
+def _steps_per_day(step: str) -> int:
+    return int(pd.Timedelta(days=1) / pd.Timedelta(step))
+
+
 def _series(kind: str, seed: int, step: str, days: int, weekend: float) -> tuple[pd.DataFrame, int]:
     """One generated series (``weekend``: the weekend's level relative to weekdays) and the
     position its anomaly starts at (-1 for clean series)."""
@@ -39,7 +43,7 @@ def _series(kind: str, seed: int, step: str, days: int, weekend: float) -> tuple
     level = level * np.where(t.day_of_week.to_numpy() >= 5, weekend, 1.0)
     noise = 0.03 + 0.04 * (seed % 4)
     v = level * rng.normal(1, noise, len(t))
-    per_day = int(pd.Timedelta(days=1) / pd.Timedelta(step))
+    per_day = _steps_per_day(step)
     # In the test part (the last fifth), on a weekday morning.
     start = int(len(t) * 0.85) // per_day * per_day + per_day * 5 // 12 + seed
     while t[start].day_of_week >= 5:
@@ -81,7 +85,7 @@ def run(seeds: int) -> pd.DataFrame:
         flags = part["is_anomaly"].to_numpy(dtype=bool)
         alarms = np.flatnonzero(flags & ~np.r_[False, flags[:-1]])
         start = starts[cid]
-        per_day = int(pd.Timedelta(days=1) / pd.Timedelta(step))
+        per_day = _steps_per_day(step)
         near = (alarms >= start) & (alarms <= start + per_day) if start >= 0 else np.zeros(len(alarms), bool)
         rows.append(
             {

@@ -829,7 +829,7 @@ def test_a_metric_stuck_at_one_value_is_found_and_counts_that_often_repeat_are_n
     without ``hybrid.stuck_run`` nothing reports it. With it, the run is an
     anomaly once it is three times the longest run of training (here 1 step, so 6 steps at
     the least), online and in the daily run alike. A count that repeats values all the time
-    (runs of 5 zeros in training) is not stuck after the same eight hours."""
+    (a run of 24 zeros in training) is not stuck after the same eight hours."""
     from anomaly_pipelines.core.config import PipelineConfig
     from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
     from anomaly_pipelines.core.series import CustomerSeries, regularize
