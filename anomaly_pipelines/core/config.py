@@ -461,6 +461,17 @@ class HybridConfig(_Section):
     # holiday inside that spread. The price is a warm-up of two weeks instead of two days.
     # 0 keeps the daily cycle.
     weekly_cycle_gain: float = Field(default=0.75, ge=0, le=1)
+    # Sub-daily series that keep the daily cycle (too short for a weekly one) compute weekdays'
+    # and weekends' expectations apart (a Monday follows Friday, a Saturday last Sunday) when
+    # the weekend days of training sit at a level of their own: their median at least this much
+    # above the weekdays' or as far below in ratio (0.5: 1.5 times, or 2/3 and less), every
+    # weekend day the same way, and well outside the weekdays' own day-to-day spread
+    # (``scoring.weekends_apart``). Two weeks of 5-minute metrics with quiet weekends otherwise
+    # measure each weekend against Friday, and that spread hides a weekday's drop of the same
+    # depth. The first weekend then has no weekend before it and is warm-up. 0.15 also took in
+    # weekends 25-30% quieter and cost Cloud Monitoring an event (see docs/tuning.md). 0
+    # disables.
+    weekend_level_change: float = Field(default=0.5, ge=0)
     # Values this many spreads from their expectation are left out of the history the final
     # expectation is computed from, so incidents do not become the baseline (0 disables).
     clean_history_z: float = 4.0

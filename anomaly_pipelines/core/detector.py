@@ -74,6 +74,12 @@ class Calibration:
     # scores lower than the window ending on a step); None: models trained before they existed,
     # which use the online ones.
     retrospective_thresholds: dict[str, tuple[float, float]] | None = None
+    # Weekends follow their own daily cycle and level, learned from earlier weekend days only
+    # (``hybrid.weekend_level_change``); False: every day is alike (or the cycle is weekly).
+    weekends_apart: bool = False
+    # With weekends apart, weekend steps before this one have less than two weekend days of
+    # history: warm-up, like the steps before ``warm_until``.
+    weekend_warm_until: pd.Timestamp | None = None
 
 
 @dataclass
@@ -282,7 +288,20 @@ def _warm_up(stamps: np.ndarray, starts: np.ndarray, cals: list[Calibration], fr
     flagged, never counted in a portfolio move."""
     warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
     position = starts[:, None] + np.arange(stamps.shape[-1])
-    return (stamps < warm_until[:, None]) | (position < np.array([c.window for c in cals])[:, None] - 1)
+    warm = (stamps < warm_until[:, None]) | (position < np.array([c.window for c in cals])[:, None] - 1)
+    return warm | _first_weekend(stamps, cals)
+
+
+def _first_weekend(stamps: np.ndarray, cals: list[Calibration]) -> np.ndarray:
+    """(series, steps): weekend steps (``stamps`` in ns) before ``weekend_warm_until``."""
+    stamps = np.atleast_2d(stamps)
+    until = [c.weekend_warm_until for c in cals]
+    if all(t is None for t in until):
+        return np.zeros((len(cals), stamps.shape[-1]), dtype=bool)
+    limit = np.array([np.iinfo(np.int64).min if t is None else t.as_unit("ns").value for t in until])
+    # Days since the epoch, a Thursday: Saturday and Sunday are 2 and 3.
+    weekend = (stamps // 86_400_000_000_000 + 3) % 7 >= 5
+    return weekend & (stamps < limit[:, None])
 
 
 def _model_input(
@@ -340,11 +359,39 @@ def _seasonal(values: np.ndarray, cals: list[Calibration], config: PipelineConfi
     return scoring.SeasonalExpectation(values, cal.period, config.hybrid.seasonal_cycles, fallback=max(cal.window, 3))
 
 
+def _day_types(timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> list[np.ndarray]:
+    """Positions of the steps each expectation of a block is computed on alone: all of them, or,
+    for series whose weekends are apart, the weekdays and the weekend days. Removing whole days
+    keeps every step's phase in the daily cycle, so each part is a series with a daily cycle of
+    its own: a Monday follows Friday, a Saturday follows last Sunday."""
+    if not cals[0].weekends_apart:
+        return [np.arange(len(timestamps))]
+    weekend = np.asarray(timestamps.day_of_week >= 5)
+    return [steps for steps in (np.flatnonzero(~weekend), np.flatnonzero(weekend)) if steps.size]
+
+
+def _unlearned(series: CustomerSeries, cal: Calibration) -> np.ndarray:
+    """Warm-up steps (``_in_warmup``) and, for series whose weekends are apart, weekend steps
+    with less than two weekend days of history: the first weekend is expected from the last
+    hour's median, which lags the daily wave by hours, so its windows look like a slow drop.
+    None of them is learned from, by the window models or the thresholds."""
+    return _in_warmup(series, cal) | _first_weekend(np.asarray(series.timestamps.as_unit("ns").asi8), [cal])[0]
+
+
+def _day_type_warm_up(start: pd.Timestamp, frequency: pd.Timedelta, period: int) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First weekday and first weekend step with two days of their own kind before them, in a
+    series starting at ``start`` (16 days hold at least four weekend days from any start)."""
+    stamps = pd.date_range(start, periods=16 * period, freq=frequency)
+    weekend = np.asarray(stamps.day_of_week >= 5)
+    return stamps[~weekend][2 * period], stamps[weekend][2 * period]
+
+
 def _warmed_up(timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
     """(customers, steps): the step has two cycles of history before it. Compared in one time
     unit, since pandas 3 keeps microseconds from many readers."""
     ts = np.asarray(timestamps.as_unit("ns").asi8)
-    return ts[None, :] >= np.array([c.warm_until.as_unit("ns").value for c in cals])[:, None]
+    warmed = ts[None, :] >= np.array([c.warm_until.as_unit("ns").value for c in cals])[:, None]
+    return warmed & ~_first_weekend(ts, cals)
 
 
 def _monthly(values: np.ndarray, seasonal: np.ndarray, timestamps: pd.DatetimeIndex, cals: list[Calibration]) -> np.ndarray:
@@ -400,44 +447,62 @@ def _expectations(
     groups: dict[tuple[Any, ...], list[CustomerSeries]] = defaultdict(list)
     for series in series_list:
         cal = cals[series.customer_id]
-        key = (len(series), series.timestamps[0] if len(series) else None, series.frequency, cal.period, cal.window)
+        start = series.timestamps[0] if len(series) else None
+        key = (len(series), start, series.frequency, cal.period, cal.window, cal.weekends_apart)
         groups[key].append(series)
     out: dict[str, Expectation] = {}
-    limit = config.hybrid.clean_history_z
     for members in groups.values():
         block_cals = [cals[s.customer_id] for s in members]
         timestamps = members[0].timestamps
         values = np.vstack([s.values for s in members]) if members[0].values.size else np.zeros((len(members), 0))
         declared = np.vstack([_declared_normal(s) for s in members])
-        history = _seasonal(values, block_cals, config)
-        seasonal = history.expected()
-        monthly = _monthly(values, seasonal, timestamps, block_cals)
-        expected = seasonal + monthly
-        spread = _spread(expected, block_cals)
-        if limit > 0:
-            warmed_up = _warmed_up(timestamps, block_cals)
-            first = expected
-            for _ in range(config.hybrid.clean_history_passes):
-                surprising = np.abs(values - expected) > limit * spread
-                # Early expectations are too rough to replace data with; what a person
-                # declared normal stays.
-                surprising &= warmed_up & ~declared
-                if not surprising.any():
-                    break
-                # Recomputed only where this pass's cleaning differs from the last one's.
-                history = history.update(np.where(surprising, np.nan, values))
-                second = history.expected(fill=False) + monthly
-                # Inside an incident longer than a cycle the cleaned history has nothing left:
-                # keep expecting what was expected before it (the raw expectation would be the
-                # incident itself, and the days after it would look like a collapse).
-                expected = scoring.forward_fill(second)
-                expected = np.where(np.isnan(expected), first, expected)
-                spread = _spread(expected, block_cals)
+        expected, spread = np.empty_like(values), np.empty_like(values)
+        for steps in _day_types(timestamps, block_cals):
+            expected[:, steps], spread[:, steps] = _cleaned_expectation(
+                values[:, steps], declared[:, steps], timestamps[steps], block_cals, config
+            )
         usual = expected
         expected = _calendar_recurrence(values, expected, spread, timestamps, block_cals, config)
         for row, series in enumerate(members):
             out[series.customer_id] = Expectation(expected[row], spread[row], usual[row])
     return out
+
+
+def _cleaned_expectation(
+    values: np.ndarray,
+    declared: np.ndarray,
+    timestamps: pd.DatetimeIndex,
+    cals: list[Calibration],
+    config: PipelineConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, spread) of a (customers, steps) block from its cleaned history (see
+    ``_expectations``)."""
+    limit = config.hybrid.clean_history_z
+    history = _seasonal(values, cals, config)
+    seasonal = history.expected()
+    monthly = _monthly(values, seasonal, timestamps, cals)
+    expected = seasonal + monthly
+    spread = _spread(expected, cals)
+    if limit > 0:
+        warmed_up = _warmed_up(timestamps, cals)
+        first = expected
+        for _ in range(config.hybrid.clean_history_passes):
+            surprising = np.abs(values - expected) > limit * spread
+            # Early expectations are too rough to replace data with; what a person
+            # declared normal stays.
+            surprising &= warmed_up & ~declared
+            if not surprising.any():
+                break
+            # Recomputed only where this pass's cleaning differs from the last one's.
+            history = history.update(np.where(surprising, np.nan, values))
+            second = history.expected(fill=False) + monthly
+            # Inside an incident longer than a cycle the cleaned history has nothing left:
+            # keep expecting what was expected before it (the raw expectation would be the
+            # incident itself, and the days after it would look like a collapse).
+            expected = scoring.forward_fill(second)
+            expected = np.where(np.isnan(expected), first, expected)
+            spread = _spread(expected, cals)
+    return expected, spread
 
 
 def _declared_normal(series: CustomerSeries) -> np.ndarray:
@@ -558,7 +623,16 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     """
     n = cal.train_size
     floor = max(cal.typical_level * 1e-3, 1e-9)
-    raw = _seasonal(series.values[None, :], [cal], config).expected()[0]
+    if cal.period and cal.period * series.frequency == pd.Timedelta(days=1) and cal.period > 1:
+        cal.weekends_apart = scoring.weekends_apart(
+            series.values[:n], series.timestamps[:n], cal.period, config.hybrid.weekend_level_change
+        )
+        if cal.weekends_apart:
+            weekday, cal.weekend_warm_until = _day_type_warm_up(series.timestamps[0], series.frequency, cal.period)
+            cal.warm_until = max(cal.warm_until, weekday)
+    raw = np.empty(len(series))
+    for steps in _day_types(series.timestamps, [cal]):
+        raw[steps] = _seasonal(series.values[None, steps], [cal], config).expected()[0]
     train_res = (series.values - raw)[:n]
     cal.residual_sigma = scoring.robust_sigma(train_res, floor=floor)
     if series.frequency == pd.Timedelta(days=1) and n >= 90:
@@ -603,9 +677,9 @@ def _threshold_masks(
     series: CustomerSeries, cal: Calibration, z: np.ndarray, config: PipelineConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training steps a point signal (and a window signal) learns its threshold from: past the
-    warm-up, outside long runs of surprising steps (and windows touching them)."""
+    warm-up (``_unlearned``), outside long runs of surprising steps (and windows touching them)."""
     n = cal.train_size
-    usable = ~_in_warmup(series, cal)[:n] & (np.arange(n) >= cal.window - 1)
+    usable = ~_unlearned(series, cal)[:n] & (np.arange(n) >= cal.window - 1)
     excluded = np.zeros(n, dtype=bool)
     if config.hybrid.threshold_exclude_run > 0 and config.hybrid.clean_history_z > 0:
         surprising = np.abs(np.nan_to_num(z[:n], nan=0.0)) > config.hybrid.clean_history_z
@@ -663,7 +737,7 @@ def window_detector_scores(
                 cid, cal = series.customer_id, cals[series.customer_id]
                 score = _window_signal(anomaly_score(model, scored[cid]), len(series), window)
                 center, threshold = _threshold(score[: cal.train_size][usable[cid]], series.frequency, config, 0.0)
-                out[name][cid] = np.where(_in_warmup(series, cal), 0.0, scoring.normalise(score, center, threshold))
+                out[name][cid] = np.where(_unlearned(series, cal), 0.0, scoring.normalise(score, center, threshold))
     return out
 
 
@@ -737,6 +811,9 @@ def fit_detectors(
     for cid, (series, cal) in calibrated.items():
         model_input = _model_input(series, cal, config, expectations[cid])
         windows = sliding_windows(model_input[_warmup(cal) : cal.train_size], cal.window)
+        unlearned = _unlearned(series, cal)[_warmup(cal) : cal.train_size]
+        if unlearned.any():
+            windows = windows[~scoring.trailing_any(unlearned, cal.window)[cal.window - 1 :]]
         prepared[cal.window].append((series, cal, windows, model_input))
 
     seed = config.training.seed

@@ -327,6 +327,35 @@ def robust_sigma(values: np.ndarray, floor: float) -> float:
     return max(spread, floor, 1e-9)
 
 
+def weekends_apart(values: np.ndarray, timestamps: pd.DatetimeIndex, per_day: int, min_change: float) -> bool:
+    """Whether the weekends of ``values`` (a training part with a daily cycle of ``per_day``
+    steps) sit at a level of their own.
+
+    Each whole day is summarised by its median, which compares days' levels whatever the
+    cycle's shape. Weekends are apart when every whole weekend day lies the same way from the
+    weekdays' median, by at least ``min_change`` of it and by half the weekend days' median
+    deviation, and that median deviation is beyond three of the weekdays' own day-to-day
+    spreads: one incident on a weekend, or a series that wanders from day to day, is not a
+    weekly pattern. Levels are compared as ratios (load and demand scale), so series that reach
+    zero or below are left alone.
+    """
+    if min_change <= 0 or per_day < 2 or len(values) < per_day:
+        return False
+    days = pd.Series(np.asarray(values, dtype=float), index=timestamps.normalize())
+    grouped = days.groupby(level=0)
+    medians = grouped.median()[(grouped.count() == per_day).to_numpy()]
+    weekend = np.asarray(medians.index.day_of_week >= 5)
+    if weekend.sum() < 1 or (~weekend).sum() < 3 or not (medians.to_numpy() > 0).all():
+        return False
+    logs = np.log(medians.to_numpy())
+    weekday = np.median(logs[~weekend])
+    noise = 1.4826 * np.median(np.abs(logs[~weekend] - weekday))
+    deviation = logs[weekend] - weekday
+    typical = float(np.median(deviation))
+    consistent = (np.sign(deviation) == np.sign(typical)) & (np.abs(deviation) >= 0.5 * abs(typical))
+    return bool(abs(typical) >= np.log1p(min_change) and abs(typical) > 3 * noise and consistent.all())
+
+
 def day_of_month_offsets(
     timestamps: pd.DatetimeIndex, residuals: np.ndarray, sigma: float, min_months: int = 3
 ) -> dict[int, float]:

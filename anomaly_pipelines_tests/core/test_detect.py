@@ -823,6 +823,47 @@ def test_an_incident_far_beyond_the_alarm_before_it_is_news_not_a_repeat() -> No
     assert day["is_anomaly"] and not day["is_repeat"]
 
 
+def test_a_weekday_drop_as_deep_as_the_quiet_weekends_is_found_in_two_weeks_of_metrics() -> None:
+    """Two weeks of 5-minute load from a Monday, weekends at half the weekdays' level: too
+    short for a weekly cycle. Measured against the daily cycle, each weekend is a drop from
+    Friday (and each Monday a jump), which sets the spread, so a weekday falling by 40% for
+    six hours is no news. With weekdays and weekends expected apart it is found, online and in
+    the daily run, and the last weekend (in the test part) raises nothing."""
+    from anomaly_pipelines.core.config import PipelineConfig
+    from anomaly_pipelines.core.detector import fit_detectors, score_latest, score_series
+    from anomaly_pipelines.core.series import CustomerSeries, regularize
+
+    rng = np.random.default_rng(1)
+    ts = pd.date_range("2024-03-04", periods=14 * 288, freq="5min", tz="UTC")
+    hour = ts.hour.to_numpy() + ts.minute.to_numpy() / 60
+    level = 100 * (1 + 0.5 * np.sin((hour - 9) / 24 * 2 * np.pi)) * np.where(ts.day_of_week >= 5, 0.5, 1.0)
+    load = level * rng.normal(1, 0.05, len(ts))
+    first = 11 * 288 + 10 * 12  # the second Friday, 10:00
+    load[first:first + 72] *= 0.6
+    series = regularize(pd.DataFrame({"customer_id": "load", "timestamp": ts, "cost": load}))
+    config = PipelineConfig().merged({"lstm": {"epochs": 2}})
+    found = {}
+    for apart in (False, True):
+        # The default keeps weekends apart; 0 turns that off.
+        tried = config if apart else config.merged({"hybrid": {"weekend_level_change": 0.0}})
+        fitted = fit_detectors(series, tried)
+        assert fitted.calibrations["load"].weekends_apart == apart
+        online = score_series(series, fitted, tried, online=True)
+        found[apart] = online["is_anomaly"].to_numpy()
+    # The first weekend has no weekend before it to be expected from: warm-up, like the first
+    # two days. The second one is scored.
+    status = online["status"].to_numpy()
+    assert (status[5 * 288 : 7 * 288] == "warmup").all() and (status[12 * 288 :] == "scored").all()
+    assert not found[False][first:first + 72].any()
+    alarms = np.flatnonzero(found[True])
+    assert alarms.size and alarms[0] >= first and alarms[0] < first + 72
+    assert not found[True][12 * 288:].any()  # the last weekend is expected
+    s = series[0]
+    end = alarms[0] + 1
+    cut = [CustomerSeries(s.customer_id, s.timestamps[:end], s.values[:end], s.filled[:end], s.frequency)]
+    assert score_latest(cut, fitted, tried).iloc[0]["is_anomaly"]
+
+
 def test_a_metric_stuck_at_one_value_is_found_and_counts_that_often_repeat_are_not() -> None:
     """Hourly: a metric whose agent stopped repeats its last reading for eight hours. It stays
     within the noise of its gentle daily wave, and the window models are given no vote, so

@@ -79,6 +79,31 @@ def test_constant_runs_count_repeats_and_restart_after_a_filled_step() -> None:
     assert block[1].tolist() == [1, 1, 2, 3, 1, 1, 2, 3, 4, 5]
 
 
+def test_weekends_apart_needs_every_weekend_day_beyond_the_weekdays_own_spread() -> None:
+    """Hourly, two weeks from a Monday, a daily wave; weekdays wander 2% from day to day."""
+    rng = np.random.default_rng(0)
+    stamps = pd.date_range("2024-03-04", periods=14 * 24, freq="h")
+    wave = 100 + 30 * np.sin(2 * np.pi * stamps.hour.to_numpy() / 24)
+    day_level = np.repeat(1 + rng.normal(0, 0.02, 14), 24)
+    weekend = np.asarray(stamps.day_of_week >= 5)
+
+    def apart(levels: np.ndarray, min_change: float = 0.15) -> bool:
+        return scoring.weekends_apart(wave * day_level * levels, stamps, 24, min_change)
+
+    assert apart(np.where(weekend, 0.5, 1.0))
+    assert apart(np.where(weekend, 1.4, 1.0))  # busier weekends too
+    assert not apart(np.ones(14 * 24))
+    assert not apart(np.where(weekend, 0.5, 1.0), min_change=0)  # the setting turns it off
+    assert not apart(np.where(weekend, 0.9, 1.0))  # under 15% is not worth a cycle of its own
+    # One quiet Saturday (an outage) and three ordinary weekend days are no pattern.
+    assert not apart(np.where(np.asarray(stamps.normalize() == pd.Timestamp("2024-03-09")), 0.5, 1.0))
+    # Nor is a weekend as far off as weekdays wander from each other.
+    wandering = np.repeat(np.exp(rng.normal(0, 0.3, 14)), 24)
+    assert not scoring.weekends_apart(wave * wandering * np.where(weekend, 0.7, 1.0), stamps, 24, 0.15)
+    # Ratios need positive levels.
+    assert not apart(np.where(weekend, 0.5, 1.0) - 1.0)
+
+
 def test_recent_day_of_month_offsets_follow_a_changed_charge() -> None:
     days = np.tile(np.arange(1, 31), 6)  # six 30-day months
     residuals = np.zeros((1, days.size))
