@@ -811,9 +811,13 @@ def fit_detectors(
     for cid, (series, cal) in calibrated.items():
         model_input = _model_input(series, cal, config, expectations[cid])
         windows = sliding_windows(model_input[_warmup(cal) : cal.train_size], cal.window)
-        unlearned = _unlearned(series, cal)[_warmup(cal) : cal.train_size]
-        if unlearned.any():
-            windows = windows[~scoring.trailing_any(unlearned, cal.window)[cal.window - 1 :]]
+        # With weekends apart, the warm-up does not end with the first two days: windows
+        # touching the first weekend (or weekdays before two weekdays) are left out too.
+        stamps = np.asarray(series.timestamps.as_unit("ns").asi8)
+        rough = _first_weekend(stamps, [cal])[0] | (stamps < cal.warm_until.as_unit("ns").value)
+        rough = rough[_warmup(cal) : cal.train_size]
+        if rough.any():
+            windows = windows[~scoring.trailing_any(rough, cal.window)[cal.window - 1 :]]
         prepared[cal.window].append((series, cal, windows, model_input))
 
     seed = config.training.seed

@@ -95,6 +95,8 @@ def test_weekends_apart_needs_every_weekend_day_beyond_the_weekdays_own_spread()
     assert not apart(np.ones(14 * 24))
     assert not apart(np.where(weekend, 0.5, 1.0), min_change=0)  # the setting turns it off
     assert not apart(np.where(weekend, 0.9, 1.0))  # under 15% is not worth a cycle of its own
+    assert apart(np.where(weekend, 0.6, 1.0), min_change=0.5)  # the default: 2/3 and less
+    assert not apart(np.where(weekend, 0.75, 1.0), min_change=0.5)
     # One quiet Saturday (an outage) and three ordinary weekend days are no pattern.
     assert not apart(np.where(np.asarray(stamps.normalize() == pd.Timestamp("2024-03-09")), 0.5, 1.0))
     # Nor is a weekend as far off as weekdays wander from each other.
