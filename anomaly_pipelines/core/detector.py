@@ -284,8 +284,8 @@ class PortfolioMoves:
 def _warm_up(stamps: np.ndarray, starts: np.ndarray, cals: list[Calibration], frequency: pd.Timedelta) -> np.ndarray:
     """(series, steps): the warm-up steps of series ``cals`` at ``stamps`` (ns; one row per
     series, or one row for all), their first step being step ``starts`` of each series: before
-    two cycles of history and the window after them, or before the first whole window. Never
-    flagged, never counted in a portfolio move."""
+    two cycles of history and the window after them, before the first whole window, or (weekends
+    apart) on the first weekend. Never flagged, never counted in a portfolio move."""
     warm_until = np.array([(c.warm_until + (c.window - 1) * frequency).as_unit("ns").value for c in cals])
     position = starts[:, None] + np.arange(stamps.shape[-1])
     warm = (stamps < warm_until[:, None]) | (position < np.array([c.window for c in cals])[:, None] - 1)
