@@ -623,7 +623,7 @@ def _calibrate_expectation(series: CustomerSeries, cal: Calibration, config: Pip
     """
     n = cal.train_size
     floor = max(cal.typical_level * 1e-3, 1e-9)
-    if cal.period and cal.period * series.frequency == pd.Timedelta(days=1) and cal.period > 1:
+    if cal.period and cal.period * series.frequency == pd.Timedelta(days=1):
         cal.weekends_apart = scoring.weekends_apart(
             series.values[:n], series.timestamps[:n], cal.period, config.hybrid.weekend_level_change
         )

@@ -335,9 +335,9 @@ def weekends_apart(values: np.ndarray, timestamps: pd.DatetimeIndex, per_day: in
     cycle's shape. Weekends are apart when every whole weekend day lies the same way from the
     weekdays' median, by half the weekend days' median deviation at least, and that median
     deviation is a ratio of ``1 + min_change`` or more (or its inverse or less) and beyond
-    three of the weekdays' own day-to-day spreads: one incident on a weekend, or a series that wanders from day to day, is not a
-    weekly pattern. Levels are compared as ratios (load and demand scale), so series that reach
-    zero or below are left alone.
+    three of the weekdays' own day-to-day spreads: one incident on a weekend, or a series that
+    wanders from day to day, is not a weekly pattern. Levels are compared as ratios (load and
+    demand scale), so series that reach zero or below are left alone.
     """
     if min_change <= 0 or per_day < 2 or len(values) < per_day:
         return False
