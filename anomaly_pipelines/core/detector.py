@@ -696,6 +696,7 @@ def _threshold(
     if hybrid.alarm_budget_per_month > 0:
         p = hybrid.alarm_budget_per_month / (pd.Timedelta(days=30.44) / frequency)
         threshold = max(threshold, scoring.tail_quantile(scores, p, hybrid.tail_quantile))
+        threshold = scoring.above_ties(scores, threshold, p)
     return center, threshold
 
 

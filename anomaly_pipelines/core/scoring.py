@@ -477,6 +477,20 @@ def tail_quantile(scores: np.ndarray, p: float, base: float = 0.98, min_excesses
     return start + scale / shape * ((p / share) ** (-shape) - 1.0)
 
 
+def above_ties(scores: np.ndarray, threshold: float, p: float) -> float:
+    """``threshold``, or just above it where more training scores reach it than ``p`` allows.
+
+    A step is flagged at its threshold or beyond, so a threshold that lands on a value many
+    training steps share (a count's every spike of the same height, a metric clipped at a
+    ceiling) would flag all of them: the budget is broken by the tie, not by the tail. One
+    step is always allowed: a threshold at the training maximum is meant to flag its equal."""
+    values = np.asarray(scores, dtype=float)
+    values = values[np.isfinite(values)]
+    if np.sum(values >= threshold) > max(1.0, p * values.size):
+        return float(np.nextafter(threshold, np.inf))
+    return threshold
+
+
 def preceding_peak(values: np.ndarray, span: int) -> np.ndarray:
     """The largest of the ``span`` values before each step (not the step itself; 0 where
     there are none, NaN counted as 0), along the last axis: a sparse-table maximum in

@@ -1042,3 +1042,18 @@ def test_a_drop_shared_by_a_fifth_of_the_portfolio_is_a_portfolio_move_and_the_d
     daily = daily_run(holiday)  # the daily run on that day counts the same portfolio
     assert (daily["is_anomaly"] == day["is_anomaly"]).all()
     assert (daily["reasons"] == day["reasons"]).all()
+
+
+def test_identical_spikes_seen_all_through_training_raise_no_alarm() -> None:
+    """A clean count (NAB's art_increase_spike_density): zero, with a pair of spikes of 20
+    every 100 five-minute steps. Every spike has the same residual, and the residual's
+    threshold, the largest training score, lands on that tie: flagged at or beyond its
+    threshold, each spike reached it and one opened an alarm that chained on as repeats. A
+    score the training reached on dozens of steps is not beyond the alarm budget."""
+    ts = pd.date_range("2024-01-01", periods=288 * 14, freq="5min", tz="UTC")
+    values = np.zeros(len(ts))
+    values[::100] = values[6::100] = 20.0
+    scores = detect(pd.DataFrame({"customer_id": "errors", "timestamp": ts, "cost": values}), FAST, online=True)
+    assert (scores["status"] == "scored").sum() > 2000
+    assert not scores["is_anomaly"].any() and not scores["is_repeat"].any()
+

@@ -218,6 +218,16 @@ def test_tail_quantile_extrapolates_a_heavy_tail() -> None:
     assert scoring.tail_quantile(np.ones(30), 1e-3) == 1.0  # no excess: the largest score
 
 
+def test_a_threshold_many_training_scores_share_is_moved_just_above_them() -> None:
+    spikes = np.r_[np.zeros(950), np.full(50, 26.9)]  # every spike of one height
+    assert scoring.above_ties(spikes, 26.9, 1e-3) > 26.9
+    assert scoring.above_ties(spikes, 26.9, 0.06) == 26.9  # within the budget: kept
+    # the training maximum reached once (continuous scores) is kept: it flags its equal
+    continuous = np.random.default_rng(0).normal(size=1000)
+    assert scoring.above_ties(continuous, float(continuous.max()), 1e-3) == continuous.max()
+    assert scoring.above_ties(continuous, 10.0, 1e-3) == 10.0
+
+
 def test_long_runs_and_trailing_any() -> None:
     mask = np.array([1, 0, 1, 1, 1, 0, 1, 1, 0, 0], bool)
     assert scoring.long_runs(mask, 3).astype(int).tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0]
