@@ -195,6 +195,11 @@ class FittedDetectors:
         return out
 
     def training_summary(self) -> pd.DataFrame:
+        """One row per trained customer: how its LSTM trained, and what its expectation is
+        built from (``cycle_steps``: steps per seasonal cycle, none for a series too short or
+        too coarse for one; ``weekends_apart``; ``scored_from``, the first step past the
+        warm-up, and with weekends apart ``weekends_scored_from``, the first weekend step
+        with a weekend before it), so a user who sees steps reported as ``warmup`` can tell why."""
         rows = []
         for fit in self.autoencoders:
             for i, cid in enumerate(fit.customer_ids):
@@ -209,6 +214,10 @@ class FittedDetectors:
                         "val_loss": float(fit.val_loss[i]),
                         "lstm_threshold": cal.lstm_notebook_threshold,
                         "residual_threshold": cal.thresholds["residual"][1],
+                        "cycle_steps": cal.period,
+                        "weekends_apart": cal.weekends_apart,
+                        "scored_from": cal.warm_until,
+                        "weekends_scored_from": cal.weekend_warm_until,
                     }
                 )
         return pd.DataFrame(rows)

@@ -848,6 +848,10 @@ def test_a_weekday_drop_as_deep_as_the_quiet_weekends_is_found_in_two_weeks_of_m
         tried = config if apart else config.merged({"hybrid": {"weekend_level_change": 0.0}})
         fitted = fit_detectors(series, tried)
         assert fitted.calibrations["load"].weekends_apart == apart
+        summary = fitted.training_summary().iloc[0]  # what users see of it, in MLflow too
+        assert summary["weekends_apart"] == apart and summary["cycle_steps"] == 288
+        assert summary["scored_from"] == fitted.calibrations["load"].warm_until
+        assert pd.isna(summary["weekends_scored_from"]) != apart
         online = score_series(series, fitted, tried, online=True)
         found[apart] = online["is_anomaly"].to_numpy()
     # The first weekend has no weekend before it to be expected from: warm-up, like the first
