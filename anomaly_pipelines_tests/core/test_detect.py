@@ -1060,4 +1060,3 @@ def test_identical_spikes_seen_all_through_training_raise_no_alarm() -> None:
     scores = detect(pd.DataFrame({"customer_id": "errors", "timestamp": ts, "cost": values}), FAST, online=True)
     assert (scores["status"] == "scored").sum() > 2000
     assert not scores["is_anomaly"].any() and not scores["is_repeat"].any()
-
